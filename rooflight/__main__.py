@@ -1,0 +1,6 @@
+"""`python -m rooflight` is the `rooflight` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Rendering: tables, figures, HTML.  Renderers return objects or strings and never print."""

@@ -1,0 +1,54 @@
+"""Rich tables for the terminal.  They return a Table; the caller decides where it goes."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from ..hardware import HardwareSpec, ridge_point, resolve_class
+from ..math_class import MathClass
+from ..units import fmt_bandwidth, fmt_bytes, fmt_flops_rate, fmt_hz
+
+
+def _fmt_figure(dotted: str, value) -> str:
+    if isinstance(value, str):
+        return value
+    section, key = dotted.split(".", 1)
+    if section in ("peak_dense", "peak_sparse"):
+        text = fmt_flops_rate(value)
+        return text.replace("FLOP/s", "OP/s") if MathClass(key).is_integer else text
+    if key in ("bandwidth", "pcie_bandwidth", "nvlink_bandwidth"):
+        return fmt_bandwidth(value)
+    if key in ("capacity", "l2_cache", "infinity_cache"):
+        return fmt_bytes(value)
+    if key == "boost_clock":
+        return fmt_hz(value)
+    if key == "tdp":
+        return f"{value:g} W"
+    return str(value)
+
+
+def spec_table(spec: HardwareSpec) -> Table:
+    """Every figure of a spec as written, with its note and source; then derived ridge points."""
+    t = Table(show_lines=False)
+    t.add_column("field", no_wrap=True)
+    t.add_column("value", no_wrap=True, justify="right")
+    t.add_column("as written", no_wrap=True)
+    t.add_column("note")
+    t.add_column("source", no_wrap=True)
+    for dotted, fig in spec.figures.items():
+        t.add_row(dotted, _fmt_figure(dotted, fig.value), fig.text, fig.note, fig.source_key)
+    for cls in MathClass:
+        runs_as = resolve_class(spec, cls)
+        if runs_as is cls:
+            t.add_row(f"ridge.{cls.value}", f"{ridge_point(spec, cls):.1f} FLOP/B", "derived",
+                      f"{cls.value} peak / memory bandwidth", "")
+    return t
+
+
+def sources_table(spec: HardwareSpec) -> Table:
+    t = Table(title="sources", show_header=False, title_justify="left")
+    t.add_column("key", no_wrap=True, style="bold")
+    t.add_column("citation")
+    for key, text in spec.sources.items():
+        t.add_row(key, text)
+    return t
