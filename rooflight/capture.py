@@ -1,0 +1,463 @@
+"""Capture: run a callable and record every operation it dispatches, with its cost.
+
+A TorchDispatchMode sees each aten op below autograd (so `linear` arrives as `t` + `addmm`,
+`einsum` as the products it decomposes into) on real, meta and fake tensors alike.  Around it:
+
+- global module hooks keep the module path (`layers.3.attn.wo`) of every op;
+- the region stack of rooflight.regions gives the user region;
+- a TorchFunctionMode catches `scaled_dot_product_attention` before the dispatcher picks a
+  backend: one SDPA call reaches different aten ops by device (on CPU the CPU flash kernel, on
+  meta the math path), so off the GPU the call is costed as the kernel a GPU would run, and the
+  record says which backend it assumed.  On a real CUDA device the aten op that runs is costed.
+- flex attention's higher-order op is costed from its BlockMask (the blocks it really visits);
+- `torch.compile`d code runs eagerly during a capture (`set_stance("force_eager")`), so the
+  counts are those of the eager op graph.
+
+Data-dependent shapes (nonzero, masked_select, .item()) work on real tensors; on meta or fake
+tensors they raise CountError, which says to count on real (CPU) tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections import Counter
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from . import __version__
+from . import regions as _regions
+from .costs import attention as _attn
+from .costs.model import OpCall, OpCost, Settings, TensorMeta
+from .costs.registry import lookup, op_key
+from .errors import CountError
+from .profile import OpRecord, Profile, now_iso
+
+OP_LABEL_PREFIX = "rooflight.op:"
+
+_DATA_DEPENDENT_TAGS = tuple(t for t in (getattr(torch.Tag, "dynamic_output_shape", None),
+                                         getattr(torch.Tag, "data_dependent_output", None)) if t is not None)
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+def enabled_sdpa_backends() -> tuple[str, ...]:
+    """The SDPA backends enabled now (sdpa_kernel contexts included), in torch's priority order."""
+    names = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
+    try:
+        order = [names.get(int(i), "") for i in torch._C._get_sdp_priority_order()]
+    except (AttributeError, RuntimeError):
+        order = ["flash", "efficient", "math", "cudnn"]
+    enabled = {
+        "flash": torch.backends.cuda.flash_sdp_enabled(),
+        "efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+        "math": torch.backends.cuda.math_sdp_enabled(),
+        "cudnn": getattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: False)(),
+    }
+    return tuple(b for b in order if enabled.get(b, False))
+
+
+def snapshot_settings() -> Settings:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tf32_mm = torch.get_float32_matmul_precision() != "highest"
+        try:
+            tf32_mm = tf32_mm or bool(torch.backends.cuda.matmul.allow_tf32)
+        except (AttributeError, RuntimeError):
+            pass
+        try:
+            tf32_conv = bool(torch.backends.cudnn.allow_tf32)
+        except (AttributeError, RuntimeError):
+            tf32_conv = True
+    return Settings(allow_tf32_matmul=tf32_mm, allow_tf32_conv=tf32_conv, sdpa_backends=enabled_sdpa_backends())
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _is_fake(t: Any) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
+def _meta(x: Any) -> Any:
+    """Tensors -> TensorMeta (inside lists too); other values unchanged."""
+    if isinstance(x, torch.Tensor):
+        return TensorMeta.of(x)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_meta(v) for v in x) if not hasattr(x, "_fields") else tuple(_meta(v) for v in x)
+    return x
+
+
+def _flat_tensors(x: Any) -> list[TensorMeta]:
+    out: list[TensorMeta] = []
+    if isinstance(x, torch.Tensor):
+        out.append(TensorMeta.of(x))
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            out.extend(_flat_tensors(v))
+    return out
+
+
+def _group_size(args: tuple, kwargs: dict, names: tuple[str, ...]) -> int | None:
+    values = dict(zip(names, args))
+    values.update(kwargs)
+    if isinstance(values.get("group_size"), int):
+        return values["group_size"]
+    for key in ("process_group", "group"):
+        pg = values.get(key)
+        if pg is not None and hasattr(pg, "size"):
+            try:
+                return int(pg.size())
+            except Exception:
+                pass
+    name = values.get("group_name")
+    if isinstance(name, str):
+        try:
+            from torch.distributed.distributed_c10d import _resolve_process_group
+
+            return int(_resolve_process_group(name).size())
+        except Exception:
+            return None
+    return None
+
+
+def _data_dependent(func: Any, err: BaseException, args: tuple, kwargs: dict) -> bool:
+    name = type(err).__name__
+    if name in ("DynamicOutputShapeException", "DataDependentOutputException", "GuardOnDataDependentSymNode"):
+        return True
+    tags = getattr(func, "tags", ())
+    dd = any(t in tags for t in _DATA_DEPENDENT_TAGS) or "_local_scalar_dense" in str(func)
+    if not dd:
+        return False
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    return any(t.device.type == "meta" or _is_fake(t) for t in tensors)
+
+
+# ---------------------------------------------------------------------------- the recorder
+
+
+@dataclasses.dataclass
+class _Frame:
+    module_id: int
+    path: str
+    type_name: str
+
+
+class Recorder:
+    """Accumulates OpRecords; shared by the dispatch mode, the function mode and the hooks."""
+
+    def __init__(self, settings: Settings, label_ops: bool = False):
+        self.settings = settings
+        self.label_ops = label_ops  # wrap each op in a profiler label so kernels can be joined to it
+        self.records: list[OpRecord] = []
+        self.regions: list[str] = []
+        self._seen_regions: set[str] = set()
+        self.suppress = 0
+        self.saw_fake = False  # fake tensors: shapes only, whatever device they claim
+        self.inner: list[str] = []
+        self.frames: list[_Frame] = []
+        self._names: dict[int, dict[int, str]] = {}
+
+    # -- module hooks
+    def enter_module(self, module: torch.nn.Module, *_: Any) -> None:
+        if not self.frames:
+            names = self._names.get(id(module))
+            if names is None:
+                names = {id(m): n for n, m in module.named_modules(remove_duplicate=False)}
+                self._names[id(module)] = names
+            self._root_names = names
+            path = ""
+        else:
+            path = getattr(self, "_root_names", {}).get(id(module))
+            if path is None:
+                parent = self.frames[-1].path
+                path = f"{parent}.{type(module).__name__}" if parent else type(module).__name__
+        self.frames.append(_Frame(id(module), path, type(module).__name__))
+
+    def exit_module(self, module: torch.nn.Module, *_: Any) -> None:
+        for i in range(len(self.frames) - 1, -1, -1):
+            if self.frames[i].module_id == id(module):
+                del self.frames[i:]
+                break
+
+    # -- recording
+    def next_index(self) -> int:
+        return len(self.records)
+
+    @contextlib.contextmanager
+    def label(self, index: int) -> Iterator[None]:
+        if self.label_ops:
+            with torch.profiler.record_function(f"{OP_LABEL_PREFIX}{index}"):
+                yield
+        else:
+            yield
+
+    def _where(self) -> tuple[str, str, str, str]:
+        region = _regions.current_region()
+        if region and region not in self._seen_regions:
+            parts = region.split("/")
+            for i in range(1, len(parts) + 1):
+                r = "/".join(parts[:i])
+                if r not in self._seen_regions:
+                    self._seen_regions.add(r)
+                    self.regions.append(r)
+        in_backward = torch._C._current_graph_task_id() != -1
+        if self.frames and not in_backward:
+            f = self.frames[-1]
+            return f.path, f.type_name, region, "forward"
+        return "", "", region, "backward" if in_backward else "forward"
+
+    def add(self, op: str, inputs: list[TensorMeta], outputs: list[TensorMeta], cost: OpCost | None,
+            note: str = "") -> OpRecord:
+        module, module_type, region, phase = self._where()
+        devices = [t.device for t in (*inputs, *outputs)]
+        device = Counter(devices).most_common(1)[0][0] if devices else ""
+        if cost is None:
+            rec = OpRecord(len(self.records), op, module, module_type, region, phase, device, tuple(inputs),
+                           tuple(outputs), {}, 0.0, 0.0, counted=False, note=note or "no cost formula")
+        else:
+            rec = OpRecord(len(self.records), op, module, module_type, region, phase, device, tuple(inputs),
+                           tuple(outputs), {k.value: v for k, v in cost.flops.items()}, cost.bytes_read,
+                           cost.bytes_written, cost.comm_bytes, cost.link, True,
+                           "; ".join(x for x in (cost.note, note) if x))
+        self.records.append(rec)
+        return rec
+
+    def record_aten(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        schema = func._schema
+        arg_names = tuple(a.name for a in schema.arguments if not a.kwarg_only)
+        out_args = tuple(a.name for a in schema.arguments
+                         if a.kwarg_only and a.alias_info is not None and a.alias_info.is_write)
+        outputs = _flat_tensors(out)
+        margs, mkwargs = _meta(tuple(args)), {k: _meta(v) for k, v in kwargs.items()}
+        call = OpCall(op_key(func), margs, mkwargs, tuple(outputs), self.settings, out_args, arg_names,
+                      _group_size(args, kwargs, arg_names))
+        inputs = call.tensor_inputs()
+        formula = lookup(func)
+        if formula is None:
+            self.add(call.op, inputs, outputs, None)
+            return
+        try:
+            cost = formula(call)
+        except Exception as err:  # a formula that cannot read these arguments: say so, never zero
+            self.add(call.op, inputs, outputs, None,
+                     note=f"formula {formula.__name__} failed: {type(err).__name__}: {err}")
+            return
+        self.add(call.op, inputs, outputs, cost)
+
+
+# ---------------------------------------------------------------------------- the modes
+
+
+class _DispatchMode(TorchDispatchMode):
+    def __init__(self, recorder: Recorder):
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        rec = self.recorder
+        if rec.suppress:
+            rec.inner.append(op_key(func))
+            return func(*args, **kwargs)
+        if func.namespace in ("profiler", "prim"):  # record_function's enter/exit, prim::device: not work
+            return func(*args, **kwargs)
+        if not rec.saw_fake and args and _is_fake(args[0]):
+            rec.saw_fake = True
+        index = rec.next_index()
+        try:
+            with rec.label(index):
+                out = func(*args, **kwargs)
+        except Exception as err:
+            if _data_dependent(func, err, args, kwargs):
+                raise CountError(
+                    f"{op_key(func)} has a data-dependent output (its shape or value depends on tensor "
+                    "contents), which meta/fake tensors do not have: count this workload on real tensors "
+                    "(e.g. on the CPU, device='cpu') instead") from None
+            raise
+        rec.record_aten(func, args, kwargs, out)
+        return out
+
+
+_SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
+
+
+class _FunctionMode(TorchFunctionMode):
+    def __init__(self, recorder: Recorder):
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and not self.recorder.suppress:
+            return _sdpa(self.recorder, func, args, kwargs)
+        return func(*args, **kwargs)
+
+
+def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+    p = dict(zip(_SDPA_PARAMS, args))
+    p.update(kwargs)
+    q, k, v = p["query"], p["key"], p["value"]
+    if q.device.type == "cuda" and not _is_fake(q):
+        return func(*args, **kwargs)  # the dispatcher shows the aten op that really runs
+    mask = p.get("attn_mask")
+    dropout_p = float(p.get("dropout_p", 0.0) or 0.0)
+    is_causal = bool(p.get("is_causal", False))
+    enable_gqa = bool(p.get("enable_gqa", False))
+    causal = "upper_left" if is_causal else None
+    mask_meta = None
+    try:
+        from torch.nn.attention.bias import CausalBias, CausalVariant
+    except ImportError:  # pragma: no cover
+        CausalBias = CausalVariant = None
+    if CausalBias is not None and isinstance(mask, CausalBias):
+        causal = "lower_right" if mask.variant == CausalVariant.LOWER_RIGHT else "upper_left"
+    elif isinstance(mask, torch.Tensor):
+        mask_meta = TensorMeta.of(mask)
+    settings = dataclasses.replace(rec.settings, sdpa_backends=enabled_sdpa_backends())
+    qm, km, vm = TensorMeta.of(q), TensorMeta.of(k), TensorMeta.of(v)
+    backend = _attn.predict_sdpa_backend(qm, km, vm, has_mask=mask_meta is not None, dropout_p=dropout_p,
+                                          enable_gqa=enable_gqa, settings=settings)
+    if backend == "math":
+        # the GPU would materialize the scores too: run the math decomposition so that its bmm,
+        # softmax, ... are recorded one by one, as they would run there
+        if CausalBias is not None and isinstance(mask, CausalBias):
+            mask, is_causal = mask._materialize(q.device), False
+        out, _ = torch.ops.aten._scaled_dot_product_attention_math(
+            q, k, v, mask, dropout_p, is_causal, None, scale=p.get("scale"), enable_gqa=enable_gqa)
+        return out
+    need_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    index = rec.next_index()
+    rec.suppress += 1
+    rec.inner = []
+    try:
+        with rec.label(index):
+            out = func(*args, **kwargs)
+        if q.device.type == "meta" or _is_fake(q):
+            # off-device the math path made a [B, H, S, Dv]-contiguous output; GPU kernels write
+            # [B, S, H, Dv] memory (the usual transpose back then costs nothing): match them
+            b, h, s, dv = out.shape[:-3], out.shape[-3], out.shape[-2], out.shape[-1]
+            out = torch.empty((*b, s, h, dv), dtype=out.dtype, device=out.device).transpose(-3, -2)
+    finally:
+        rec.suppress -= 1
+    cost = _attn.attention_cost(qm, km, vm, TensorMeta.of(out), backend=backend, causal=causal, mask=mask_meta,
+                                settings=settings, need_lse=need_lse)
+    ran_as = rec.inner[0].split("::")[-1] if rec.inner else "decomposed ops"
+    where = "fake " + q.device.type if _is_fake(q) else q.device.type
+    inputs = [qm, km, vm] + ([mask_meta] if mask_meta is not None else [])
+    rec.add("aten::scaled_dot_product_attention", inputs, [TensorMeta.of(out)], cost,
+            note=f"counted as the GPU's {backend} kernel (predicted; ran here on {where} as {ran_as})")
+    return out
+
+
+def _install_flex_rule() -> None:
+    """Cost flex attention's HOP from its block mask when it runs under the capture mode."""
+    try:
+        from torch._higher_order_ops.flex_attention import flex_attention as flex_hop
+    except ImportError:  # pragma: no cover
+        return
+    if getattr(_DispatchMode, "_flex_installed", False):
+        return
+
+    @flex_hop.py_impl(_DispatchMode)
+    def _flex(mode, query, key, value, score_mod, block_mask, scale, kernel_options, *rest):
+        rec = mode.recorder
+        index = rec.next_index()
+        with rec.label(index):
+            result = flex_hop(query, key, value, score_mod, block_mask, scale, kernel_options, *rest)
+        out = result[0] if isinstance(result, (tuple, list)) else result
+        qm, km, vm = TensorMeta.of(query), TensorMeta.of(key), TensorMeta.of(value)
+        cost = _attn.flex_attention_cost(qm, km, vm, TensorMeta.of(out), block_mask, rec.settings)
+        rec.add("higher_order::flex_attention", [qm, km, vm], [TensorMeta.of(out)], cost)
+        return result
+
+    _DispatchMode._flex_installed = True
+
+
+# ---------------------------------------------------------------------------- the capture
+
+
+class Capture:
+    """Context manager: record every op run inside it.  `profile()` turns the records into a Profile.
+
+        with Capture() as cap:
+            model(x)
+        prof = cap.profile(workload="my model")
+    """
+
+    def __init__(self, *, settings: Settings | None = None, label_ops: bool = False):
+        self.recorder = Recorder(settings or snapshot_settings(), label_ops=label_ops)
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "Capture":
+        _install_flex_rule()
+        st = self._stack
+        rec = self.recorder
+        from torch.nn.modules import module as _m
+
+        pre = _m.register_module_forward_pre_hook(rec.enter_module)
+        st.callback(pre.remove)
+        post = _m.register_module_forward_hook(rec.exit_module, always_call=True)
+        st.callback(post.remove)
+        if hasattr(torch.compiler, "set_stance"):
+            st.enter_context(torch.compiler.set_stance("force_eager"))
+        st.enter_context(_FunctionMode(rec))
+        st.enter_context(_DispatchMode(rec))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+    @property
+    def records(self) -> list[OpRecord]:
+        return self.recorder.records
+
+    def profile(self, *, workload: str = "", mode: str = "count", params: dict | None = None) -> Profile:
+        ops = tuple(self.recorder.records)
+        device = Counter(o.device for o in ops if o.device).most_common(1)
+        device = device[0][0] if device else "cpu"
+        return Profile(
+            ops=ops, workload=workload, device=device,
+            device_name=f"fake {device} (shapes only, no device)" if self.recorder.saw_fake else device_name(device),
+            mode=mode,
+            torch_version=torch.__version__, rooflight_version=__version__, created=now_iso(),
+            settings=self.recorder.settings, regions=tuple(self.recorder.regions), params=dict(params or {}),
+        )
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        try:
+            return torch.cuda.get_device_name(torch.device(device))
+        except Exception:
+            return device
+    if device.startswith("cpu"):
+        from .detect import describe_cpu
+
+        return describe_cpu().model
+    if device.startswith("meta"):
+        return "meta (shapes only, no device)"
+    return device
+
+
+def count(fn: Callable[..., Any], *args: Any, workload: str = "", **kwargs: Any) -> Profile:
+    """Run `fn(*args, **kwargs)` once and return the costs of every op it ran (no timing).
+
+    Works on CPU, CUDA, meta and fake tensors; on meta tensors nothing is computed, so a 70B
+    model's step can be counted on a laptop.
+    """
+    with Capture() as cap:
+        fn(*args, **kwargs)
+    return cap.profile(workload=workload or getattr(fn, "__qualname__", type(fn).__name__), mode="count")
+
+
+__all__ = ["Capture", "Recorder", "count", "snapshot_settings", "enabled_sdpa_backends"]

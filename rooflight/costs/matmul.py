@@ -1,0 +1,145 @@
+"""Matrix products and convolution: 2 FLOPs per multiply-add, on the tensor class of the dtype.
+
+`linear`, `matmul` and `einsum` are composite: by the time the dispatcher sees them they are
+views plus the products below, so their cost is the sum of what they decompose into.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .model import OpCall, OpCost, TensorMeta
+from .registry import aten, register_cost
+
+
+
+def _read(*tensors: TensorMeta | None) -> float:
+    return sum(t.bytes for t in tensors if isinstance(t, TensorMeta))
+
+
+def _epilogue(out: TensorMeta, bias: TensorMeta | None, beta: float = 1.0) -> dict:
+    """A bias/`beta*self` add in the GEMM epilogue: one vector FLOP per output element."""
+    if bias is None or beta == 0:
+        return {}
+    return {out.vector_class: out.numel}
+
+
+@register_cost(aten.mm)
+def mm(call: OpCall) -> OpCost:
+    # a: [M, K] @ b: [K, N] -> out: [M, N];  2*M*N*K FLOPs
+    a, b = call.arg(0), call.arg(1)
+    m, k = a.shape
+    n = b.shape[1]
+    cls = a.matrix_class(call.settings.allow_tf32_matmul)
+    return OpCost({cls: 2 * m * n * k}, _read(a, b), call.out.bytes)
+
+
+@register_cost(aten.addmm)
+def addmm(call: OpCall) -> OpCost:
+    # beta*bias + alpha*(a: [M, K] @ b: [K, N]);  bias broadcasts (a [N] bias is read once)
+    bias, a, b = call.arg(0), call.arg(1), call.arg(2)
+    beta = call.arg(3, "beta", 1)
+    m, k = a.shape
+    n = b.shape[1]
+    cls = a.matrix_class(call.settings.allow_tf32_matmul)
+    flops = {cls: 2 * m * n * k}
+    for c, v in _epilogue(call.out, bias, beta).items():
+        flops[c] = flops.get(c, 0) + v
+    return OpCost(flops, _read(a, b) + (bias.bytes if beta != 0 else 0), call.out.bytes)
+
+
+@register_cost(aten.bmm)
+def bmm(call: OpCall) -> OpCost:
+    # a: [B, M, K] @ b: [B, K, N] -> [B, M, N];  2*B*M*N*K
+    a, b = call.arg(0), call.arg(1)
+    bsz, m, k = a.shape
+    n = b.shape[2]
+    cls = a.matrix_class(call.settings.allow_tf32_matmul)
+    return OpCost({cls: 2 * bsz * m * n * k}, _read(a, b), call.out.bytes)
+
+
+@register_cost(aten.baddbmm)
+def baddbmm(call: OpCall) -> OpCost:
+    # beta*self: [B, M, N] + alpha*(a: [B, M, K] @ b: [B, K, N])
+    base, a, b = call.arg(0), call.arg(1), call.arg(2)
+    beta = call.arg(3, "beta", 1)
+    bsz, m, k = a.shape
+    n = b.shape[2]
+    cls = a.matrix_class(call.settings.allow_tf32_matmul)
+    flops = {cls: 2 * bsz * m * n * k}
+    for c, v in _epilogue(call.out, base, beta).items():
+        flops[c] = flops.get(c, 0) + v
+    return OpCost(flops, _read(a, b) + (base.bytes if beta != 0 else 0), call.out.bytes)
+
+
+@register_cost(aten._int_mm)
+def int_mm(call: OpCall) -> OpCost:
+    # int8 a: [M, K] @ int8 b: [K, N] -> int32 [M, N]
+    a, b = call.arg(0), call.arg(1)
+    m, k = a.shape
+    n = b.shape[1]
+    return OpCost({a.matrix_class(): 2 * m * n * k}, _read(a, b), call.out.bytes)
+
+
+@register_cost(aten._scaled_mm)
+def scaled_mm(call: OpCall) -> OpCost:
+    # fp8 a: [M, K] @ fp8 b: [K, N], scaled by scale_a/scale_b (+bias) -> out_dtype [M, N]
+    a, b = call.arg(0), call.arg(1)
+    scale_a, scale_b = call.arg(2, "scale_a"), call.arg(3, "scale_b")
+    bias = call.arg(4, "bias")
+    m, k = a.shape
+    n = b.shape[1]
+    flops = {a.matrix_class(): 2 * m * n * k}
+    if isinstance(bias, TensorMeta):
+        flops[call.out.vector_class] = m * n
+    return OpCost(flops, _read(a, b, scale_a, scale_b, bias), call.out.bytes,
+                  note="fp8 scaled matmul")
+
+
+@register_cost(aten._weight_int8pack_mm)
+def weight_int8pack_mm(call: OpCall) -> OpCost:
+    # x: [M, K] (bf16/fp16) @ int8 w: [N, K]^T * scales: [N] -> [M, N]
+    # The weight is read as int8 (1 byte per element) and widened on chip, so the math runs on
+    # the activation dtype's tensor class while the weight traffic is a quarter/half of bf16's.
+    x, w, scales = call.arg(0), call.arg(1), call.arg(2)
+    m, k = x.shape
+    n = w.shape[0]
+    return OpCost({x.matrix_class(): 2 * m * n * k}, _read(x, w, scales), call.out.bytes,
+                  note="weight-only int8: weights read as int8, math in the activation dtype")
+
+
+@register_cost(aten._weight_int4pack_mm, aten._weight_int4pack_mm_for_cpu)
+def weight_int4pack_mm(call: OpCall) -> OpCost:
+    # x: [M, K] @ packed int4 w (N*K/2 bytes in whatever packed layout) with per-group
+    # scales_and_zeros -> [M, N]; N is the output's last dim.
+    x, w = call.arg(0), call.arg(1)
+    sz = call.arg(3, "qScaleAndZeros")
+    m, k = x.shape
+    n = call.out.shape[-1]
+    return OpCost({x.matrix_class(): 2 * m * n * k}, _read(x, w, sz), call.out.bytes,
+                  note="weight-only int4: weights read packed (half a byte each), math in the activation dtype")
+
+
+@register_cost(aten.convolution, aten._convolution)
+def convolution(call: OpCall) -> OpCost:
+    # input: [N, C_in, *in_spatial], weight: [C_out, C_in/groups, *kernel] (transposed:
+    # [C_in, C_out/groups, *kernel]) -> out: [N, C_out, *out_spatial]
+    # FLOPs = 2 * N * C_out * prod(out_spatial) * (C_in/groups) * prod(kernel); transposed
+    # convolutions do the same work counted over the input positions.
+    x, w, bias = call.arg(0), call.arg(1), call.arg(2)
+    transposed = bool(call.arg(6, "transposed", False))
+    out = call.out
+    kernel = math.prod(w.shape[2:])
+    if transposed:
+        c_in, c_out_per_group = w.shape[0], w.shape[1]
+        flops = 2 * x.shape[0] * math.prod(x.shape[2:]) * c_in * c_out_per_group * kernel
+    else:
+        c_out, c_in_per_group = w.shape[0], w.shape[1]
+        flops = 2 * out.shape[0] * math.prod(out.shape[2:]) * c_out * c_in_per_group * kernel
+    cls = x.matrix_class(call.settings.allow_tf32_conv)
+    total = {cls: flops}
+    if isinstance(bias, TensorMeta):
+        total[out.vector_class] = out.numel
+    return OpCost(total, _read(x, w, bias), out.bytes)

@@ -1,0 +1,194 @@
+"""Elementwise ops, activations, reductions, softmax and normalization.
+
+FLOPs: one per arithmetic step of the op's definition, per output element (reductions: per
+input element); a transcendental (exp, log, tanh, erf, sqrt, ...) counts as one step.  The
+table below writes the steps out.  PyTorch's kernels compute half-precision elementwise math in
+float32 ("opmath"), so these FLOPs are on the fp32 vector class (fp64 for float64 tensors,
+int32 for integer and boolean tensors), whatever the storage dtype: the storage dtype shows up
+in the bytes.
+
+Bytes follow the bytes model in model.py: each tensor input read once (broadcast operands
+once), each output written once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..math_class import MathClass
+from .model import OpCall, OpCost, TensorMeta
+from .registry import aten, register_cost, register_generic
+
+
+# op name -> FLOPs per output element.  Unlisted pointwise ops count 1.
+FLOPS_PER_ELEMENT: dict[str, int] = {
+    # data movement dressed as pointwise: no arithmetic
+    "clone": 0, "positive": 0, "alias_copy": 0, "masked_fill": 1,
+    # one step each: add, sub, mul, div, neg, abs, compare, select, exp, log, sqrt, tanh, erf ...
+    # several steps:
+    "addcmul": 3,   # self + value * t1 * t2
+    "addcdiv": 3,   # self + value * t1 / t2
+    "lerp": 3,      # start + weight * (end - start)
+    "rsub": 2,      # other - alpha * self
+    "sigmoid": 3,   # 1 / (1 + exp(-x)): neg, exp, add+reciprocal
+    "silu": 4,      # x * sigmoid(x)
+    "gelu": 5,      # erf form: 0.5 * x * (1 + erf(x / sqrt 2)); tanh form counted as 9 below
+    "softplus": 3,  # log(1 + exp(x)) (with the beta scaling folded)
+    "elu": 3, "celu": 3, "selu": 4,
+    "mish": 6,      # x * tanh(softplus(x))
+    "leaky_relu": 2, "hardtanh": 2, "hardsigmoid": 3, "relu6": 2,
+    "logaddexp": 4, "logaddexp2": 4, "xlogy": 2, "hypot": 3, "logit": 3,
+    "sigmoid_backward": 3,  # grad * y * (1 - y)
+    "tanh_backward": 3,     # grad * (1 - y^2)
+    "silu_backward": 7,
+    "gelu_backward": 10,
+    "threshold_backward": 1,
+    "native_dropout_backward": 2,
+}
+
+
+def vector_class(t: TensorMeta) -> MathClass:
+    """The class elementwise math on `t` runs on (PyTorch computes half types in fp32)."""
+    if t.dtype in ("float64", "complex128"):
+        return MathClass.FP64
+    if t.vector_class is MathClass.INT32:
+        return MathClass.INT32
+    return MathClass.FP32
+
+
+def _compute_tensor(call: OpCall) -> TensorMeta:
+    """The tensor whose dtype the op computes in: the first floating input, else the output."""
+    for t in call.tensor_inputs():
+        if vector_class(t) is not MathClass.INT32:
+            return t
+    return call.outputs[0] if call.outputs else call.tensors()[0]
+
+
+def _op_name(call: OpCall) -> str:
+    name = call.op.split("::")[-1].split(".")[0]
+    return name[:-1] if name.endswith("_") and not name.endswith("__") else name
+
+
+def elementwise_cost(call: OpCall, flops_per_element: float | None = None, note: str = "") -> OpCost:
+    outs = [o for o in call.outputs if isinstance(o, TensorMeta)]
+    n = max((o.numel for o in outs), default=0)
+    if flops_per_element is None:
+        name = _op_name(call)
+        flops_per_element = FLOPS_PER_ELEMENT.get(name, 1)
+        if name == "gelu" and call.arg(1, "approximate", "none") == "tanh":
+            flops_per_element = 9  # 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))
+    reads = sum(t.bytes for t in call.tensor_inputs())
+    writes = sum(o.bytes for o in outs)
+    flops = {vector_class(_compute_tensor(call)): flops_per_element * n} if n else {}
+    return OpCost(flops, reads, writes, note=note)
+
+
+@register_generic("pointwise", lambda op: torch.Tag.pointwise in op.tags)
+def pointwise(call: OpCall) -> OpCost:
+    return elementwise_cost(call)
+
+
+# ---------------------------------------------------------------- reductions
+
+REDUCTION_FLOPS: dict[str, int] = {
+    "sum": 1, "nansum": 1, "mean": 1, "prod": 1, "amax": 1, "amin": 1, "aminmax": 2,
+    "max": 1, "min": 1, "argmax": 1, "argmin": 1, "all": 1, "any": 1, "count_nonzero": 1,
+    "var": 3, "std": 3, "var_mean": 3, "std_mean": 3,  # sub mean, square, accumulate
+    "norm": 2, "linalg_vector_norm": 2,  # |x|^p, accumulate
+    "logsumexp": 3,  # max, exp(x - max), accumulate
+    "cumsum": 1, "cumprod": 1, "logcumsumexp": 3,
+}
+
+
+def reduction_cost(call: OpCall) -> OpCost:
+    x = call.tensor_inputs()[0]
+    per = REDUCTION_FLOPS.get(_op_name(call), 1)
+    outs = [o for o in call.outputs if isinstance(o, TensorMeta)]
+    return OpCost({vector_class(x): per * x.numel}, sum(t.bytes for t in call.tensor_inputs()),
+                  sum(o.bytes for o in outs))
+
+
+@register_generic("reduction", lambda op: torch.Tag.reduction in op.tags)
+def reduction(call: OpCall) -> OpCost:
+    return reduction_cost(call)
+
+
+@register_cost(aten.max.dim, aten.min.dim, aten.cumsum, aten.cumsum_, aten.cumprod, aten.logcumsumexp,
+               aten.sort, aten.topk, aten.argsort, aten.kthvalue, aten.median, aten.mode)
+def ordered_reduction(call: OpCall) -> OpCost:
+    name = _op_name(call)
+    x = call.tensor_inputs()[0]
+    if name in ("sort", "argsort", "topk", "kthvalue", "median", "mode"):
+        # comparisons of a sort along the dim: n log2 n per row
+        dim_len = x.shape[call.arg(1, "dim", -1)] if x.ndim else 1
+        per = max(1.0, math.log2(max(dim_len, 2)))
+        outs = [o for o in call.outputs if isinstance(o, TensorMeta)]
+        return OpCost({vector_class(x): per * x.numel}, x.bytes, sum(o.bytes for o in outs),
+                      note="sort: n log2 n comparisons")
+    return reduction_cost(call)
+
+
+# ---------------------------------------------------------------- softmax
+
+@register_cost(aten._softmax, aten._log_softmax, aten._safe_softmax)
+def softmax(call: OpCall) -> OpCost:
+    # per element: max, subtract, exp, sum, divide (log_softmax: log instead of divide)
+    return elementwise_cost(call, 5)
+
+
+@register_cost(aten._softmax_backward_data, aten._log_softmax_backward_data)
+def softmax_backward(call: OpCall) -> OpCost:
+    # grad_in = y * (grad - sum(grad * y)): multiply, sum, subtract, multiply
+    return elementwise_cost(call, 4)
+
+
+# ---------------------------------------------------------------- normalization
+
+@register_cost(aten.native_layer_norm)
+def layer_norm(call: OpCall) -> OpCost:
+    # per element: mean (1), variance (sub, square, add: 3), normalize (sub, mul: 2),
+    # affine (mul, add: 2) = 8; outputs: y, mean and rstd per row (float32)
+    weight, bias = call.arg(2, "weight"), call.arg(3, "bias")
+    per = 6 + (1 if weight is not None else 0) + (1 if bias is not None else 0)
+    return elementwise_cost(call, per)
+
+
+@register_cost(aten.native_layer_norm_backward)
+def layer_norm_backward(call: OpCall) -> OpCost:
+    return elementwise_cost(call, 12)
+
+
+@register_cost(aten._fused_rms_norm)
+def fused_rms_norm(call: OpCall) -> OpCost:
+    # per element: square, accumulate, scale by rstd, scale by weight = 4; outputs y and rstd
+    weight = call.arg(2, "weight")
+    return elementwise_cost(call, 3 + (1 if weight is not None else 0))
+
+
+@register_cost(aten.native_group_norm, aten.native_batch_norm, aten._native_batch_norm_legit,
+               aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit_functional)
+def other_norms(call: OpCall) -> OpCost:
+    return elementwise_cost(call, 8)
+
+
+# ---------------------------------------------------------------- dropout and random fills
+
+@register_cost(aten.native_dropout)
+def dropout(call: OpCall) -> OpCost:
+    # draw, compare, scale: 3 per element; writes the output and the keep-mask
+    return elementwise_cost(call, 3)
+
+
+@register_cost(aten.bernoulli_, aten.uniform_, aten.normal_, aten.random_, aten.exponential_,
+               aten.rand, aten.randn, aten.rand_like, aten.randn_like, aten.randint, aten.randint_like,
+               aten.randperm, aten.bernoulli)
+def random_fill(call: OpCall) -> OpCost:
+    # generating a random number: counted as 2 steps; in-place fills write without reading
+    outs = [o for o in call.outputs if isinstance(o, TensorMeta)]
+    n = sum(o.numel for o in outs)
+    reads = 0.0
+    if _op_name(call) == "bernoulli" and not call.op.split("::")[-1].split(".")[0].endswith("_"):
+        reads = call.tensor_inputs()[0].bytes  # probabilities
+    return OpCost({MathClass.FP32: 2 * n} if n else {}, reads, sum(o.bytes for o in outs))

@@ -1,0 +1,278 @@
+"""The profile: plain frozen data about one run of a workload, with a JSON round-trip.
+
+A Profile holds one OpRecord per operation (its aten op, shapes, module path, region, and cost),
+the region paths, and what produced it (device, torch version, mode).  It knows nothing about
+any GPU's roofline: classifying, advising and projecting are functions of a profile and a spec.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+from .costs.model import Settings, TensorMeta
+from .errors import RooflightError
+from .math_class import MathClass
+
+SCHEMA = "rooflight.profile"
+SCHEMA_VERSION = 1
+
+
+class ProfileFormatError(RooflightError):
+    """A profile file that is not a rooflight profile, is corrupt, or has another version."""
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    index: int
+    op: str  # "aten::mm.default"; composite records: "aten::scaled_dot_product_attention"
+    module: str = ""  # "layers.3.attn.wo"; "" for the root module or no module
+    module_type: str = ""  # "Linear"
+    region: str = ""  # "decode/attn"
+    phase: str = "forward"  # or "backward"
+    device: str = ""
+    inputs: tuple[TensorMeta, ...] = ()
+    outputs: tuple[TensorMeta, ...] = ()
+    flops: Mapping[str, float] = field(default_factory=dict)  # math class -> FLOPs
+    bytes_read: float = 0.0
+    bytes_written: float = 0.0
+    comm_bytes: float = 0.0
+    link: str = ""
+    counted: bool = True  # False: no formula (or the formula failed); the note says which
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "flops", MappingProxyType({str(k): float(v) for k, v in dict(self.flops).items()}))
+
+    @property
+    def total_flops(self) -> float:
+        return sum(self.flops.values())
+
+    @property
+    def bytes(self) -> float:
+        return self.bytes_read + self.bytes_written
+
+    @property
+    def intensity(self) -> float:
+        if self.bytes == 0:
+            return math.inf if self.total_flops else 0.0
+        return self.total_flops / self.bytes
+
+    @property
+    def math_class(self) -> str:
+        """The class holding most of the FLOPs ("" for an op with none)."""
+        return max(self.flops, key=self.flops.get) if self.flops else ""
+
+    @property
+    def dtype(self) -> str:
+        ts = self.inputs or self.outputs
+        return ts[0].dtype if ts else ""
+
+    @property
+    def short_op(self) -> str:
+        """"mm" for "aten::mm.default"."""
+        name = self.op.split("::")[-1]
+        return name.split(".")[0]
+
+    @property
+    def shapes(self) -> str:
+        return " ".join(t.short() for t in self.inputs)
+
+
+@dataclass(frozen=True)
+class Profile:
+    ops: tuple[OpRecord, ...]
+    workload: str = ""
+    device: str = ""  # where the ops ran: "cpu", "cuda:0", "meta"
+    device_name: str = ""  # "NVIDIA H100 80GB HBM3", the CPU model, or "meta"
+    mode: str = "count"  # "count" (costs only) or "timed"
+    torch_version: str = ""
+    rooflight_version: str = ""
+    created: str = ""  # ISO-8601, UTC
+    settings: Settings = field(default_factory=Settings)
+    regions: tuple[str, ...] = ()  # region paths in order of first appearance
+    params: Mapping[str, Any] = field(default_factory=dict)  # workload parameters (sweep point ...)
+
+    # ------------------------------------------------------------------ totals
+
+    @property
+    def total_flops(self) -> float:
+        return sum(o.total_flops for o in self.ops)
+
+    @property
+    def total_bytes(self) -> float:
+        return sum(o.bytes for o in self.ops)
+
+    @property
+    def intensity(self) -> float:
+        b = self.total_bytes
+        return self.total_flops / b if b else (math.inf if self.total_flops else 0.0)
+
+    def flops_by_class(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for o in self.ops:
+            for k, v in o.flops.items():
+                out[k] = out.get(k, 0.0) + v
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    @property
+    def total_comm_bytes(self) -> float:
+        return sum(o.comm_bytes for o in self.ops)
+
+    def uncounted(self) -> dict[str, int]:
+        """Ops with no cost formula: op name -> how many calls.  Reported, never silently zero."""
+        out: dict[str, int] = {}
+        for o in self.ops:
+            if not o.counted:
+                out[o.op] = out.get(o.op, 0) + 1
+        return out
+
+    def select(self, *, region: str | None = None, module: str | None = None) -> tuple[OpRecord, ...]:
+        """Ops in a region (and its sub-regions) or a module (and its children)."""
+        def inside(path: str, prefix: str, sep: str) -> bool:
+            return prefix == "" or path == prefix or path.startswith(prefix + sep)
+
+        return tuple(o for o in self.ops
+                     if (region is None or inside(o.region, region, "/"))
+                     and (module is None or inside(o.module, module, ".")))
+
+    # ------------------------------------------------------------------ tables
+
+    @property
+    def df(self):
+        """One row per op (pandas DataFrame)."""
+        import pandas as pd
+
+        rows = [{
+            "index": o.index, "module": o.module, "module_type": o.module_type, "region": o.region,
+            "phase": o.phase, "op": o.short_op, "aten": o.op, "shapes": o.shapes, "dtype": o.dtype,
+            "math_class": o.math_class, "flops": o.total_flops, "bytes_read": o.bytes_read,
+            "bytes_written": o.bytes_written, "bytes": o.bytes, "intensity": o.intensity,
+            "comm_bytes": o.comm_bytes, "link": o.link, "counted": o.counted, "note": o.note,
+        } for o in self.ops]
+        cols = ["index", "module", "module_type", "region", "phase", "op", "aten", "shapes", "dtype",
+                "math_class", "flops", "bytes_read", "bytes_written", "bytes", "intensity", "comm_bytes",
+                "link", "counted", "note"]
+        return pd.DataFrame(rows, columns=cols).set_index("index")
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "version": SCHEMA_VERSION,
+            "workload": self.workload, "device": self.device, "device_name": self.device_name,
+            "mode": self.mode, "torch_version": self.torch_version,
+            "rooflight_version": self.rooflight_version, "created": self.created,
+            "settings": asdict(self.settings), "regions": list(self.regions), "params": dict(self.params),
+            "ops": [_op_to_dict(o) for o in self.ops],
+        }
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=_json_default, allow_nan=True)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the profile as JSON, atomically (a half-written file never replaces a good one)."""
+        from .io import write_text_atomic
+
+        return write_text_atomic(path, self.to_json())
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Profile":
+        if not isinstance(d, Mapping) or d.get("schema") != SCHEMA:
+            raise ProfileFormatError("not a rooflight profile (no 'schema': 'rooflight.profile'); "
+                                     "give a file written by rooflight")
+        if d.get("version") != SCHEMA_VERSION:
+            raise ProfileFormatError(f"profile format version {d.get('version')!r} is not supported by this "
+                                     f"rooflight (reads version {SCHEMA_VERSION}); re-create it with this version")
+        try:
+            settings = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.get("settings", {}).items()})
+            ops = tuple(_op_from_dict(o) for o in d["ops"])
+            return cls(
+                ops=ops, workload=d.get("workload", ""), device=d.get("device", ""),
+                device_name=d.get("device_name", ""), mode=d.get("mode", "count"),
+                torch_version=d.get("torch_version", ""), rooflight_version=d.get("rooflight_version", ""),
+                created=d.get("created", ""), settings=settings, regions=tuple(d.get("regions", ())),
+                params=dict(d.get("params", {})),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ProfileFormatError(f"profile is corrupt ({type(err).__name__}: {err}); re-create it") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Profile":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ProfileFormatError(f"profile is not valid JSON ({err.msg} at line {err.lineno}); "
+                                     "re-create it") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Profile":
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ProfileFormatError(f"{p}: no such file") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ProfileFormatError(f"{p}: cannot read ({err})") from None
+        try:
+            return cls.from_json(text)
+        except ProfileFormatError as err:
+            raise ProfileFormatError(f"{p}: {err}") from None
+
+    def with_params(self, **params: Any) -> "Profile":
+        return replace(self, params={**self.params, **params})
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, MathClass):
+        return x.value
+    if isinstance(x, (set, frozenset, tuple)):
+        return list(x)
+    if isinstance(x, Mapping):
+        return dict(x)
+    return str(x)
+
+
+def _meta_to_list(t: TensorMeta) -> list:
+    return [list(t.shape), list(t.stride), t.dtype, t.device, t.storage_offset, t.storage_numel]
+
+
+def _meta_from_list(x: list) -> TensorMeta:
+    shape, stride, dtype, device, offset, storage = x
+    return TensorMeta(tuple(shape), tuple(stride), dtype, device, offset, storage)
+
+
+def _op_to_dict(o: OpRecord) -> dict[str, Any]:
+    d = {f.name: getattr(o, f.name) for f in fields(o)}
+    d["inputs"] = [_meta_to_list(t) for t in o.inputs]
+    d["outputs"] = [_meta_to_list(t) for t in o.outputs]
+    d["flops"] = dict(o.flops)
+    return d
+
+
+def _op_from_dict(d: Mapping[str, Any]) -> OpRecord:
+    d = dict(d)
+    d["inputs"] = tuple(_meta_from_list(t) for t in d.get("inputs", ()))
+    d["outputs"] = tuple(_meta_from_list(t) for t in d.get("outputs", ()))
+    known = {f.name for f in fields(OpRecord)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown op fields {sorted(unknown)}")
+    return OpRecord(**d)
+
+
+def concat_ops(profiles: Iterable[Profile]) -> tuple[OpRecord, ...]:
+    out: list[OpRecord] = []
+    for p in profiles:
+        out.extend(replace(o, index=len(out) + i) for i, o in enumerate(p.ops))
+    return tuple(out)

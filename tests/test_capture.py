@@ -1,0 +1,197 @@
+"""Capture and profile: a Llama-style block counted against its hand-derived formula, on the CPU,
+the meta device and fake CUDA tensors alike; module and region attribution; the JSON round-trip."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import rooflight
+from kernels.llama import LlamaConfig, build, decode_one_token, prefill
+from rooflight.capture import Capture, count
+from rooflight.costs.attention import causal_pairs
+from rooflight.profile import Profile, ProfileFormatError
+from rooflight.regions import current_region, region
+
+CFG = LlamaConfig(n_layers=1, dim=64, n_heads=4, n_kv_heads=2, intermediate=128, vocab=100, max_seq=256)
+
+
+def block_flops(cfg: LlamaConfig, b: int, s: int) -> tuple[float, float]:
+    """(tensor FLOPs, fp32 vector FLOPs) of one decoder block's prefill over s new tokens."""
+    n, d, h, hk, hd, i = b * s, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.intermediate
+    pairs = causal_pairs(s, s, "upper_left", (128, 128))  # s <= 128: one tile, computed in full
+    tensor = (2 * n * d * h * hd          # wq
+              + 2 * 2 * n * d * hk * hd   # wk, wv
+              + 2 * n * h * hd * d        # wo
+              + 4 * b * h * pairs * hd    # QK^T and PV of the fused attention
+              + 3 * 2 * n * d * i)        # w1, w3, w2
+    rmsnorm = 4 * n * d + 2 * n           # pow, mean, *rsqrt, *weight per element; +eps, rsqrt per row
+    vector = (2 * rmsnorm
+              + 3 * n * h * hd + 3 * n * hk * hd  # RoPE on q and k: 6 ops on half of each head
+              + 5 * b * h * pairs                 # online softmax: 5 per score
+              + 2 * n * d                         # two residual adds
+              + 4 * n * i + n * i)                # silu (4 per element), gate multiply
+    return tensor, vector
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_llama_block_total_equals_hand_derived_formula(device):
+    b, s = 2, 16
+    model = build(CFG, batch=b, device=device, dtype=torch.bfloat16)
+    block = model.layers[0]
+    x = torch.randn(b, s, CFG.dim, dtype=torch.bfloat16, device=device)
+    cos, sin = model.rope_cos.narrow(0, 0, s), model.rope_sin.narrow(0, 0, s)
+    prof = count(block, x, 0, cos, sin)
+    tensor, vector = block_flops(CFG, b, s)
+    by_class = prof.flops_by_class()
+    assert by_class.pop("bf16_tensor") == tensor
+    assert by_class.pop("fp32") == vector
+    assert by_class.pop("int32", 0) == 0
+    assert not by_class, by_class
+    assert prof.uncounted() == {}
+
+
+def test_whole_model_counts_agree_on_cpu_meta_and_fake_cuda():
+    totals = []
+    for device in ("cpu", "meta", "fake-cuda"):
+        if device == "fake-cuda":
+            with FakeTensorMode():
+                m = build(CFG, batch=2, device="cuda")
+                toks = torch.zeros(2, 32, dtype=torch.long, device="cuda")
+                p = count(prefill, m, toks)
+                d = count(decode_one_token, m, toks.narrow(1, 0, 1), 32)
+        else:
+            m = build(CFG, batch=2, device=device)
+            toks = torch.zeros(2, 32, dtype=torch.long, device=device)
+            p = count(prefill, m, toks)
+            d = count(decode_one_token, m, toks.narrow(1, 0, 1), 32)
+        totals.append((p.flops_by_class(), p.total_bytes, d.flops_by_class(), d.total_bytes, len(p.ops)))
+        if device == "fake-cuda":
+            assert p.device == "cuda:0" and p.device_name.startswith("fake cuda:0")
+    assert totals[0] == totals[1] == totals[2]
+
+
+def test_per_module_totals_add_up_to_the_whole():
+    m = build("tiny", batch=1, device="meta")
+    p = count(prefill, m, torch.zeros(1, 64, dtype=torch.long, device="meta"))
+    layers = [f"layers.{i}" for i in range(m.cfg.n_layers)]
+    parts = [p.select(module=name) for name in layers + ["tok_embeddings", "norm", "output"]]
+    rest = [o for o in p.ops if o.module == ""]  # ops of the root module itself (slices, views)
+    assert sum(o.total_flops for part in parts for o in part) + sum(o.total_flops for o in rest) == p.total_flops
+    assert sum(o.bytes for part in parts for o in part) + sum(o.bytes for o in rest) == p.total_bytes
+    # children add up to their parent
+    attn = p.select(module="layers.0.attention")
+    children = sum(o.total_flops for c in ("wq", "wk", "wv", "wo") for o in p.select(module=f"layers.0.attention.{c}"))
+    own = sum(o.total_flops for o in attn if o.module == "layers.0.attention")
+    assert children + own == sum(o.total_flops for o in attn)
+
+
+def test_module_paths_and_types_are_recorded():
+    m = build("tiny", batch=1, device="meta")
+    p = count(decode_one_token, m, torch.zeros(1, 1, dtype=torch.long, device="meta"), 5)
+    wo = [o for o in p.ops if o.module == "layers.1.attention.wo" and o.short_op == "mm"]
+    assert len(wo) == 1 and wo[0].module_type == "Linear"
+    assert any(o.short_op == "scaled_dot_product_attention" and o.module == "layers.1.attention" for o in p.ops)
+
+
+def test_regions_nest_and_label_ops():
+    m = build("tiny", batch=1, device="meta")
+    toks = torch.zeros(1, 8, dtype=torch.long, device="meta")
+    tok = toks.narrow(1, 0, 1)
+
+    def generate():
+        with region("prefill"):
+            prefill(m, toks)
+        with region("decode"):
+            for pos in range(8, 10):
+                with region("step"):
+                    decode_one_token(m, tok, pos)
+
+    p = count(generate)
+    assert p.regions == ("prefill", "decode", "decode/step")
+    assert {o.region for o in p.ops} == {"prefill", "decode/step"}
+    assert len(p.select(region="decode")) == 2 * len(p.select(region="prefill"))
+    assert current_region() == ""
+
+
+def test_region_validates_its_name_and_works_outside_capture():
+    with region("outer"):
+        with region("inner"):
+            assert current_region() == "outer/inner"
+    with pytest.raises(rooflight.errors.UsageError):
+        with region("a/b"):
+            pass
+
+    @region("as-decorator")
+    def f():
+        return current_region()
+
+    assert f() == "as-decorator"
+
+
+def test_backward_ops_are_marked():
+    lin = nn.Linear(8, 4)
+    x = torch.randn(3, 8, requires_grad=True)
+    p = count(lambda: lin(x).sum().backward())
+    phases = {o.phase for o in p.ops}
+    assert phases == {"forward", "backward"}
+    back = [o for o in p.ops if o.phase == "backward" and o.short_op == "mm"]
+    assert back, "the weight and input gradients are matrix products"
+
+
+def test_profile_json_round_trip(tmp_path):
+    m = build("tiny", batch=1, device="meta")
+    with region("prefill"):
+        p = count(prefill, m, torch.zeros(1, 16, dtype=torch.long, device="meta"))
+    path = p.save(tmp_path / "run.json")
+    q = Profile.load(path)
+    assert q == p
+    assert q.to_json() == p.to_json()
+    d = json.loads(path.read_text())
+    assert d["schema"] == "rooflight.profile" and d["version"] == 1
+
+
+def test_profile_dataframe_has_one_row_per_op():
+    m = build("tiny", batch=1, device="meta")
+    p = count(prefill, m, torch.zeros(1, 16, dtype=torch.long, device="meta"))
+    df = p.df
+    assert len(df) == len(p.ops)
+    for col in ("module", "region", "op", "shapes", "dtype", "flops", "bytes", "intensity"):
+        assert col in df.columns
+    mm = df[df.op == "mm"]
+    assert (mm.intensity == mm.flops / mm.bytes).all()
+    assert df.flops.sum() == p.total_flops
+
+
+@pytest.mark.parametrize("text,message", [
+    ("not json", "not valid JSON"),
+    ('{"schema": "something.else"}', "not a rooflight profile"),
+    ('{"schema": "rooflight.profile", "version": 99, "ops": []}', "version 99 is not supported"),
+    ('{"schema": "rooflight.profile", "version": 1, "ops": [{"index": 0}]}', "corrupt"),
+    ('{"schema": "rooflight.profile", "version": 1}', "corrupt"),
+])
+def test_bad_profile_files_give_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    with pytest.raises(ProfileFormatError, match=message) as err:
+        Profile.load(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_capture_context_manager_and_top_level_api():
+    x = torch.randn(4, 4)
+    with Capture() as cap:
+        y = x @ x
+        z = y.relu()
+    prof = cap.profile(workload="two ops")
+    assert [o.short_op for o in prof.ops] == ["mm", "relu"]
+    assert prof.mode == "count" and prof.torch_version == torch.__version__
+    # 2*4*4*4 = 128 FLOPs of fp32 matrix math (no TF32 by default)
+    assert prof.ops[0].flops == {"fp32": 128.0}
+    assert rooflight.count(lambda: x @ x).total_flops == 128
+    assert math.isfinite(prof.intensity)
