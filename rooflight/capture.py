@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import time
 from collections import Counter
 from typing import Any, Callable, Iterator
 
@@ -49,10 +51,14 @@ _DATA_DEPENDENT_TAGS = tuple(t for t in (getattr(torch.Tag, "dynamic_output_shap
 def enabled_sdpa_backends() -> tuple[str, ...]:
     """The SDPA backends enabled now (sdpa_kernel contexts included), in torch's priority order."""
     names = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
-    try:
-        order = [names.get(int(i), "") for i in torch._C._get_sdp_priority_order()]
-    except (AttributeError, RuntimeError):
-        order = ["flash", "efficient", "math", "cudnn"]
+    # Off the GPU, predict for the GPU rooflight is usually pointed at: torch 2.11 on an H100 tries
+    # cuDNN first (benchmarks/results/gpu_facts.json), while a CPU-only build reports flash first.
+    order = ["cudnn", "flash", "efficient", "math"]
+    if torch.cuda.is_available():
+        try:
+            order = [names.get(int(i), "") for i in torch._C._get_sdp_priority_order()]
+        except (AttributeError, RuntimeError):
+            pass
     enabled = {
         "flash": torch.backends.cuda.flash_sdp_enabled(),
         "efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
@@ -155,9 +161,11 @@ class _Frame:
 class Recorder:
     """Accumulates OpRecords; shared by the dispatch mode, the function mode and the hooks."""
 
-    def __init__(self, settings: Settings, label_ops: bool = False):
+    def __init__(self, settings: Settings, label_ops: bool = False, time_ops: bool = False):
         self.settings = settings
         self.label_ops = label_ops  # wrap each op in a profiler label so kernels can be joined to it
+        self.time_ops = time_ops  # host wall time of each op (CPU timing), by op index
+        self.times: dict[int, tuple[float, float]] = {}
         self.records: list[OpRecord] = []
         self.regions: list[str] = []
         self._seen_regions: set[str] = set()
@@ -195,9 +203,14 @@ class Recorder:
 
     @contextlib.contextmanager
     def label(self, index: int) -> Iterator[None]:
+        """Around the execution of op `index`: a profiler label and/or a wall-clock span."""
         if self.label_ops:
             with torch.profiler.record_function(f"{OP_LABEL_PREFIX}{index}"):
                 yield
+        elif self.time_ops:
+            t0 = time.perf_counter()
+            yield
+            self.times[index] = (t0, time.perf_counter())
         else:
             yield
 
@@ -298,9 +311,46 @@ class _FunctionMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and not self.recorder.suppress:
-            return _sdpa(self.recorder, func, args, kwargs)
+        if not self.recorder.suppress:
+            if func is F.scaled_dot_product_attention:
+                return _sdpa(self.recorder, func, args, kwargs)
+            if func is _RMS_NORM:
+                return _rms_norm(self.recorder, func, args, kwargs)
         return func(*args, **kwargs)
+
+
+_RMS_NORM = getattr(F, "rms_norm", None)
+
+
+def _rms_norm(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """F.rms_norm is one fused kernel on CUDA (aten._fused_rms_norm) but decomposes into six ops
+    on the CPU and meta devices: off the GPU, record it as the fused op the GPU runs."""
+    x = args[0] if args else kwargs["input"]
+    if x.device.type == "cuda" and not _is_fake(x):
+        return func(*args, **kwargs)
+    from .costs.pointwise import fused_rms_norm
+
+    p = dict(zip(("input", "normalized_shape", "weight", "eps"), args))
+    p.update(kwargs)
+    index = rec.next_index()
+    rec.suppress += 1
+    rec.inner = []
+    try:
+        with rec.label(index):
+            out = func(*args, **kwargs)
+    finally:
+        rec.suppress -= 1
+    weight = p.get("weight")
+    xm = TensorMeta.of(x)
+    rstd = TensorMeta.contiguous((*xm.shape[:xm.ndim - len(p["normalized_shape"])], 1), "float32", xm.device)
+    inputs = (xm, list(p["normalized_shape"]), TensorMeta.of(weight) if isinstance(weight, torch.Tensor) else None)
+    call = OpCall("aten::_fused_rms_norm.default", inputs, {}, (TensorMeta.of(out), rstd), rec.settings,
+                  arg_names=("input", "normalized_shape", "weight", "eps"))
+    cost = fused_rms_norm(call)
+    rec.add("aten::_fused_rms_norm.default", [t for t in (inputs[0], inputs[2]) if t is not None],
+            [TensorMeta.of(out), rstd], cost,
+            note=f"counted as the GPU's fused kernel (ran here on {x.device.type} as {len(rec.inner)} ops)")
+    return out
 
 
 def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -324,6 +374,18 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     elif isinstance(mask, torch.Tensor):
         mask_meta = TensorMeta.of(mask)
     settings = dataclasses.replace(rec.settings, sdpa_backends=enabled_sdpa_backends())
+    if mask_meta is not None and mask.dtype == torch.bool and settings.sdpa_backends[:1] != ("math",):
+        # a GPU's fused kernels take an additive mask: torch converts a boolean one first with
+        # one elementwise kernel (where(mask, 0, -inf)); do the same so that it is counted
+        fused = _attn.predict_sdpa_backend(TensorMeta.of(q), TensorMeta.of(k), TensorMeta.of(v), has_mask=True,
+                                           dropout_p=dropout_p, enable_gqa=enable_gqa, settings=settings)
+        if fused != "math":
+            zero = torch.scalar_tensor(0.0, dtype=q.dtype, device=q.device)
+            ninf = torch.scalar_tensor(float("-inf"), dtype=q.dtype, device=q.device)
+            mask = torch.where(mask, zero, ninf)
+            mask_meta = TensorMeta.of(mask)
+            p["attn_mask"] = mask
+            args, kwargs = (), p
     qm, km, vm = TensorMeta.of(q), TensorMeta.of(k), TensorMeta.of(v)
     backend = _attn.predict_sdpa_backend(qm, km, vm, has_mask=mask_meta is not None, dropout_p=dropout_p,
                                           enable_gqa=enable_gqa, settings=settings)
@@ -394,8 +456,8 @@ class Capture:
         prof = cap.profile(workload="my model")
     """
 
-    def __init__(self, *, settings: Settings | None = None, label_ops: bool = False):
-        self.recorder = Recorder(settings or snapshot_settings(), label_ops=label_ops)
+    def __init__(self, *, settings: Settings | None = None, label_ops: bool = False, time_ops: bool = False):
+        self.recorder = Recorder(settings or snapshot_settings(), label_ops=label_ops, time_ops=time_ops)
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "Capture":

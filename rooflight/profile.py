@@ -85,6 +85,88 @@ class OpRecord:
 
 
 @dataclass(frozen=True)
+class KernelRecord:
+    """One GPU kernel (or memcpy/memset) of a timed run, with its spread over the repeats."""
+
+    op_index: int  # the OpRecord that launched it; -1 if it could not be joined to one
+    name: str
+    kind: str = "kernel"  # "kernel", "memcpy", "memset"
+    grid: tuple[int, ...] = ()
+    block: tuple[int, ...] = ()
+    seconds: float = 0.0  # median over repeats
+    seconds_min: float = 0.0
+    seconds_max: float = 0.0
+
+
+@dataclass(frozen=True)
+class OpTiming:
+    """Measured time of one OpRecord: GPU kernel time (or CPU wall time on a CPU run)."""
+
+    op_index: int
+    seconds: float  # median over repeats of the op's summed kernel time (CPU runs: wall time)
+    seconds_min: float
+    seconds_max: float
+    cpu_seconds: float = math.nan  # CPU dispatch time of the op (median), when measured
+    kernels: int = 0  # kernels per repeat
+
+    @property
+    def noisy(self) -> bool:
+        """Spread over the repeats above 20% of the median (and above 2 µs)."""
+        spread = self.seconds_max - self.seconds_min
+        return spread > 0.2 * self.seconds and spread > 2e-6
+
+
+@dataclass(frozen=True)
+class RegionTiming:
+    region: str  # "" for the whole run
+    wall_seconds: float  # median over repeats, from the region's first launch to its last kernel's end
+    busy_seconds: float  # GPU busy time inside it (union of kernel intervals); CPU runs: op time
+    cpu_seconds: float = math.nan  # host time inside the region
+
+    @property
+    def idle_seconds(self) -> float:
+        return max(self.wall_seconds - self.busy_seconds, 0.0)
+
+    @property
+    def busy_fraction(self) -> float:
+        return self.busy_seconds / self.wall_seconds if self.wall_seconds > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What a timed run measured, beside the counted costs."""
+
+    device_kind: str  # "cuda" or "cpu": CPU results are wall time per op, and say so everywhere
+    device_name: str
+    repeats: int
+    warmup: int
+    flush_l2: bool = False
+    cuda_graph: bool = False
+    ops: tuple[OpTiming, ...] = ()
+    kernels: tuple[KernelRecord, ...] = ()
+    regions: tuple[RegionTiming, ...] = ()  # the whole run first (region "")
+    notes: tuple[str, ...] = ()  # e.g. kernels that could not be joined to an op
+    plain_wall_seconds: float = math.nan  # median wall time of a run with no profiler and no capture
+
+    def op(self, index: int) -> OpTiming | None:
+        return self._by_index().get(index)
+
+    def _by_index(self) -> dict[int, OpTiming]:
+        cache = self.__dict__.get("_index")
+        if cache is None:
+            cache = {t.op_index: t for t in self.ops}
+            object.__setattr__(self, "_index", cache)
+        return cache
+
+    def region(self, name: str) -> RegionTiming | None:
+        return next((r for r in self.regions if r.region == name), None)
+
+    @property
+    def total(self) -> RegionTiming | None:
+        return self.region("")
+
+
+@dataclass(frozen=True)
 class Profile:
     ops: tuple[OpRecord, ...]
     workload: str = ""
@@ -97,6 +179,7 @@ class Profile:
     settings: Settings = field(default_factory=Settings)
     regions: tuple[str, ...] = ()  # region paths in order of first appearance
     params: Mapping[str, Any] = field(default_factory=dict)  # workload parameters (sweep point ...)
+    timing: Timing | None = None  # set when mode == "timed"
 
     # ------------------------------------------------------------------ totals
 
@@ -158,6 +241,14 @@ class Profile:
         cols = ["index", "module", "module_type", "region", "phase", "op", "aten", "shapes", "dtype",
                 "math_class", "flops", "bytes_read", "bytes_written", "bytes", "intensity", "comm_bytes",
                 "link", "counted", "note"]
+        if self.timing is not None:
+            for row in rows:
+                t = self.timing.op(row["index"])
+                row.update(seconds=t.seconds if t else math.nan, seconds_min=t.seconds_min if t else math.nan,
+                           seconds_max=t.seconds_max if t else math.nan,
+                           cpu_seconds=t.cpu_seconds if t else math.nan, kernels=t.kernels if t else 0,
+                           noisy=t.noisy if t else False)
+            cols += ["seconds", "seconds_min", "seconds_max", "cpu_seconds", "kernels", "noisy"]
         return pd.DataFrame(rows, columns=cols).set_index("index")
 
     # ------------------------------------------------------------------ JSON
@@ -170,6 +261,7 @@ class Profile:
             "rooflight_version": self.rooflight_version, "created": self.created,
             "settings": asdict(self.settings), "regions": list(self.regions), "params": dict(self.params),
             "ops": [_op_to_dict(o) for o in self.ops],
+            "timing": _timing_to_dict(self.timing) if self.timing is not None else None,
         }
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -198,6 +290,7 @@ class Profile:
                 torch_version=d.get("torch_version", ""), rooflight_version=d.get("rooflight_version", ""),
                 created=d.get("created", ""), settings=settings, regions=tuple(d.get("regions", ())),
                 params=dict(d.get("params", {})),
+                timing=_timing_from_dict(d["timing"]) if d.get("timing") else None,
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ProfileFormatError(f"profile is corrupt ({type(err).__name__}: {err}); re-create it") from None
@@ -269,6 +362,25 @@ def _op_from_dict(d: Mapping[str, Any]) -> OpRecord:
     if unknown:
         raise ValueError(f"unknown op fields {sorted(unknown)}")
     return OpRecord(**d)
+
+
+def _timing_to_dict(t: Timing) -> dict[str, Any]:
+    d = {f.name: getattr(t, f.name) for f in fields(t)}
+    d["ops"] = [asdict(o) for o in t.ops]
+    d["kernels"] = [asdict(k) for k in t.kernels]
+    d["regions"] = [asdict(r) for r in t.regions]
+    d["notes"] = list(t.notes)
+    return d
+
+
+def _timing_from_dict(d: Mapping[str, Any]) -> Timing:
+    d = dict(d)
+    d["ops"] = tuple(OpTiming(**o) for o in d.get("ops", ()))
+    d["kernels"] = tuple(KernelRecord(**{**k, "grid": tuple(k.get("grid", ())), "block": tuple(k.get("block", ()))})
+                         for k in d.get("kernels", ()))
+    d["regions"] = tuple(RegionTiming(**r) for r in d.get("regions", ()))
+    d["notes"] = tuple(d.get("notes", ()))
+    return Timing(**d)
 
 
 def concat_ops(profiles: Iterable[Profile]) -> tuple[OpRecord, ...]:

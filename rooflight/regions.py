@@ -17,6 +17,8 @@ import torch
 
 _STACK: list[str] = []
 PROFILER_PREFIX = "rooflight.region:"
+# callables (path, enter: bool) notified at region boundaries, e.g. the CPU timer's clock
+LISTENERS: list = []
 
 
 def current_region() -> str:
@@ -37,13 +39,18 @@ def region(name: str) -> Iterator[None]:
         raise UsageError(f"region name {name!r} must be a non-empty string without '/' "
                          "(nest regions to build a path)")
     _STACK.append(name)
+    path = current_region()
     nvtx = _nvtx_available()
     if nvtx:
         torch.cuda.nvtx.range_push(name)
+    for listener in LISTENERS:
+        listener(path, True)
     try:
-        with torch.profiler.record_function(PROFILER_PREFIX + current_region()):
+        with torch.profiler.record_function(PROFILER_PREFIX + path):
             yield
     finally:
+        for listener in LISTENERS:
+            listener(path, False)
         if nvtx:
             torch.cuda.nvtx.range_pop()
         _STACK.pop()

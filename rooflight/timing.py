@@ -1,0 +1,357 @@
+"""Timing a workload: every op's GPU time from the profiler's kernel activity, or CPU wall time.
+
+On a GPU, two kinds of pass run after the warm-up:
+
+1. one LABELLED pass: the capture records every op with its cost and wraps it in a profiler
+   label `rooflight.op:N`, so each kernel can be joined to the op that launched it (through the
+   launch's correlation id, see trace.py).  Its times are not used: the capture's Python work
+   between ops would inflate them.
+2. `repeats` PLAIN passes under torch.profiler with no capture at all, each inside a
+   `rooflight.repeat:I` label.  Their kernels are matched to the labelled pass's by position
+   and name (eager PyTorch launches the same kernels in the same order each time), which gives
+   every op its kernel time per repeat; the outermost aten op open at each launch gives its CPU
+   dispatch time; region labels give each region's wall time and the GPU's idle gaps.
+
+Options: `flush_l2` writes a buffer twice the L2 size before each repeat (cold-cache numbers);
+`cuda_graph` captures the workload in a CUDA graph once and times its replays.
+
+On a CPU the same API times each op's wall time directly (a light dispatch mode around each op),
+and every output says these are CPU results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+import torch
+
+from . import regions as _regions
+from . import trace as _trace
+from .capture import Capture
+from .errors import NoGPUError, UsageError
+from .profile import KernelRecord, OpTiming, Profile, RegionTiming, Timing
+
+
+def _stats(xs: list[float]) -> tuple[float, float, float]:
+    if not xs:
+        return math.nan, math.nan, math.nan
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def profile(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 10, flush_l2: bool = False,
+            cuda_graph: bool = False, device: str | None = None, workload: str = "",
+            params: dict | None = None, **kwargs: Any) -> Profile:
+    """Count and time `fn(*args, **kwargs)`: a Profile whose ops carry measured times.
+
+    device: "cuda" or "cpu" says where to take times from; by default the device the workload's
+    ops ran on (a workload on CPU tensors is timed on the CPU even where a GPU exists).
+    """
+    if repeats < 1 or warmup < 0:
+        raise UsageError(f"repeats must be >= 1 and warmup >= 0 (got repeats={repeats}, warmup={warmup})")
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise NoGPUError("timing on 'cuda' was asked for, but this machine has no CUDA GPU; "
+                         "time on the CPU (--device cpu) or count only (--count-only)")
+    name = workload or getattr(fn, "__qualname__", type(fn).__name__)
+    for _ in range(warmup):
+        fn(*args, **kwargs)
+    _sync()
+    on_gpu = torch.cuda.is_available() and device != "cpu"
+    if on_gpu:
+        counted, trace_labelled = _labelled_pass(fn, args, kwargs)
+        if not counted.device.startswith("cuda") and device is None:
+            on_gpu = False  # the workload runs on CPU tensors: time it there
+    if not on_gpu:
+        if cuda_graph:
+            raise UsageError("cuda_graph needs a workload on a CUDA GPU")
+        return _profile_cpu(fn, args, kwargs, warmup, repeats, name, params)
+    timing = _time_gpu(fn, args, kwargs, counted, trace_labelled, warmup, repeats, flush_l2, cuda_graph)
+    return replace(counted, workload=name, mode="timed", timing=timing, params=dict(params or {}))
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def _run_profiler(body: Callable[[], None], *, cuda: bool) -> dict:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with tprofile(activities=activities, record_shapes=False) as prof:
+        body()
+    fd, path = tempfile.mkstemp(suffix=".json", prefix="rooflight-trace-")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    finally:
+        os.unlink(path)
+
+
+def _labelled_pass(fn, args, kwargs) -> tuple[Profile, dict]:
+    cap = Capture(label_ops=True)
+
+    def body():
+        with cap, torch.profiler.record_function(f"{_trace.REPEAT_PREFIX}0"):
+            fn(*args, **kwargs)
+            _sync()
+
+    raw = _run_profiler(body, cuda=True)
+    return cap.profile(mode="count"), raw
+
+
+def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: int, repeats: int,
+              flush_l2: bool, cuda_graph: bool) -> Timing:
+    notes: list[str] = []
+    labelled = [d for d in _trace.parse(labelled_raw).device_events if d.repeat == 0]
+    ref_names = [d.name for d in labelled]
+    ref_ops = [d.op_index for d in labelled]
+    if labelled and all(i < 0 for i in ref_ops):
+        notes.append("no kernel could be joined to an op label: per-op times are missing")
+
+    flush_buf = None
+    if flush_l2:
+        l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size or 64 * 2**20
+        flush_buf = torch.empty(2 * l2 // 4, dtype=torch.int32, device="cuda")
+
+    run = lambda: fn(*args, **kwargs)  # noqa: E731
+    if cuda_graph:
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(max(warmup, 2)):
+                fn(*args, **kwargs)
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.cuda.graph(graph):
+            fn(*args, **kwargs)
+        run = graph.replay
+        notes.append("run as a CUDA graph: kernels are matched to ops by their order in the eager run")
+
+    def body():
+        for i in range(repeats):
+            if flush_buf is not None:
+                with torch.profiler.record_function("rooflight.flush_l2"):
+                    flush_buf.zero_()
+                    torch.cuda.synchronize()
+            with torch.profiler.record_function(f"{_trace.REPEAT_PREFIX}{i}"):
+                run()
+                torch.cuda.synchronize()
+
+    timed = _trace.parse(_run_profiler(body, cuda=True))
+    plain = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        plain.append(time.perf_counter() - t0)
+    result = _aggregate_gpu(timed, ref_names, ref_ops, counted, repeats, warmup, flush_l2, cuda_graph, notes,
+                          torch.cuda.get_device_name(torch.cuda.current_device()))
+    wall = statistics.median(plain)
+    profiled = result.total.wall_seconds if result.total else math.nan
+    if profiled > 1.1 * wall:
+        result = replace(result, notes=result.notes + (
+            f"under the profiler a run took {profiled * 1e3:.3g} ms, without it {wall * 1e3:.3g} ms: "
+            "the profiler's per-op cost inflates CPU-side times and GPU idle gaps",))
+    return replace(result, plain_wall_seconds=wall)
+
+
+def _aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int], counted: Profile, repeats: int,
+                   warmup: int, flush_l2: bool, cuda_graph: bool, notes: list[str], device_name: str) -> Timing:
+    """Per-op, per-kernel and per-region times from the plain passes' trace (pure: no GPU needed)."""
+    by_repeat: dict[int, list[_trace.DeviceEvent]] = {i: [] for i in range(repeats)}
+    for d in timed.device_events:
+        if d.repeat in by_repeat:
+            by_repeat[d.repeat].append(d)
+    if cuda_graph:  # one launch for the whole graph: order kernels by when they ran
+        for evs in by_repeat.values():
+            evs.sort(key=lambda d: d.start_us)
+    repeat_ranges = {int(a.name[len(_trace.REPEAT_PREFIX):]): a for a in timed.annotations
+                     if a.name.startswith(_trace.REPEAT_PREFIX)}
+
+    op_seconds: dict[int, list[float]] = {}
+    op_cpu: dict[int, list[float]] = {}
+    op_kernels: dict[int, int] = {}
+    kernel_seconds: dict[int, list[float]] = {}  # position in the reference sequence -> times
+    kernel_meta: dict[int, _trace.DeviceEvent] = {}
+    unmatched = 0
+    region_rows: dict[str, dict[str, list[float]]] = {}
+    for i, evs in by_repeat.items():
+        positions = _trace.align(ref_names, [d.name for d in evs])
+        per_op: dict[int, float] = {}
+        per_op_cpu: dict[int, dict[tuple, float]] = {}
+        for d, pos in zip(evs, positions):
+            if pos < 0:
+                unmatched += 1
+                continue
+            kernel_seconds.setdefault(pos, []).append(d.seconds)
+            kernel_meta.setdefault(pos, d)
+            op = ref_ops[pos]
+            if op < 0:
+                continue
+            per_op[op] = per_op.get(op, 0.0) + d.seconds
+            if d.top_op is not None and not cuda_graph:
+                key = (d.top_op.start_us, d.top_op.end_us)
+                per_op_cpu.setdefault(op, {})[key] = d.top_op.seconds
+        for op, s in per_op.items():
+            op_seconds.setdefault(op, []).append(s)
+            if op in per_op_cpu:
+                op_cpu.setdefault(op, []).append(sum(per_op_cpu[op].values()))
+        if i == 0:
+            op_kernels = {}
+            for pos, op in enumerate(ref_ops):
+                if op >= 0:
+                    op_kernels[op] = op_kernels.get(op, 0) + 1
+        # regions: the whole run ("") and each region path (with its parents)
+        region_of_op = {o.index: o.region for o in counted.ops}
+        groups: dict[str, list[tuple[float, float]]] = {"": []}
+        for d, pos in zip(evs, positions):
+            groups[""].append((d.start_us, d.end_us))
+            region = region_of_op.get(ref_ops[pos], "") if pos >= 0 else d.region
+            parts = region.split("/") if region else []
+            for k in range(1, len(parts) + 1):
+                groups.setdefault("/".join(parts[:k]), []).append((d.start_us, d.end_us))
+        rr = repeat_ranges.get(i)
+        for region, spans in groups.items():
+            row = region_rows.setdefault(region, {"wall": [], "busy": [], "cpu": []})
+            busy = _trace.union_seconds(spans)
+            if region == "" and rr is not None:
+                start = rr.start_us
+                end = max([rr.end_us] + [e for _, e in spans])
+                row["cpu"].append(rr.seconds)
+            else:
+                ann = [a for a in timed.annotations if a.name == _trace.REGION_PREFIX + region
+                       and rr is not None and rr.start_us <= a.start_us <= rr.end_us]
+                starts = [a.start_us for a in ann] + [s for s, _ in spans]
+                ends = [a.end_us for a in ann] + [e for _, e in spans]
+                start, end = min(starts), max(ends)
+                if ann:
+                    row["cpu"].append(sum(a.seconds for a in ann))
+            row["wall"].append((end - start) * 1e-6)
+            row["busy"].append(busy)
+    if unmatched:
+        notes.append(f"{unmatched} kernel launches over {repeats} repeats did not match the labelled run's "
+                     "sequence and are left out of per-op times")
+
+    ops = []
+    for o in counted.ops:
+        secs = op_seconds.get(o.index)
+        if not secs:
+            continue
+        med, lo, hi = _stats(secs)
+        cpu = statistics.median(op_cpu[o.index]) if op_cpu.get(o.index) else math.nan
+        ops.append(OpTiming(o.index, med, lo, hi, cpu, op_kernels.get(o.index, 0)))
+    kernels = []
+    for pos in sorted(kernel_seconds):
+        d = kernel_meta[pos]
+        med, lo, hi = _stats(kernel_seconds[pos])
+        kernels.append(KernelRecord(ref_ops[pos], d.name, d.kind, d.grid, d.block, med, lo, hi))
+    regions = []
+    for region in [""] + list(counted.regions):
+        row = region_rows.get(region)
+        if not row or not row["wall"]:
+            continue
+        regions.append(RegionTiming(region, statistics.median(row["wall"]), statistics.median(row["busy"]),
+                                    statistics.median(row["cpu"]) if row["cpu"] else math.nan))
+    return Timing("cuda", device_name, repeats, warmup, flush_l2, cuda_graph, tuple(ops), tuple(kernels), tuple(regions),
+                  tuple(notes))
+
+
+# ---------------------------------------------------------------------------- CPU
+
+
+def _plain_cpu_walls(fn, args, kwargs, repeats: int) -> dict[str, list[float]]:
+    """Wall time of the whole run and of each region (summed over its entries), without capture."""
+    walls: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        open_at: dict[str, float] = {}
+        spent: dict[str, float] = {}
+
+        def listener(path: str, enter: bool) -> None:
+            now = time.perf_counter()
+            if enter:
+                open_at[path] = now
+            else:
+                spent[path] = spent.get(path, 0.0) + now - open_at.pop(path, now)
+
+        _regions.LISTENERS.append(listener)
+        try:
+            t0 = time.perf_counter()
+            fn(*args, **kwargs)
+            spent[""] = time.perf_counter() - t0
+        finally:
+            _regions.LISTENERS.remove(listener)
+        for path, sec in spent.items():
+            walls.setdefault(path, []).append(sec)
+    return walls
+
+
+def _profile_cpu(fn, args, kwargs, warmup: int, repeats: int, name: str, params: dict | None) -> Profile:
+    """Each repeat runs under a capture that times every op's wall time (its own bookkeeping
+    stays outside the timed spans), so times and costs line up op for op."""
+    counted: Profile | None = None
+    per_op: dict[int, list[float]] = {}
+    region_rows: dict[str, dict[str, list[float]]] = {}
+    notes: list[str] = ["CPU results: wall time of each op on the host CPU, not GPU kernel time"]
+    skipped = 0
+    for _ in range(repeats):
+        cap = Capture(time_ops=True)
+        t0 = time.perf_counter()
+        with cap:
+            fn(*args, **kwargs)
+        wall = time.perf_counter() - t0
+        prof = cap.profile(workload=name, mode="count")
+        if counted is None:
+            counted = prof
+        elif [o.op for o in prof.ops] != [o.op for o in counted.ops]:
+            skipped += 1
+            continue
+        times = cap.recorder.times
+        groups: dict[str, list[tuple[float, float]]] = {"": []}
+        for o in prof.ops:
+            if o.index not in times:
+                continue
+            s, e = times[o.index]
+            per_op.setdefault(o.index, []).append(e - s)
+            groups[""].append((s, e))
+            parts = o.region.split("/") if o.region else []
+            for k in range(1, len(parts) + 1):
+                groups.setdefault("/".join(parts[:k]), []).append((s, e))
+        for region, spans in groups.items():
+            row = region_rows.setdefault(region, {"wall": [], "busy": []})
+            row["wall"].append(wall if region == "" else max(e for _, e in spans) - min(s for s, _ in spans))
+            row["busy"].append(sum(e - s for s, e in spans))
+    if skipped:
+        notes.append(f"the op sequence changed in {skipped} of {repeats} repeats; those are left out")
+    # wall times from plain runs (no capture): the capture's own work must not look like idle time
+    plain = _plain_cpu_walls(fn, args, kwargs, repeats)
+    for region, walls in plain.items():
+        if region in region_rows:
+            region_rows[region]["wall"] = walls
+    ops = []
+    for idx, secs in sorted(per_op.items()):
+        med, lo, hi = _stats(secs)
+        ops.append(OpTiming(idx, med, lo, hi, med, 1))
+    regions = []
+    for r in [""] + list(counted.regions):
+        row = region_rows.get(r)
+        if not row or not row["wall"]:
+            continue
+        wall, busy = statistics.median(row["wall"]), statistics.median(row["busy"])
+        if busy > wall and r == "":
+            notes.append(f"ops timed one by one add up to {busy / wall:.0%} of the plain run's wall time "
+                         "(per-op timing costs a little each); busy time is capped at the wall time")
+        regions.append(RegionTiming(r, wall, min(busy, wall), wall))
+    whole = plain.get("", [])
+    timing = Timing("cpu", counted.device_name, repeats, warmup, False, False, tuple(ops), (), tuple(regions),
+                    tuple(notes), statistics.median(whole) if whole else math.nan)
+    return replace(counted, mode="timed", timing=timing, params=dict(params or {}))

@@ -1,0 +1,184 @@
+"""Reading a Kineto trace (torch.profiler's chrome-trace JSON) and joining GPU work to host ranges.
+
+A device event (kernel, memcpy, memset) carries a `correlation` id shared with the runtime call
+that launched it (cudaLaunchKernel, cudaMemcpyAsync, cudaGraphLaunch ...).  That call happened on
+a host thread at a known time, inside whatever ranges were open there: aten ops (`cpu_op`) and
+profiler labels (`user_annotation`: rooflight's `rooflight.op:N`, `rooflight.region:PATH`,
+`rooflight.repeat:I`).  Joining is therefore: device event -> launch (by correlation) -> the
+stack of ranges open on the launching thread at that moment (found by one sweep per thread).
+
+Pure functions of the trace dict: the test-suite runs them on a trace recorded on an H100.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+DEVICE_CATEGORIES = {"kernel": "kernel", "gpu_memcpy": "memcpy", "gpu_memset": "memset"}
+LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
+OP_PREFIX = "rooflight.op:"
+REGION_PREFIX = "rooflight.region:"
+REPEAT_PREFIX = "rooflight.repeat:"
+
+
+@dataclass(frozen=True)
+class HostRange:
+    name: str
+    cat: str  # "cpu_op" or "user_annotation"
+    tid: Any
+    start_us: float
+    end_us: float
+
+    @property
+    def seconds(self) -> float:
+        return (self.end_us - self.start_us) * 1e-6
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    """A kernel/memcpy/memset joined to the host ranges open when it was launched."""
+
+    name: str
+    kind: str  # "kernel", "memcpy", "memset"
+    start_us: float
+    end_us: float
+    stream: Any
+    correlation: int
+    grid: tuple[int, ...]
+    block: tuple[int, ...]
+    launch_us: float  # when the host launched it (nan if the launch was not in the trace)
+    op_index: int  # from the innermost `rooflight.op:N` label, else -1
+    region: str  # from the innermost `rooflight.region:PATH` label, else ""
+    repeat: int  # from `rooflight.repeat:I`, else -1
+    top_op: HostRange | None  # the outermost aten op open on the launching thread
+
+    @property
+    def seconds(self) -> float:
+        return (self.end_us - self.start_us) * 1e-6
+
+
+@dataclass(frozen=True)
+class Trace:
+    device_events: tuple[DeviceEvent, ...]  # in launch order (then GPU start order)
+    annotations: tuple[HostRange, ...]  # user_annotation ranges on the host
+    cpu_ops: tuple[HostRange, ...]
+
+
+def load(path: str | Path) -> dict:
+    """A chrome-trace JSON file (optionally .gz) as a dict."""
+    p = Path(path)
+    opener = gzip.open if p.suffix == ".gz" else open
+    with opener(p, "rt", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _num(x: Any, default: float = float("nan")) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return default
+
+
+def parse(trace: Mapping[str, Any]) -> Trace:
+    events = trace.get("traceEvents", trace if isinstance(trace, list) else [])
+    ranges: dict[Any, list[HostRange]] = {}
+    launches: dict[int, tuple[Any, float]] = {}
+    raw_device: list[Mapping[str, Any]] = []
+    for ev in events:
+        if ev.get("ph") != "X":
+            continue
+        cat = ev.get("cat", "")
+        args = ev.get("args") or {}
+        start, dur = _num(ev.get("ts")), _num(ev.get("dur"), 0.0)
+        if cat in ("cpu_op", "user_annotation"):
+            ranges.setdefault(ev.get("tid"), []).append(HostRange(ev.get("name", ""), cat, ev.get("tid"), start, start + dur))
+        elif cat in LAUNCH_CATEGORIES and "correlation" in args:
+            launches[int(args["correlation"])] = (ev.get("tid"), start)
+        elif cat in DEVICE_CATEGORIES:
+            raw_device.append(ev)
+
+    # one sweep per host thread: which ranges are open at each launch
+    by_launch: dict[int, list[HostRange]] = {}
+    points_by_tid: dict[Any, list[tuple[float, int]]] = {}
+    for corr, (tid, ts) in launches.items():
+        points_by_tid.setdefault(tid, []).append((ts, corr))
+    for tid, points in points_by_tid.items():
+        spans = sorted(ranges.get(tid, []), key=lambda r: (r.start_us, -r.end_us))
+        points.sort()
+        stack: list[HostRange] = []
+        i = 0
+        for ts, corr in points:
+            while i < len(spans) and spans[i].start_us <= ts:
+                while stack and stack[-1].end_us < spans[i].start_us:
+                    stack.pop()
+                stack.append(spans[i])
+                i += 1
+            while stack and stack[-1].end_us < ts:
+                stack.pop()
+            # ranges on one thread nest, but an outer range can close before an inner one in a
+            # trace with clock jitter: keep only those that really contain the launch
+            by_launch[corr] = [r for r in stack if r.start_us <= ts <= r.end_us]
+
+    device: list[DeviceEvent] = []
+    for ev in raw_device:
+        args = ev.get("args") or {}
+        corr = int(args.get("correlation", -1))
+        open_ranges = by_launch.get(corr, [])
+        op_index, region, repeat, top_op = -1, "", -1, None
+        for r in open_ranges:  # outermost first
+            if r.cat == "user_annotation":
+                if r.name.startswith(OP_PREFIX):
+                    op_index = int(r.name[len(OP_PREFIX):])
+                elif r.name.startswith(REGION_PREFIX):
+                    region = r.name[len(REGION_PREFIX):]
+                elif r.name.startswith(REPEAT_PREFIX):
+                    repeat = int(r.name[len(REPEAT_PREFIX):])
+            elif r.cat == "cpu_op" and top_op is None:
+                top_op = r
+        start = _num(ev.get("ts"))
+        launch = launches.get(corr)
+        device.append(DeviceEvent(
+            name=ev.get("name", ""), kind=DEVICE_CATEGORIES[ev.get("cat")], start_us=start,
+            end_us=start + _num(ev.get("dur"), 0.0), stream=args.get("stream", ev.get("tid")), correlation=corr,
+            grid=tuple(int(x) for x in args.get("grid", ()) or ()), block=tuple(int(x) for x in args.get("block", ()) or ()),
+            launch_us=launch[1] if launch else float("nan"), op_index=op_index, region=region, repeat=repeat,
+            top_op=top_op,
+        ))
+    device.sort(key=lambda d: (d.launch_us if d.launch_us == d.launch_us else d.start_us, d.correlation, d.start_us))
+    annotations = tuple(r for rs in ranges.values() for r in rs if r.cat == "user_annotation")
+    cpu_ops = tuple(r for rs in ranges.values() for r in rs if r.cat == "cpu_op")
+    return Trace(tuple(device), annotations, cpu_ops)
+
+
+def union_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """Total length of the union of [start, end) intervals, in seconds (inputs in µs)."""
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted(intervals):
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        total += cur_e - cur_s
+    return total * 1e-6
+
+
+def align(reference: list[str], observed: list[str]) -> list[int]:
+    """For each observed kernel name, the position of the same kernel in the reference sequence
+    (-1 where the sequences disagree): kernels of an unlabelled run mapped to a labelled one."""
+    if reference == observed:
+        return list(range(len(observed)))
+    import difflib
+
+    out = [-1] * len(observed)
+    matcher = difflib.SequenceMatcher(a=reference, b=observed, autojunk=False)
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            out[block.b + k] = block.a + k
+    return out

@@ -1,0 +1,118 @@
+"""Timing: the kernel<->op join on a profiler trace recorded on an H100 (tests/fixtures, made by
+tests/fixtures/record_traces.py), and the CPU timing path end to end."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from rooflight import timing, trace
+from rooflight.errors import NoGPUError, UsageError
+from rooflight.profile import Profile
+from rooflight.regions import region
+
+FIX = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    labelled = trace.parse(trace.load(FIX / "trace_labelled.json.gz"))
+    timed = trace.parse(trace.load(FIX / "trace_timed.json.gz"))
+    prof = Profile.load(FIX / "trace_profile.json")
+    return labelled, timed, prof
+
+
+def test_every_kernel_of_the_labelled_pass_joins_to_an_op(recorded):
+    labelled, _, prof = recorded
+    events = [d for d in labelled.device_events if d.repeat == 0]
+    assert events and all(d.op_index >= 0 for d in events)
+    kinds = Counter((prof.ops[d.op_index].short_op, d.kind) for d in events)
+    # each matrix product launched a GEMM kernel; the attention launched cuDNN's kernels
+    gemms = [d for d in events if prof.ops[d.op_index].short_op == "mm"]
+    assert gemms and all(d.kind == "kernel" for d in gemms)
+    assert all("scaled_dot_product" in prof.ops[d.op_index].op for d in events if "cudnn" in d.name.lower()
+               or "fmha" in d.name.lower() or "flash" in d.name.lower())
+    assert kinds[("mm", "kernel")] == sum(1 for o in prof.ops if o.short_op == "mm")
+    # regions come from the labels open at launch
+    assert {d.region for d in events} == {"decode"}
+
+
+def test_plain_passes_align_with_the_labelled_pass(recorded):
+    labelled, timed, prof = recorded
+    ref = [d for d in labelled.device_events if d.repeat == 0]
+    for rep in (0, 1):
+        seq = [d.name for d in timed.device_events if d.repeat == rep]
+        assert trace.align([d.name for d in ref], seq) == list(range(len(ref)))
+
+
+def test_aggregate_gives_per_op_kernel_and_region_times(recorded):
+    labelled, timed, prof = recorded
+    ref = [d for d in labelled.device_events if d.repeat == 0]
+    t = timing._aggregate_gpu(timed, [d.name for d in ref], [d.op_index for d in ref], prof, repeats=2, warmup=3,
+                              flush_l2=False, cuda_graph=False, notes=[], device_name="NVIDIA H100 80GB HBM3")
+    assert t.device_kind == "cuda" and not t.notes
+    launching = {d.op_index for d in ref}
+    assert {o.op_index for o in t.ops} == launching
+    for o in t.ops:
+        assert 0 < o.seconds_min <= o.seconds <= o.seconds_max < 1e-3  # a tiny model: every op under a millisecond
+        assert o.kernels >= 1
+        assert o.cpu_seconds > 0  # the outermost aten op open at the launch
+    assert len(t.kernels) == len(ref)
+    total, dec = t.total, t.region("decode")
+    assert total is not None and dec is not None
+    busy = sum(k.seconds for k in t.kernels)
+    # kernels do not overlap on one stream: busy time is the sum of kernel times (within rounding)
+    assert dec.busy_seconds == pytest.approx(busy, rel=0.05)
+    assert 0 < dec.busy_seconds <= dec.wall_seconds <= total.wall_seconds
+    assert 0 < total.busy_fraction < 1
+
+
+def test_union_and_align_helpers():
+    # [0,10) and [5,20) overlap: 20 µs; [30,40) apart: +10 µs
+    assert trace.union_seconds([(0, 10), (5, 20), (30, 40)]) == pytest.approx(30e-6)
+    assert trace.align(["a", "b", "c"], ["a", "x", "c"]) == [0, -1, 2]
+
+
+def test_cpu_timing_path_end_to_end():
+    lin = torch.nn.Linear(256, 256)
+    x = torch.randn(64, 256)
+
+    def work():
+        with region("mlp"):
+            torch.relu(lin(x))
+
+    p = timing.profile(work, warmup=1, repeats=3, device="cpu")
+    t = p.timing
+    assert p.mode == "timed" and t.device_kind == "cpu"
+    assert any("CPU results" in n for n in t.notes)
+    ops = {p.ops[o.op_index].short_op: o for o in t.ops}
+    assert {"addmm", "relu"} <= set(ops)
+    assert all(o.seconds > 0 and o.seconds_min <= o.seconds <= o.seconds_max for o in t.ops)
+    assert t.region("mlp") is not None and t.total.wall_seconds > 0
+    df = p.df
+    assert "seconds" in df.columns and df.seconds.notna().any()
+    q = Profile.from_json(p.to_json())
+    assert q.to_json() == p.to_json() and q.timing.ops == p.timing.ops
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(UsageError, match="repeats"):
+        timing.profile(lambda: None, repeats=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(NoGPUError, match="no CUDA GPU"):
+            timing.profile(lambda: None, device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_timing_joins_kernels_to_ops():
+    x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    p = timing.profile(lambda: (x @ x).relu(), warmup=2, repeats=5)
+    t = p.timing
+    ops = {p.ops[o.op_index].short_op: o for o in t.ops}
+    assert set(ops) >= {"mm", "relu"}
+    assert all(o.kernels >= 1 for o in t.ops)
+    assert not math.isnan(ops["mm"].cpu_seconds)
