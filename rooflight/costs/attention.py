@@ -82,8 +82,10 @@ def attention_cost(
         else:
             pairs_per_head = sq * sk
     pairs = batch * hq * pairs_per_head
-    tensor_cls = q.matrix_class(settings.allow_tf32_matmul)
-    flops = {tensor_cls: 2 * pairs * (d + dv), MathClass.FP32: SOFTMAX_FLOPS_PER_SCORE * pairs}
+    # QK^T and PV: 2·D + 2·Dv per pair on the matrix class of q's dtype (plain fp32 without
+    # TF32, which is also the softmax's class: add the two, never let one replace the other)
+    flops = {q.matrix_class(settings.allow_tf32_matmul): 2 * pairs * (d + dv)}
+    flops[MathClass.FP32] = flops.get(MathClass.FP32, 0) + SOFTMAX_FLOPS_PER_SCORE * pairs
     if out is None:
         out = TensorMeta.contiguous((*q.shape[:-1], dv), q.dtype, q.device)
     reads = q.bytes + k.bytes + v.bytes + (mask.bytes if mask is not None else 0) + extra_read
@@ -95,30 +97,40 @@ def attention_cost(
 
 
 def attention_backward_cost(q: TensorMeta, k: TensorMeta, v: TensorMeta, out: TensorMeta, grad_out: TensorMeta,
-                            *, backend: str, causal: str | None, settings: Settings) -> OpCost:
-    """FlashAttention-2 style backward: recompute QKᵀ, then dV, dP, dQ, dK: 5 matmuls."""
-    fwd = attention_cost(q, k, v, out, backend=backend, causal=causal, settings=settings)
-    tensor = {c: f * 2.5 for c, f in fwd.flops.items() if c.is_tensor}
-    vector = {c: f * 2 for c, f in fwd.flops.items() if not c.is_tensor}
-    batch, hq, sq = math.prod(q.shape[:-3]), q.shape[-3], q.shape[-2]
-    reads = q.bytes + k.bytes + v.bytes + out.bytes + grad_out.bytes + batch * hq * sq * 4
+                            *, backend: str, causal: str | None, settings: Settings,
+                            mask: TensorMeta | None = None) -> OpCost:
+    """FlashAttention-2 style backward: recompute S = QKᵀ (2·D per pair), then dV = PᵀdO (2·Dv),
+    dP = dO·Vᵀ (2·Dv), dQ = dS·K (2·D), dK = dSᵀQ (2·D): 2·(3·D + 2·Dv) per pair, 2.5x the
+    forward's when D == Dv; the softmax's vector work twice the forward's."""
+    batch, hq, sq, d = math.prod(q.shape[:-3]), q.shape[-3], q.shape[-2], q.shape[-1]
+    sk, dv = k.shape[-2], v.shape[-1]
+    per_head = causal_pairs(sq, sk, causal, settings.attention_tile) if causal else sq * sk
+    pairs = batch * hq * per_head
+    flops = {q.matrix_class(settings.allow_tf32_matmul): 2 * pairs * (3 * d + 2 * dv)}
+    flops[MathClass.FP32] = flops.get(MathClass.FP32, 0) + 2 * SOFTMAX_FLOPS_PER_SCORE * pairs
+    reads = (q.bytes + k.bytes + v.bytes + out.bytes + grad_out.bytes + batch * hq * sq * 4  # + lse
+             + (mask.bytes if mask is not None else 0))
     writes = q.bytes + k.bytes + v.bytes  # dq, dk, dv
-    return OpCost({**tensor, **vector}, reads, writes, note=f"{backend} attention backward (fused)")
+    return OpCost(flops, reads, writes, note=f"{backend} attention backward (fused)")
 
 
 # ------------------------------------------------------------------ which backend runs on a GPU
 
 def predict_sdpa_backend(q: TensorMeta, k: TensorMeta, v: TensorMeta, *, has_mask: bool, dropout_p: float,
-                         enable_gqa: bool, settings: Settings) -> str:
+                         enable_gqa: bool, settings: Settings, is_causal: bool = False) -> str:
     """The backend torch would pick on an sm80+ NVIDIA GPU, from the enabled backends in their
     priority order.  Only fused-or-math changes the count; the name is reported."""
     d, dv = q.shape[-1], v.shape[-1]
     half = q.dtype in ("float16", "bfloat16")
+    # torch's flash refuses is_causal with Sq != Sk (FlashAttention-2 aligns causal lower-right,
+    # SDPA's is_causal is upper-left): check_flash_causal_non_square_seqlens in sdp_utils.cpp
+    square = not is_causal or q.shape[-2] == k.shape[-2]
     for backend in settings.sdpa_backends:
-        if backend == "cudnn" and half and d == dv and d % 8 == 0 and d <= 128 and not has_mask \
-                and dropout_p == 0 and not enable_gqa:
+        # torch 2.11 on an H100 ran cuDNN for every fp16/bf16 case tried: causal or not, masked,
+        # GQA with enable_gqa, decode (Sq = 1), head dims 64-256 (benchmarks/results/gpu_facts.json)
+        if backend == "cudnn" and half and d == dv and d % 8 == 0 and d <= 256 and dropout_p == 0:
             return "cudnn"
-        if backend == "flash" and half and d == dv and d % 8 == 0 and d <= 256 and not has_mask:
+        if backend == "flash" and half and d == dv and d % 8 == 0 and d <= 256 and not has_mask and square:
             return "flash"
         if backend == "efficient" and q.dtype in ("float16", "bfloat16", "float32") and d % 4 == 0 \
                 and dv % 4 == 0 and not enable_gqa:
@@ -174,8 +186,16 @@ def sdpa_cpu(call: OpCall) -> OpCost:
 @register_cost(aten._flash_attention_forward)
 def flash_forward(call: OpCall) -> OpCost:
     # varlen-capable: (query [T, H, D], key, value, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p,
-    # is_causal, return_debug_mask, ...); dense calls have batch-first [B, S, H, D]
+    # is_causal, return_debug_mask, *, scale, window_size_left, window_size_right, ...); dense
+    # calls have batch-first [B, S, H, D].  The pairs of a packed varlen batch depend on the values
+    # in cum_seq_q/cum_seq_k, and a window's on its band: not counted (rather than counted as a
+    # dense square), so the record says so.
     q, k, v = call.arg(0), call.arg(1), call.arg(2)
+    if q.ndim != 4 or isinstance(call.arg(3, "cum_seq_q"), TensorMeta):
+        raise CountError("varlen flash attention: its work depends on the sequence lengths in cum_seq_q/cum_seq_k")
+    if any((call.kwargs.get(w) if call.kwargs.get(w) is not None else -1) >= 0
+           for w in ("window_size_left", "window_size_right")):
+        raise CountError("flash attention with a window: use flex attention with a block mask to count it")
     qh, kh, vh = (_bshd_to_bhsd(t) for t in (q, k, v))
     return attention_cost(qh, kh, vh, _bshd_to_bhsd(call.out), backend="flash",
                           causal=_causal(call.arg(8, "is_causal")), settings=call.settings, need_lse=True)
@@ -192,14 +212,21 @@ def _bshd_to_bhsd(t: TensorMeta) -> TensorMeta:
 @register_cost(aten._scaled_dot_product_flash_attention_backward, aten._scaled_dot_product_efficient_attention_backward,
                aten._scaled_dot_product_cudnn_attention_backward)
 def sdpa_backward(call: OpCall) -> OpCost:
-    # (grad_out, query, key, value, out, logsumexp, ...) ; is_causal position differs by backend
-    grad_out, q, k, v, out = (call.arg(i) for i in range(5))
+    # flash:     (grad_out, query, key, value, out, logsumexp, cum_seq_q, cum_seq_k, max_q, max_k,
+    #             dropout_p, is_causal, ...)
+    # efficient: (grad_out_, query, key, value, attn_bias, out, logsumexp, philox_seed, philox_offset,
+    #             dropout_p, grad_input_mask, is_causal)
+    # cudnn:     (grad_out, query, key, value, out, logsumexp, philox_seed, philox_offset, attn_bias,
+    #             cum_seq_q, cum_seq_k, max_q, max_k, dropout_p, is_causal)
     name = call.op.split("::")[-1]
     backend = "flash" if "flash" in name else ("cudnn" if "cudnn" in name else "efficient")
-    causal = bool(call.kwargs.get("is_causal")) or any(
-        call.arg_names[i] == "is_causal" and call.args[i] is True for i in range(min(len(call.args), len(call.arg_names))))
-    return attention_backward_cost(q, k, v, out, grad_out, backend=backend, causal=_causal(causal),
-                                   settings=call.settings)
+    out_i, bias_i, causal_i = {"flash": (4, None, 11), "efficient": (5, 4, 11), "cudnn": (4, 8, 14)}[backend]
+    grad_out, q, k, v = (call.arg(i) for i in range(4))
+    out = call.arg(out_i, "out")
+    bias = call.arg(bias_i, "attn_bias") if bias_i is not None else None
+    return attention_backward_cost(q, k, v, out, grad_out, backend=backend,
+                                   causal=_causal(call.arg(causal_i, "is_causal")), settings=call.settings,
+                                   mask=bias if isinstance(bias, TensorMeta) else None)
 
 
 # ------------------------------------------------------------------ flex attention

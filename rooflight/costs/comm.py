@@ -13,7 +13,7 @@ under the transfer and are not counted).
 
 from __future__ import annotations
 
-from .model import OpCall, OpCost, TensorMeta
+from .model import OpCall, OpCost, TensorMeta, _collect
 from .registry import OpName, register_cost
 
 _fn = OpName("_c10d_functional")
@@ -41,10 +41,24 @@ def _collective(call: OpCall, sent: float, read: float, written: float, what: st
     return OpCost({}, read, written, comm_bytes=sent, link="peer", note=f"{what} over {n} ranks")
 
 
+# c10d's eager collectives take the buffers they fill as arguments, first:
+# allgather_(output_tensors, input_tensors, ...), _reduce_scatter_base_(output_tensor, input_tensor,
+# ...), alltoall_base_(output, input, ...).  Those are written, not read (bytes model, rule 3).
+_OUTPUT_ARGS = ("output_tensors", "output_tensor", "outputs", "output")
+
+
 def _sizes(call: OpCall) -> tuple[float, float]:
-    tensors = call.tensor_inputs()
-    read = sum(t.bytes for t in tensors)
-    written = sum(o.bytes for o in call.outputs if isinstance(o, TensorMeta)) or read
+    """(bytes read, bytes written) on this rank: the input buffers, the output buffers."""
+    read = written = 0.0
+    for name, a in call.named_args():
+        ts: list[TensorMeta] = []
+        _collect(a, ts)
+        if name in _OUTPUT_ARGS or name in call.out_args:
+            written += sum(t.bytes for t in ts)
+        else:
+            read += sum(t.bytes for t in ts)
+    if not written:
+        written = sum(o.bytes for o in call.outputs if isinstance(o, TensorMeta)) or read
     return read, written
 
 
@@ -93,7 +107,8 @@ def send_recv(call: OpCall) -> OpCost:
                        "receive" if recv else "send")
 
 
-@register_cost(_fn.wait_tensor, c10d.barrier, c10d.monitored_barrier_)
+@register_cost(_fn.wait_tensor, _fn._wrap_tensor_autograd, c10d.barrier, c10d.monitored_barrier_)
 def wait(call: OpCall) -> OpCost:
-    # waiting moves nothing; the time it takes shows up as GPU idle time
+    # waiting moves nothing; the time it takes shows up as GPU idle time.  _wrap_tensor_autograd
+    # only wraps a functional collective's result as an AsyncCollectiveTensor (no kernel)
     return OpCost()

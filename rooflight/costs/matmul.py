@@ -11,6 +11,7 @@ import math
 import torch
 
 from .model import OpCall, OpCost, TensorMeta
+from .pointwise import vector_class
 from .registry import aten, register_cost
 
 
@@ -20,10 +21,12 @@ def _read(*tensors: TensorMeta | None) -> float:
 
 
 def _epilogue(out: TensorMeta, bias: TensorMeta | None, beta: float = 1.0) -> dict:
-    """A bias/`beta*self` add in the GEMM epilogue: one vector FLOP per output element."""
-    if bias is None or beta == 0:
+    """A bias/`beta*self` add in the GEMM epilogue: one vector FLOP per output element, done on
+    the fp32 accumulator (cuBLAS computes half-precision GEMMs in fp32), so on the class that
+    pointwise ops of the output's dtype use (fp32 for bf16/fp16/fp32, fp64 for float64)."""
+    if not isinstance(bias, TensorMeta) or beta == 0:
         return {}
-    return {out.vector_class: out.numel}
+    return {vector_class(out): out.numel}
 
 
 @register_cost(aten.mm)
@@ -91,9 +94,7 @@ def scaled_mm(call: OpCall) -> OpCost:
     bias = call.arg(4, "bias")
     m, k = a.shape
     n = b.shape[1]
-    flops = {a.matrix_class(): 2 * m * n * k}
-    if isinstance(bias, TensorMeta):
-        flops[call.out.vector_class] = m * n
+    flops = {a.matrix_class(): 2 * m * n * k, **_epilogue(call.out, bias)}
     return OpCost(flops, _read(a, b, scale_a, scale_b, bias), call.out.bytes,
                   note="fp8 scaled matmul")
 
@@ -140,6 +141,6 @@ def convolution(call: OpCall) -> OpCost:
         flops = 2 * out.shape[0] * math.prod(out.shape[2:]) * c_out * c_in_per_group * kernel
     cls = x.matrix_class(call.settings.allow_tf32_conv)
     total = {cls: flops}
-    if isinstance(bias, TensorMeta):
-        total[out.vector_class] = out.numel
+    for c, v in _epilogue(out, bias).items():  # fp32 conv without TF32: same class, so add
+        total[c] = total.get(c, 0) + v
     return OpCost(total, _read(x, w, bias), out.bytes)

@@ -7,7 +7,8 @@
 1. every tensor input is read once and every tensor output written once;
 2. a tensor counts the elements its view really touches: a dimension with stride 0
    (a broadcast, `expand`) counts once, a slice counts only its own elements, never the rest of
-   the storage; an overlapping view never counts more than its storage holds past its offset;
+   the storage; an overlapping view (`unfold`, `as_strided`) never counts more than the span
+   from its first to its last address, nor more than its storage holds past its offset;
 3. an in-place op (`add_`) reads its `self` and writes it back; an `out=` argument is written,
    not read; `copy_`/`fill_`/`zero_` write their destination without reading it;
 4. ops that index (embedding, gather, index_select, scatter, index_put) touch the rows/elements
@@ -19,11 +20,16 @@
 6. caches are ignored: data left in L2 by the previous kernel is still counted as a DRAM read.
    This is why the model is a floor for a cold cache and can overstate the traffic of a chain
    of small ops whose operands stay in L2 (Nsight Compute's `dram__bytes_read.sum` is the
-   ground truth it is checked against).
+   ground truth it is checked against);
+7. the count describes the op as a GPU runs it, whatever device counts it: where a CPU or meta
+   kernel returns something else (layer norm's per-row mean and rstd in bf16 on the CPU, float32
+   on a GPU), the GPU's outputs are counted.
 
 FLOPs count a fused multiply-add as 2, as Nsight Compute's tensor counters do, and are split by
-math class (the class picks the compute roof).  Communication is separate: `comm_bytes` are the
-bytes each rank sends over a link (`link` names which), with no FLOPs.
+math class (the class picks the compute roof): a matrix product on the matrix class of its
+input dtype, elementwise work (a GEMM's bias epilogue included) on the fp32 vector class for
+half-precision tensors, as PyTorch and cuBLAS compute it.  Communication is separate:
+`comm_bytes` are the bytes each rank sends over a link (`link` names which), with no FLOPs.
 """
 
 from __future__ import annotations
@@ -117,6 +123,8 @@ class TensorMeta:
         if any(s == 0 for s in self.shape):
             return 0
         n = math.prod(s for s, st in zip(self.shape, self.stride) if st != 0)
+        span = 1 + sum((s - 1) * abs(st) for s, st in zip(self.shape, self.stride))  # first..last address
+        n = min(n, span)
         if self.storage_numel is not None:
             n = min(n, max(self.storage_numel - self.storage_offset, 0))
         return n
@@ -193,13 +201,14 @@ class OpCall:
     def tensor_inputs(self) -> list[TensorMeta]:
         """Tensor arguments that are read: all except out= arguments (bytes model, rule 3)."""
         out: list[TensorMeta] = []
-        for name, a in self._named_args():
+        for name, a in self.named_args():
             if name in self.out_args:
                 continue
             _collect(a, out)
         return out
 
-    def _named_args(self):
+    def named_args(self):
+        """(schema name, value) of every argument; positional ones past arg_names are 'argN'."""
         for i, a in enumerate(self.args):
             yield (self.arg_names[i] if i < len(self.arg_names) else f"arg{i}"), a
         yield from self.kwargs.items()

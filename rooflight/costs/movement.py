@@ -110,6 +110,10 @@ def _returns_alias_only(op) -> bool:
 
 
 def _returns_no_tensor(op) -> bool:
+    # sizes, strides, flags; not an op that computes over its input to return a Python value
+    # (aten.equal is tagged pointwise and returns a bool: it reads both tensors)
+    if torch.Tag.pointwise in op.tags or torch.Tag.reduction in op.tags:
+        return False
     schema = op._schema
     writes = any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
     return not writes and not any("Tensor" in str(r.type) for r in schema.returns)
@@ -171,13 +175,14 @@ def gather(call: OpCall) -> OpCost:
 
 def _scatter(call: OpCall, dst: TensorMeta, n_updates: int, update_bytes: float, index_bytes: float,
              accumulate: bool, inplace: bool) -> OpCost:
-    # out-of-place: copy the destination (read + write all), then write the updates;
-    # in place: only the updated elements are written (read too when accumulating)
+    # in place: only the updated elements are written (read too when accumulating);
+    # out-of-place: read the destination and the updates, write the result once (bytes model,
+    # rule 1: eager torch clones then scatters in place, which writes the updated elements twice)
     flops = {vector_class_of(dst): n_updates} if accumulate else {}
     touched = n_updates * dst.itemsize
     if inplace:
         return OpCost(flops, update_bytes + index_bytes + (touched if accumulate else 0), touched)
-    return OpCost(flops, dst.bytes + update_bytes + index_bytes, call.out.bytes + touched)
+    return OpCost(flops, dst.bytes + update_bytes + index_bytes, call.out.bytes)
 
 
 @register_cost(aten.scatter, aten.scatter_, aten.scatter_add, aten.scatter_add_, aten.scatter_reduce,

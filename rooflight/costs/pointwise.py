@@ -13,6 +13,7 @@ once), each output written once.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -115,6 +116,16 @@ def reduction(call: OpCall) -> OpCost:
     return reduction_cost(call)
 
 
+@register_cost(aten.equal, aten.allclose)
+def equal(call: OpCall) -> OpCost:
+    # equal(a, b) / allclose(a, b) -> bool: read both tensors; per element equal compares (1),
+    # allclose tests |a - b| <= atol + rtol * |b| (sub, abs, abs, mul, add, compare: 6).  They
+    # return no tensor, so without this entry the metadata rule would cost them zero.
+    a = call.tensor_inputs()[0]
+    per = 6 if _op_name(call) == "allclose" else 1
+    return OpCost({vector_class(a): per * a.numel}, sum(t.bytes for t in call.tensor_inputs()), 0.0)
+
+
 @register_cost(aten.max.dim, aten.min.dim, aten.cumsum, aten.cumsum_, aten.cumprod, aten.logcumsumexp,
                aten.sort, aten.topk, aten.argsort, aten.kthvalue, aten.median, aten.mode)
 def ordered_reduction(call: OpCall) -> OpCost:
@@ -146,13 +157,23 @@ def softmax_backward(call: OpCall) -> OpCost:
 
 # ---------------------------------------------------------------- normalization
 
+def _with_row_stats(cost: OpCost, y: TensorMeta, stats: list[TensorMeta]) -> OpCost:
+    """Writes of a norm: y, plus its per-row statistics (mean, rstd) in the accumulation dtype,
+    float32 (float64 for double inputs), as the GPU kernel writes them whatever the device that
+    counts: the CPU kernel returns them in the input's dtype, the meta/fake ones in float32."""
+    acc_bytes = 8 if y.dtype in ("float64", "complex128") else 4
+    return dataclasses.replace(cost, bytes_written=y.bytes + sum(t.numel for t in stats) * acc_bytes)
+
+
 @register_cost(aten.native_layer_norm)
 def layer_norm(call: OpCall) -> OpCost:
+    # input: [*, *normalized] -> y: [*, *normalized], mean and rstd: [*, 1, ...] per row
     # per element: mean (1), variance (sub, square, add: 3), normalize (sub, mul: 2),
-    # affine (mul, add: 2) = 8; outputs: y, mean and rstd per row (float32)
+    # affine (mul, add: 2) = 8
     weight, bias = call.arg(2, "weight"), call.arg(3, "bias")
     per = 6 + (1 if weight is not None else 0) + (1 if bias is not None else 0)
-    return elementwise_cost(call, per)
+    y, *stats = call.outputs
+    return _with_row_stats(elementwise_cost(call, per), y, stats)
 
 
 @register_cost(aten.native_layer_norm_backward)
@@ -164,7 +185,8 @@ def layer_norm_backward(call: OpCall) -> OpCost:
 def fused_rms_norm(call: OpCall) -> OpCost:
     # per element: square, accumulate, scale by rstd, scale by weight = 4; outputs y and rstd
     weight = call.arg(2, "weight")
-    return elementwise_cost(call, 3 + (1 if weight is not None else 0))
+    y, *stats = call.outputs
+    return _with_row_stats(elementwise_cost(call, 3 + (1 if weight is not None else 0)), y, stats)
 
 
 @register_cost(aten.native_group_norm, aten.native_batch_norm, aten._native_batch_norm_legit,
