@@ -99,6 +99,24 @@ class Calibration:
         return cls(**d)
 
 
+def compare(cal: Calibration, datasheet: Ceilings | None) -> list[dict]:
+    """One row per measured figure with the datasheet figure it is held against and the ratio."""
+    rows = []
+    for key, m in cal.figures.items():
+        ref = None
+        if datasheet is not None:
+            if key in ("memory_copy", "memory_triad"):
+                ref = datasheet.memory_bytes_per_s
+            elif key.startswith("flops."):
+                cls = MathClass(key.split(".", 1)[1])
+                ref = datasheet.flops_per_s.get(cls)
+            elif key.startswith(("h2d", "d2h")):
+                ref = datasheet.link("pcie")
+        rows.append({"figure": key, "value": m.value, "unit": m.unit, "datasheet": ref,
+                     "ratio": m.value / ref if ref else None, "how": m.how})
+    return rows
+
+
 # ---------------------------------------------------------------------------- cache
 
 

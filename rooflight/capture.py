@@ -378,7 +378,8 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
         # a GPU's fused kernels take an additive mask: torch converts a boolean one first with
         # one elementwise kernel (where(mask, 0, -inf)); do the same so that it is counted
         fused = _attn.predict_sdpa_backend(TensorMeta.of(q), TensorMeta.of(k), TensorMeta.of(v), has_mask=True,
-                                           dropout_p=dropout_p, enable_gqa=enable_gqa, settings=settings)
+                                           dropout_p=dropout_p, enable_gqa=enable_gqa, settings=settings,
+                                           is_causal=is_causal)
         if fused != "math":
             zero = torch.scalar_tensor(0.0, dtype=q.dtype, device=q.device)
             ninf = torch.scalar_tensor(float("-inf"), dtype=q.dtype, device=q.device)
@@ -388,7 +389,7 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
             args, kwargs = (), p
     qm, km, vm = TensorMeta.of(q), TensorMeta.of(k), TensorMeta.of(v)
     backend = _attn.predict_sdpa_backend(qm, km, vm, has_mask=mask_meta is not None, dropout_p=dropout_p,
-                                          enable_gqa=enable_gqa, settings=settings)
+                                          enable_gqa=enable_gqa, settings=settings, is_causal=is_causal)
     if backend == "math":
         # the GPU would materialize the scores too: run the math decomposition so that its bmm,
         # softmax, ... are recorded one by one, as they would run there
@@ -401,8 +402,15 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     index = rec.next_index()
     rec.suppress += 1
     rec.inner = []
+    # the kernel is counted as the GPU's; what computes the value here must simply run, whatever
+    # backends the user restricted the GPU to (the CPU has only its flash kernel and math)
+    here = contextlib.nullcontext()
+    if q.device.type == "cpu" and not _is_fake(q):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        here = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
     try:
-        with rec.label(index):
+        with rec.label(index), here:
             out = func(*args, **kwargs)
         if q.device.type == "meta" or _is_fake(q):
             # off-device the math path made a [B, H, S, Dv]-contiguous output; GPU kernels write
@@ -445,6 +453,28 @@ def _install_flex_rule() -> None:
     _DispatchMode._flex_installed = True
 
 
+def _refuse_flex_on_meta(stack: contextlib.ExitStack) -> None:
+    """Flex attention validates its inputs' device before any hook runs and rejects meta with a
+    ValueError; say what to do instead, for the duration of the capture."""
+    try:
+        import torch.nn.attention.flex_attention as fa
+    except ImportError:  # pragma: no cover
+        return
+    original = getattr(fa, "_validate_device", None)
+    if original is None:
+        return
+
+    def validate(query, key, value):
+        if query.device.type == "meta":
+            raise CountError("flex attention cannot be counted on meta tensors (which blocks it visits is "
+                             "data): count it on real tensors, e.g. on the CPU with "
+                             "create_block_mask(..., device='cpu')")
+        return original(query, key, value)
+
+    fa._validate_device = validate
+    stack.callback(setattr, fa, "_validate_device", original)
+
+
 # ---------------------------------------------------------------------------- the capture
 
 
@@ -472,6 +502,7 @@ class Capture:
         st.callback(post.remove)
         if hasattr(torch.compiler, "set_stance"):
             st.enter_context(torch.compiler.set_stance("force_eager"))
+        _refuse_flex_on_meta(st)
         st.enter_context(_FunctionMode(rec))
         st.enter_context(_DispatchMode(rec))
         return self

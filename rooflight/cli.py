@@ -144,6 +144,23 @@ def hw_show(
     con.print(f"from: {origin}")
     con.print(spec_table(spec))
     con.print(sources_table(spec))
+    _print_calibrations(con, spec)
+
+
+def _print_calibrations(con: Console, spec) -> None:
+    """Cached calibrations of this GPU model, beside its datasheet figures."""
+    from .calibrate import cache_path, cached, compare
+    from .ceilings import from_spec
+    from .render.tables import calibration_table
+
+    cals = [c for c in cached() if c.spec_key == spec.key]
+    if not cals:
+        con.print(f"No calibration of a {spec.name} on this machine: run `rooflight calibrate` on one "
+                  "to measure its practical roofs.")
+    for cal in cals:
+        title = (f"calibrated on {cal.device_name}, torch {cal.torch_version}, {cal.created[:10]} "
+                 f"({cache_path(cal.device_name)})")
+        con.print(calibration_table(compare(cal, from_spec(spec)), title))
 
 
 @hw_app.command("detect")
@@ -179,6 +196,52 @@ def hw_detect(hw_dir: Optional[List[Path]] = HwDirOption) -> None:
     c = det.cpu
     cores = f"{c.physical_cores} cores, " if c.physical_cores else ""
     con.print(f"CPU: {c.model} ({cores}{c.logical_cores} logical CPUs available, {c.machine})")
+
+
+# --------------------------------------------------------------------------- calibrate
+
+
+@app.command("calibrate")
+@handles_errors
+def calibrate_cmd(
+    device: str = typer.Option("auto", "--device", help="cuda, cpu, or auto (the GPU if there is one)."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller sizes: a few seconds, less exact."),
+    no_save: bool = typer.Option(False, "--no-save", help="Do not write the result to the cache."),
+    hw_dir: Optional[List[Path]] = HwDirOption,
+) -> None:
+    """Measure this machine's practical roofs: memory bandwidth, matmul FLOP/s per math class, launch
+    overhead, PCIe bandwidth.  Cached per device; the classifier then uses them as the roof."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .calibrate import calibrate, compare, save, steps
+    from .ceilings import from_spec
+    from .detect import detect
+    from .render.tables import calibration_table
+
+    db = _db(hw_dir)
+    kind = device if device != "auto" else ("cuda" if _cuda() else "cpu")
+    spec = None
+    if kind.startswith("cuda"):
+        det = detect(db)
+        if det.gpus and det.gpus[0].spec_key:
+            spec = db.get(det.gpus[0].spec_key)
+    con = _console()
+    with Progress(TextColumn("[bold]calibrating[/bold] {task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("", total=steps("cuda" if kind.startswith("cuda") else "cpu"))
+        cal = calibrate(kind, quick=quick, spec_key=spec.key if spec else "",
+                        progress=lambda msg: bar.update(task, advance=1, description=msg))
+    title = (f"{cal.device_name}{' (' + spec.name + ')' if spec else ''}: calibrated in {cal.seconds:.1f} s, "
+             f"torch {cal.torch_version}")
+    con.print(calibration_table(compare(cal, from_spec(spec) if spec else None), title))
+    if not no_save:
+        con.print(f"saved: {save(cal)}")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 # --------------------------------------------------------------------------- entry point

@@ -52,3 +52,25 @@ def sources_table(spec: HardwareSpec) -> Table:
     for key, text in spec.sources.items():
         t.add_row(key, text)
     return t
+
+
+def fmt_quantity(value: float | None, unit: str) -> str:
+    from ..units import fmt_seconds
+
+    if value is None:
+        return ""
+    return {"seconds": fmt_seconds, "bytes_per_s": fmt_bandwidth}.get(unit, fmt_flops_rate)(value)
+
+
+def calibration_table(rows: list[dict], title: str) -> Table:
+    """Measured ceilings beside the datasheet (rows from rooflight.calibrate.compare)."""
+    t = Table(title=title, title_justify="left")
+    t.add_column("figure", no_wrap=True)
+    t.add_column("measured", justify="right", no_wrap=True)
+    t.add_column("datasheet", justify="right", no_wrap=True)
+    t.add_column("ratio", justify="right", no_wrap=True)
+    t.add_column("how")
+    for r in rows:
+        ratio = f"{r['ratio']:.0%}" if r["ratio"] else ""
+        t.add_row(r["figure"], fmt_quantity(r["value"], r["unit"]), fmt_quantity(r["datasheet"], r["unit"]), ratio, r["how"])
+    return t
