@@ -85,6 +85,7 @@ def _sig(x: float, digits: int) -> str:
     """`digits` significant figures, without exponent notation for ordinary magnitudes."""
     if x == 0:
         return "0"
+    x = float(f"{x:.{digits}g}")  # round first: 9.9999 -> 10.0, not "10.00"
     decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))
     return f"{x:.{decimals}f}"
 

@@ -1,0 +1,443 @@
+"""Advice on constructed profiles: each seed technique fires where it should and not where it
+should not (batch size, precision, attention layout, context length, attained fraction), op
+kinds from names and context (a materialized attention counted on the meta device), the rule
+table's integrity, deduplication and `top`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from kernels.llama import build, decode_one_token
+from rooflight.advice import (FUSION_MIN_OPS, RULES, Advice, Kind, Rule, advise, kind_of, materialized_attention,
+                              op_kinds)
+from rooflight.capture import count
+from rooflight.ceilings import Ceilings, from_spec
+from rooflight.classify import Label, breakdown, floors
+from rooflight.costs.model import TensorMeta
+from rooflight.hardware import load_database
+from rooflight.profile import OpRecord, OpTiming, Profile, RegionTiming, Timing
+from rooflight.regions import region
+
+H100 = from_spec(load_database().get("h100"))  # datasheet: 3.35 TB/s, 989.4 TFLOP/s bf16: ridge 295
+A100 = from_spec(load_database().get("a100-80gb-sxm"))  # 2.039 TB/s, 312 TFLOP/s bf16, no FP8
+CALIBRATED = Ceilings("H100 (calibrated, test)", memory_bytes_per_s=3.0e12,
+                      flops_per_s={"bf16_tensor": 787e12, "fp16_tensor": 757e12, "tf32_tensor": 378e12,
+                                   "fp32": 51.5e12, "fp8_tensor": 1417e12},
+                      link_bytes_per_s={"pcie": 25e9, "peer": 400e9}, launch_overhead_s=11.9e-6,
+                      graph_launch_overhead_s=2e-6, source="calibrated")
+
+_CLASS = {"bfloat16": "bf16_tensor", "float16": "fp16_tensor", "float32": "fp32"}
+
+
+def T(shape: tuple[int, ...], dtype: str = "bfloat16") -> TensorMeta:
+    return TensorMeta.contiguous(shape, dtype, "cuda:0")
+
+
+def mm(index: int, m: int, n: int, k: int, dtype: str = "bfloat16", region_: str = "decode",
+       module: str = "layers.0.feed_forward.w1") -> OpRecord:
+    # x [M, K] @ w [K, N] -> [M, N]: 2·M·N·K FLOPs; reads x and w, writes the output
+    x, w, out = T((m, k), dtype), T((k, n), dtype), T((m, n), dtype)
+    return OpRecord(index, "aten::mm.default", module=module, module_type="Linear", region=region_, inputs=(x, w),
+                    outputs=(out,), flops={_CLASS[dtype]: 2 * m * n * k}, bytes_read=x.bytes + w.bytes,
+                    bytes_written=out.bytes)
+
+
+def sdpa(index: int, b: int, hq: int, hkv: int, sq: int, sk: int, d: int = 128, region_: str = "decode") -> OpRecord:
+    # q [B, Hq, Sq, D], k/v [B, Hkv, Sk, D]: 4·D FLOPs per (query, key) pair on tensor cores, 5 fp32
+    q, k, v, out = T((b, hq, sq, d)), T((b, hkv, sk, d)), T((b, hkv, sk, d)), T((b, hq, sq, d))
+    pairs = b * hq * sq * sk
+    kind = "MHA" if hq == hkv else f"GQA {hq // hkv}:1"
+    return OpRecord(index, "aten::scaled_dot_product_attention", module="layers.0.attention",
+                    module_type="Attention", region=region_, inputs=(q, k, v), outputs=(out,),
+                    flops={"bf16_tensor": 4 * pairs * d, "fp32": 5 * pairs},
+                    bytes_read=q.bytes + k.bytes + v.bytes, bytes_written=out.bytes,
+                    note=f"flash attention (fused), {kind}")
+
+
+def pointwise(index: int, name: str, numel: int, region_: str = "decode", inputs: int = 2) -> OpRecord:
+    # bf16 elementwise: reads `inputs` tensors, writes one, fp32 math
+    return OpRecord(index, f"aten::{name}.Tensor", module="layers.0", module_type="Block", region=region_,
+                    inputs=tuple(T((numel,)) for _ in range(inputs)), outputs=(T((numel,)),),
+                    flops={"fp32": numel}, bytes_read=2 * numel * inputs, bytes_written=2 * numel)
+
+
+def timed(ops: list[OpRecord], ceilings: Ceilings, attained: float | dict[int, float] = 0.8, *,
+          seconds: dict[int, float] | None = None, regions: tuple[RegionTiming, ...] = (),
+          cpu_seconds: float = math.nan) -> Profile:
+    """A profile whose ops ran at `attained` of their dominant roof (or took `seconds`)."""
+    seconds = dict(seconds or {})
+    for o in ops:
+        if o.index not in seconds:
+            a = attained[o.index] if isinstance(attained, dict) else attained
+            seconds[o.index] = floors(o, ceilings).max_s / a
+    rows = tuple(OpTiming(i, s, s, s, cpu_seconds=cpu_seconds, kernels=1) for i, s in seconds.items())
+    return Profile(ops=tuple(ops), mode="timed", regions=tuple(dict.fromkeys(o.region for o in ops if o.region)),
+                   timing=Timing("cuda", "test GPU", 10, 3, ops=rows, regions=regions))
+
+
+def advice_for(prof: Profile, ceilings: Ceilings, top: int = 5) -> dict[str, Advice]:
+    return {a.rule: a for a in advise(prof, breakdown(prof, ceilings), ceilings, top=top)}
+
+
+# ---------------------------------------------------------------------------- kinds
+
+
+def test_kind_of_by_name_link_and_cost():
+    assert kind_of(mm(0, 1, 8, 8)) is Kind.MATMUL
+    assert kind_of(sdpa(0, 1, 8, 8, 1, 64)) is Kind.ATTENTION
+    assert kind_of(pointwise(0, "add", 64)) is Kind.ELEMENTWISE
+    assert kind_of(OpRecord(0, "aten::_softmax.default", flops={"fp32": 5})) is Kind.SOFTMAX
+    assert kind_of(OpRecord(0, "aten::native_layer_norm.default", flops={"fp32": 5})) is Kind.NORM
+    assert kind_of(OpRecord(0, "aten::embedding.default", bytes_read=64)) is Kind.EMBEDDING
+    assert kind_of(OpRecord(0, "aten::_to_copy.default", bytes_read=64, bytes_written=32)) is Kind.COPY
+    assert kind_of(OpRecord(0, "aten::_to_copy.default", comm_bytes=64, link="pcie")) is Kind.TRANSFER
+    assert kind_of(OpRecord(0, "_c10d_functional::all_reduce", comm_bytes=64, link="peer")) is Kind.COLLECTIVE
+    assert kind_of(OpRecord(0, "aten::view.default")) is Kind.OTHER
+    assert kind_of(OpRecord(0, "aten::_weight_int4pack_mm.default", flops={"bf16_tensor": 1})) is Kind.MATMUL
+
+
+def test_decomposed_rmsnorm_ops_are_norm():
+    model = build("tiny", device="meta", max_seq=64)
+    prof = count(lambda: decode_one_token(model, torch.zeros(1, 1, dtype=torch.long, device="meta"), 8))
+    kinds = op_kinds(prof)
+    norm_ops = [o for o in prof.ops if o.module_type == "RMSNorm" and o.short_op in ("pow", "mean", "rsqrt")]
+    assert norm_ops and all(kinds[o.index] is Kind.NORM for o in norm_ops)
+
+
+class NaiveAttention(nn.Module):
+    def forward(self, q, k, v):
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, H, Sq, Sk] in memory
+        return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
+def naive_attention_profile(b: int = 4, h: int = 16, s: int = 1024, d: int = 64) -> Profile:
+    q = torch.empty(b, h, s, d, dtype=torch.bfloat16, device="meta")
+    return count(NaiveAttention(), q, q, q)
+
+
+def test_materialized_attention_is_found_between_its_two_bmms():
+    prof = naive_attention_profile()
+    groups = materialized_attention(prof)
+    assert len(groups) == 1
+    names = [prof.ops[i].short_op for i in groups[0]]
+    assert names[0] == "bmm" and names[-1] == "bmm" and "_softmax" in names
+    kinds = op_kinds(prof)
+    assert all(kinds[i] is Kind.ATTENTION for i in groups[0])
+
+
+def test_sdpa_math_backend_is_a_materialized_attention_too():
+    q = torch.empty(2, 8, 256, 64, dtype=torch.bfloat16, device="meta")
+
+    def attend():
+        with sdpa_kernel(SDPBackend.MATH):
+            F.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+    assert len(materialized_attention(count(attend))) == 1
+
+
+# ---------------------------------------------------------------------------- matmuls
+
+
+def test_decode_gemv_at_batch_1_gets_batching_and_weight_only_quantization():
+    # x [1, 8192] @ w [8192, 8192] bf16: 134 MB of weights for 134 MFLOP: ~1 FLOP/B; H100 ridge 989.4 / 3.35 = 295
+    prof = timed([mm(0, 1, 8192, 8192)], H100, 0.85)
+    adv = advice_for(prof, H100)
+    assert {"batch-more", "weight-only-quant"} <= set(adv)
+    assert "w8a8-fp8" not in adv  # M = 1: activations are too few to be worth quantizing
+    assert "at M=1 this bfloat16 GEMM does 1 FLOP/B; the bf16_tensor ridge of H100 SXM is 295 FLOP/B" \
+        in adv["batch-more"].effect
+    wo = adv["weight-only-quant"]
+    assert "as INT4 up to 4.0x" in wo.effect and "as INT8 up to 2.0x" in wo.effect
+    assert wo.seed.startswith("002") and wo.ops == (0,) and wo.label is Label.MEMORY
+    assert "memory-bound at 85%" in wo.evidence
+
+
+def test_decode_gemm_at_batch_256_compute_bound_gets_w8a8_not_int4():
+    # A100: x [256, 8192] @ w [8192, 8192]: 34.4 GFLOP / 312 TFLOP/s = 110 µs > 142.6 MB / 2.039 TB/s = 70 µs
+    prof = timed([mm(0, 256, 8192, 8192)], A100, 0.8)
+    d = breakdown(prof, A100)
+    assert d.verdicts[0].label is Label.COMPUTE
+    adv = advice_for(prof, A100)
+    assert "w8a8-fp8" in adv
+    assert "weight-only-quant" not in adv and "batch-more" not in adv
+    assert "INT8 (SmoothQuant" in adv["w8a8-fp8"].effect  # the A100 has no FP8 tensor cores: INT8 at 624 TOPS
+    assert "(2.0x)" in adv["w8a8-fp8"].effect
+
+
+def test_large_batch_on_hopper_gets_fp8():
+    # H100: M = 1024 rows is past the ridge: compute-bound; FP8 1979 vs bf16 989.4 TFLOP/s
+    prof = timed([mm(0, 1024, 8192, 8192, region_="prefill")], H100, 0.75)
+    adv = advice_for(prof, H100)
+    assert "FP8 (torch._scaled_mm)" in adv["w8a8-fp8"].effect and "weight-only-quant" not in adv
+
+
+def test_memory_bound_at_batch_32_gets_both_quantizations_but_not_when_already_int4():
+    prof = timed([mm(0, 32, 8192, 8192)], H100, 0.85)
+    assert {"weight-only-quant", "w8a8-fp8", "batch-more"} <= set(advice_for(prof, H100))
+    # the same matmul with packed INT4 weights: nothing more to gain from weight-only quantization
+    x, w, out = T((32, 8192)), T((8192, 4096), "uint8"), T((32, 8192))
+    q4 = OpRecord(0, "aten::_weight_int4pack_mm.default", module="w1", module_type="Linear", region="decode",
+                  inputs=(x, w), outputs=(out,), flops={"bf16_tensor": 2 * 32 * 8192 * 8192},
+                  bytes_read=x.bytes + w.bytes, bytes_written=out.bytes)
+    adv = advice_for(timed([q4], H100, 0.85), H100)
+    assert "weight-only-quant" not in adv and "w8a8-fp8" not in adv
+
+
+def test_fp32_compute_bound_matmul_gets_tensor_cores():
+    # 4096³ fp32 without TF32: 137 GFLOP / 51.5 TFLOP/s = 2.67 ms
+    prof = timed([mm(0, 4096, 4096, 4096, dtype="float32", region_="train")], CALIBRATED, 0.9)
+    adv = advice_for(prof, CALIBRATED)
+    assert "tensor-cores" in adv
+    effect = adv["tensor-cores"].effect
+    assert "fp32 roof at 51.5 TFLOP/s" in effect
+    assert "TF32" in effect and "up to 7.3x" in effect  # 378 / 51.5
+    assert "bf16" in effect and "up to 15.3x" in effect  # 787 / 51.5
+    assert "TF32" in adv["tensor-cores"].recommendation
+    assert "w8a8-fp8" not in adv  # tensor cores first: 8-bit is for 16-bit GEMMs
+
+
+def test_bf16_compute_bound_matmul_does_not_get_tensor_cores():
+    prof = timed([mm(0, 4096, 4096, 4096, region_="prefill")], CALIBRATED, 0.9)
+    assert "tensor-cores" not in advice_for(prof, CALIBRATED)
+
+
+# ---------------------------------------------------------------------------- attention
+
+
+def test_materialized_attention_gets_flash_attention():
+    prof = naive_attention_profile()
+    tp = timed(list(prof.ops), CALIBRATED, 0.7)
+    adv = advice_for(tp, CALIBRATED)
+    fa = adv["flash-attention"]
+    assert fa.kind == "attention" and set(fa.ops) == set(materialized_attention(prof)[0])
+    # scores [4, 16, 1024, 1024] bf16 = 128 MB, written and read several times (scale, cast, softmax, cast)
+    assert "[4,16,1024,1024] score matrix" in fa.effect
+    assert fa.seed.startswith("000 FlashAttention")
+
+
+def test_fused_attention_does_not_get_flash_attention():
+    adv = advice_for(timed([sdpa(0, 8, 32, 8, 2048, 2048, region_="prefill")], H100, 0.6), H100)
+    assert "flash-attention" not in adv
+
+
+def test_mha_decode_attention_gets_gqa_and_kv_quantization():
+    # batch 8, 32 heads, 4096 cached keys, MHA: K/V = 2 x 8·32·4096·128·2 B = 1.07 GB
+    prof = timed([sdpa(0, 8, 32, 32, 1, 4096)], H100, 0.8)
+    adv = advice_for(prof, H100)
+    assert {"gqa-mqa", "kv-cache-quant"} <= set(adv)
+    assert "GQA 4:1 reads 4x less of them: ~4.0x faster" in adv["gqa-mqa"].effect
+    assert "8-bit: ~2.0x" in adv["kv-cache-quant"].effect and "4-bit: ~4.0x" in adv["kv-cache-quant"].effect
+
+
+def test_gqa_decode_attention_gets_kv_quantization_only():
+    adv = advice_for(timed([sdpa(0, 8, 32, 8, 1, 4096)], H100, 0.8), H100)
+    assert "kv-cache-quant" in adv and "gqa-mqa" not in adv
+
+
+def test_prefill_attention_gets_neither_gqa_nor_kv_quantization():
+    adv = advice_for(timed([sdpa(0, 1, 32, 32, 512, 512, region_="prefill")], H100, {0: 0.8}), H100)
+    assert "gqa-mqa" not in adv and "kv-cache-quant" not in adv
+
+
+def test_long_context_small_batch_decode_below_the_roof_gets_flash_decoding():
+    # batch 1 x 32 heads = 32 blocks over 32768 keys, at 35% of bandwidth
+    adv = advice_for(timed([sdpa(0, 1, 32, 8, 1, 32768)], H100, 0.35), H100)
+    assert "flash-decoding" in adv
+    assert "32 (batch, head) blocks over 32768 keys" in adv["flash-decoding"].effect
+    assert "up to 2.9x" in adv["flash-decoding"].effect  # 1 / 0.35
+
+
+@pytest.mark.parametrize("case", ["near the roof", "short context", "large batch", "no timing"])
+def test_flash_decoding_needs_all_of_its_conditions(case):
+    b, sk, attained = 1, 32768, 0.35
+    if case == "near the roof":
+        attained = 0.8
+    elif case == "short context":
+        sk = 1024
+    elif case == "large batch":
+        b = 16  # 16 x 32 = 512 blocks
+    op = sdpa(0, b, 32, 8, 1, sk)
+    prof = timed([op], H100, attained) if case != "no timing" else Profile(ops=(op,))
+    assert "flash-decoding" not in advice_for(prof, H100)
+
+
+def test_long_prefill_compute_bound_attention_gets_sparse_attention():
+    adv = advice_for(timed([sdpa(0, 1, 32, 8, 16384, 16384, region_="prefill")], H100, 0.6), H100)
+    assert "sparse-attention" in adv and "up to ~16x less attention work" in adv["sparse-attention"].effect
+
+
+# ---------------------------------------------------------------------------- chains, overhead, kernels
+
+
+def test_chain_of_memory_bound_elementwise_ops_gets_fusion():
+    n = 1 << 24  # 16 M elements, 32 MB per bf16 tensor
+    ops = [pointwise(i, name, n) for i, name in enumerate(["add", "mul", "sub", "mul", "add"])]
+    adv = advice_for(timed(ops, CALIBRATED, 0.8), CALIBRATED)
+    fuse = adv["fuse-elementwise"]
+    assert fuse.ops == (0, 1, 2, 3, 4) and fuse.label is Label.MEMORY
+    # 5 ops x 96 MB = 480 MB; fused: the first op's two inputs (64 MB) + the last op's output (32 MB) = 96 MB
+    assert "each chain of 5 kernels (add, mul, sub, mul, add) moves 503 MB" in fuse.effect
+    assert "~101 MB: ~5.0x less traffic and 4 fewer launches" in fuse.effect
+
+
+def test_too_short_a_chain_is_not_fused():
+    n = 1 << 24
+    ops = [pointwise(i, "add", n) for i in range(FUSION_MIN_OPS - 1)]
+    ops.append(mm(FUSION_MIN_OPS - 1, 1, 8192, 8192))  # a matmul breaks the run
+    ops += [pointwise(FUSION_MIN_OPS + i, "mul", n) for i in range(FUSION_MIN_OPS - 1)]
+    assert "fuse-elementwise" not in advice_for(timed(ops, CALIBRATED, 0.8), CALIBRATED, top=10)
+
+
+def test_overhead_bound_region_gets_cuda_graphs():
+    # 300 tiny kernels of 3 µs (0.9 ms) in a 2.5 ms decode step: the GPU idles 1.6 ms
+    ops = [pointwise(i, "add", 1024) for i in range(300)]
+    seconds = {i: 3e-6 for i in range(300)}
+    regions = (RegionTiming("", 2.5e-3, 0.9e-3), RegionTiming("decode", 2.5e-3, 0.9e-3))
+    prof = timed(ops, CALIBRATED, seconds=seconds, regions=regions)
+    adv = advice_for(prof, CALIBRATED)
+    graphs = adv["cuda-graphs"]
+    assert graphs.kind == "region" and graphs.region == "decode" and graphs.label is Label.OVERHEAD
+    assert graphs.seconds == pytest.approx(2.5e-3) and graphs.share == pytest.approx(1.0)
+    assert "100% of decode's 2.50 ms is overhead-bound" in graphs.effect
+    assert "300 of 300 kernels launch-bound" in graphs.effect
+    # the graph removes the 1.6 ms of gaps, the kernels' 0.9 ms stay (300 x 2 µs of graph launches fit in it)
+    assert "keeps its kernels' 900 µs: up to 2.8x" in graphs.effect
+    assert "2.00 µs per op inside a graph vs 11.9 µs eager" in graphs.effect
+    assert "reduce-overhead" in graphs.recommendation
+    assert "host-pipelining" in adv  # 64% of the step is GPU idle
+    assert graphs.evidence.startswith("decode: 100% of time overhead-bound (GPU idle 64%)")
+
+
+def test_a_busy_region_does_not_get_cuda_graphs():
+    prof = timed([mm(0, 1, 8192, 8192)], H100, 0.85)
+    adv = advice_for(prof, H100)
+    assert "cuda-graphs" not in adv and "host-pipelining" not in adv
+
+
+def test_kernel_far_below_its_roof_gets_told_so_with_its_layout():
+    x = TensorMeta((8192, 8192), (1, 8192), "bfloat16", "cuda:0", 0, 8192 * 8192)  # a transposed view
+    cp = OpRecord(0, "aten::clone.default", region="prefill", inputs=(x,), outputs=(T((8192, 8192)),),
+                  bytes_read=x.bytes, bytes_written=x.bytes)
+    adv = advice_for(timed([cp], CALIBRATED, 0.2), CALIBRATED)
+    below = adv["below-own-roof"]
+    assert "reaches 20% of its memory roof" in below.effect and "up to 5.0x" in below.effect
+    assert "[8192,8192] (strides 1,8192) is not contiguous" in below.effect
+
+
+# ---------------------------------------------------------------------------- transfers
+
+
+def test_pcie_host_to_device_copy_gets_offload_advice():
+    # 1 GB host -> device in 78 ms = 12.8 GB/s: 20% of the H100's 64 GB/s each way
+    src, dst = TensorMeta.contiguous((1 << 29,), "bfloat16", "cpu"), T((1 << 29,))
+    copy = OpRecord(0, "aten::_to_copy.default", region="decode", inputs=(src,), outputs=(dst,),
+                    bytes_written=dst.bytes, comm_bytes=dst.bytes, link="pcie", note="host to device")
+    prof = timed([copy], H100, seconds={0: dst.bytes / 12.8e9})
+    adv = advice_for(prof, H100)
+    pcie = adv["pcie-transfer"]
+    assert pcie.label is Label.COMMUNICATION and pcie.kind == "transfer"
+    assert "pinned memory" in pcie.recommendation and "side stream" in pcie.recommendation
+    assert "1.07 GB host to device per copy" in pcie.effect and "20% of 64.0 GB/s each way" in pcie.effect
+    assert "pageable" in pcie.effect
+    assert "host-sync" not in adv
+
+
+def test_item_in_the_loop_is_a_host_sync():
+    item = OpRecord(0, "aten::_local_scalar_dense.default", region="decode", inputs=(T((), "int64"),),
+                    bytes_read=8, comm_bytes=8, link="pcie", note="device to host (.item() synchronizes)")
+    adv = advice_for(timed([item], H100, seconds={0: 20e-6}), H100)
+    assert "host-sync" in adv and "pcie-transfer" not in adv
+    assert ".item()" in adv["host-sync"].recommendation
+
+
+def test_collective_gets_overlap_or_repartition():
+    # all_reduce of a [16, 8192] bf16 activation across 8 ranks: 2·(7/8)·256 KB = 459 KB sent per rank
+    ar = OpRecord(0, "_c10d_functional::all_reduce.default", region="decode", inputs=(T((16, 8192)),),
+                  outputs=(T((16, 8192)),), bytes_read=262144, bytes_written=262144, comm_bytes=458752,
+                  link="peer", note="all_reduce over 8 ranks")
+    adv = advice_for(timed([ar], H100, 0.5), H100)
+    col = adv["collective-overlap"]
+    assert col.label is Label.COMMUNICATION and col.kind == "collective"
+    assert "Overlap" in col.recommendation and "re-partition" in col.recommendation
+    assert "459 KB per call over the peer link" in col.effect and "50% of 450 GB/s each way" in col.effect
+
+
+# ---------------------------------------------------------------------------- regions and whole profiles
+
+
+def test_decode_region_memory_bound_at_small_batch_gets_continuous_batching_and_paged_kv():
+    model = build("tiny", device="meta", max_seq=1024)  # batch 1, a static cache of 1024 positions
+
+    def step():
+        with region("decode"):
+            decode_one_token(model, torch.zeros(1, 1, dtype=torch.long, device="meta"), 255)
+
+    prof = timed(list(count(step).ops), H100, 0.8)
+    adv = advice_for(prof, H100)
+    assert adv["continuous-batching"].region == "decode"
+    assert "runs at batch 1" in adv["continuous-batching"].effect
+    # the cache holds 1024 positions per sequence and this step reads 256
+    assert "reserves 1024 positions per sequence and this step uses 256 (25%)" in adv["paged-kv"].effect
+    assert "~4x the sequences fit" in adv["paged-kv"].effect
+
+
+def test_count_only_profile_gets_advice_from_predicted_labels():
+    model = build("llama-2-7b", device="meta", max_seq=4096)
+    prof = count(lambda: decode_one_token(model, torch.zeros(1, 1, dtype=torch.long, device="meta"), 100))
+    adv = advice_for(prof, H100)
+    assert {"batch-more", "weight-only-quant"} <= set(adv)
+    assert "at-memory-roof" not in adv and "below-own-roof" not in adv  # these need measured time
+
+
+def test_advice_is_deduplicated_and_merges_the_ops():
+    ops = [mm(0, 1, 8192, 8192), mm(1, 1, 8192, 8192), mm(2, 1, 28672, 8192, module="w3")]
+    adv = advise(timed(ops, H100, 0.85), breakdown(timed(ops, H100, 0.85), H100), H100)
+    ids = [a.rule for a in adv]
+    assert len(ids) == len(set(ids))
+    wo = next(a for a in adv if a.rule == "weight-only-quant")
+    assert sorted(wo.ops) == [0, 1, 2]
+    assert wo.share == pytest.approx(1.0)
+    assert list(adv) == sorted(adv, key=lambda a: -a.seconds)
+
+
+def test_top_limits_the_op_groups_considered():
+    n = 1 << 20  # a 3 x 6 MB chain, lighter than the 134 MB GEMV
+    ops = [mm(0, 1, 8192, 8192)] + [pointwise(i, name, n) for i, name in enumerate(["add", "mul", "sub"], start=1)]
+    prof = timed(ops, CALIBRATED, 0.8)
+    assert "fuse-elementwise" in advice_for(prof, CALIBRATED, top=2)
+    assert "fuse-elementwise" not in advice_for(prof, CALIBRATED, top=1)  # the GEMV is heavier
+
+
+# ---------------------------------------------------------------------------- the table itself
+
+
+def test_rule_table_covers_the_seed_techniques():
+    ids = {r.id for r in RULES}
+    assert {"batch-more", "continuous-batching", "weight-only-quant", "w8a8-fp8", "flash-attention", "gqa-mqa",
+            "kv-cache-quant", "paged-kv", "flash-decoding", "fuse-elementwise", "cuda-graphs", "tensor-cores",
+            "pcie-transfer", "collective-overlap"} <= ids
+    assert len(ids) == len(RULES)
+    for r in RULES:
+        assert isinstance(r, Rule) and r.labels and r.recommendation and r.scope in ("op", "region")
+        assert r.seed[:3] in ("000", "001", "002", "003"), r.id
+        low, high = r.attained
+        assert 0 <= low < high
+
+
+def test_gpu_only_techniques_are_not_offered_for_cpu_timings():
+    cpu = Ceilings("laptop CPU", memory_bytes_per_s=50e9, flops_per_s={"fp32": 1e12}, device_kind="cpu")
+    ops = [pointwise(i, "add", 1024) for i in range(50)]
+    rows = tuple(OpTiming(i, 20e-6, 20e-6, 20e-6, cpu_seconds=20e-6, kernels=1) for i in range(50))
+    prof = Profile(ops=tuple(ops), mode="timed", regions=("decode",),
+                   timing=Timing("cpu", "laptop", 3, 1, ops=rows,
+                                 regions=(RegionTiming("", 3e-3, 1e-3), RegionTiming("decode", 3e-3, 1e-3))))
+    adv = advice_for(prof, cpu)
+    assert "cuda-graphs" not in adv and "host-pipelining" not in adv
+    assert "fuse-elementwise" in adv  # fusion helps a CPU too
+    assert next(r for r in RULES if r.id == "cuda-graphs").devices == frozenset({"cuda"})
