@@ -217,9 +217,7 @@ class Recorder:
     def _where(self) -> tuple[str, str, str, str]:
         region = _regions.current_region()
         if region and region not in self._seen_regions:
-            parts = region.split("/")
-            for i in range(1, len(parts) + 1):
-                r = "/".join(parts[:i])
+            for r in _regions.current_paths():
                 if r not in self._seen_regions:
                     self._seen_regions.add(r)
                     self.regions.append(r)

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import RooflightError
+from .errors import RooflightError, UsageError
 from .hardware import HardwareDB, load_database, ridge_point
 from .math_class import MathClass
 from .units import fmt_bandwidth, fmt_bytes, fmt_flops_rate, fmt_hz
@@ -196,6 +196,69 @@ def hw_detect(hw_dir: Optional[List[Path]] = HwDirOption) -> None:
     c = det.cpu
     cores = f"{c.physical_cores} cores, " if c.physical_cores else ""
     con.print(f"CPU: {c.model} ({cores}{c.logical_cores} logical CPUs available, {c.machine})")
+
+
+# --------------------------------------------------------------------------- report
+
+
+@app.command("report")
+@handles_errors
+def report_cmd(
+    profile_json: Path = typer.Argument(..., metavar="PROFILE.json", help="A profile saved by rooflight."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report file (default: PROFILE.html beside it)."),
+    hw: Optional[str] = typer.Option(None, "--hw", help="GPU to hold it against (default: where it ran; "
+                                                        "count-only: this machine's GPU, else H100 SXM)."),
+    png: bool = typer.Option(False, "--png", help="Also write the roofline chart as PNG."),
+    svg: bool = typer.Option(False, "--svg", help="Also write the roofline chart as SVG."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing report file."),
+    no_calibration: bool = typer.Option(False, "--datasheet", help="Use datasheet roofs even if calibrated ones "
+                                                                   "are cached."),
+    hw_dir: Optional[List[Path]] = HwDirOption,
+) -> None:
+    """Render a saved profile again (no GPU needed): HTML report, and the chart as PNG/SVG."""
+    from .analysis import analyze
+    from .io import write_text_atomic
+    from .profile import Profile
+    from .render.charts import roofline_of, save_figure
+    from .render.html import report_html
+
+    prof = Profile.load(profile_json)
+    a = analyze(prof, hw, calibrated=not no_calibration, db=_db(hw_dir))
+    target = out or profile_json.with_suffix(".html")
+    if target.resolve() == profile_json.resolve():
+        raise UsageError(f"the report would overwrite the profile {profile_json}; give another -o")
+    written = []
+    _refuse_overwrite(target, force)
+    written.append(write_text_atomic(target, report_html(a)))
+    for fmt, wanted in (("png", png), ("svg", svg)):
+        if wanted:
+            path = target.with_suffix(f".{fmt}")
+            _refuse_overwrite(path, force)
+            written.append(save_figure(roofline_of(a), path))
+    con = _console()
+    from .classify import summary
+
+    for region in a.diagnosis.regions:
+        con.print(summary(a.diagnosis, region))
+    for n in a.notes:
+        con.print(f"[dim]note: {n}[/dim]")
+    for p in written:
+        con.print(f"wrote {p}")
+
+
+def _refuse_overwrite(path: Path, force: bool) -> None:
+    """Files rooflight wrote itself may be replaced; anything else needs --force."""
+    if path.exists() and not force and not _written_by_rooflight(path):
+        raise UsageError(f"{path} exists and was not written by rooflight; pass --force to overwrite it")
+
+
+def _written_by_rooflight(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return b"rooflight" in head
 
 
 # --------------------------------------------------------------------------- calibrate

@@ -318,8 +318,58 @@ class Profile:
         except ProfileFormatError as err:
             raise ProfileFormatError(f"{p}: {err}") from None
 
+    # ------------------------------------------------------------------ notebook facade
+    # Thin delegations: the analysis and the renderers live in rooflight.analysis / .render.
+
+    def analyze(self, hw: Any = None, *, calibrated: bool = True):
+        """Classify and advise this profile against a GPU's roofs (default: where it ran, or this
+        machine's GPU, or an H100 SXM for a count-only profile)."""
+        from .analysis import analyze
+
+        return analyze(self, hw, calibrated=calibrated)
+
+    def plot(self, hw: Any = None):
+        """The roofline chart as a matplotlib Figure (nothing is shown or printed)."""
+        from .render.charts import roofline_of
+
+        return roofline_of(self.analyze(hw))
+
+    def savefig(self, path: str | Path, hw: Any = None) -> Path:
+        """Write the roofline chart as PNG or SVG (by the file suffix)."""
+        from .render.charts import save_figure
+
+        return save_figure(self.plot(hw), path)
+
+    def to_html(self, path: str | Path | None = None, hw: Any = None) -> str:
+        """The self-contained HTML report; written to `path` (atomically) when one is given."""
+        from .io import write_text_atomic
+        from .render.html import report_html
+
+        text = report_html(self.analyze(hw))
+        if path is not None:
+            write_text_atomic(path, text)
+        return text
+
+    def _repr_html_(self) -> str:
+        from .render.html import summary_html
+
+        return summary_html(self.analyze())
+
     def with_params(self, **params: Any) -> "Profile":
         return replace(self, params={**self.params, **params})
+
+
+def region_and_ancestors(path: str, known: Iterable[str]) -> list[str]:
+    """The known region paths that contain `path` (itself included), outermost first.
+
+    Region names may contain '/' (a region named '<script>alert(1)</script>' is allowed), so the
+    nesting is read from the paths the capture recorded, never by splitting a path on '/'."""
+    if not path:
+        return []
+    out = [r for r in known if r and (path == r or path.startswith(r + "/"))]
+    if path not in out:
+        out.append(path)
+    return sorted(out, key=len)
 
 
 def now_iso() -> str:

@@ -124,8 +124,14 @@ def test_region_validates_its_name_and_works_outside_capture():
         with region("inner"):
             assert current_region() == "outer/inner"
     with pytest.raises(rooflight.errors.UsageError):
-        with region("a/b"):
+        with region(""):
             pass
+    # names may hold anything, '/' too: nesting comes from the regions opened, not from splitting
+    x = torch.randn(2, 2)
+    with Capture() as cap:
+        with region("<script>alert(1)</script>"):
+            x + x
+    assert cap.profile().regions == ("<script>alert(1)</script>",)
 
     @region("as-decorator")
     def f():

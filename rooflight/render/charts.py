@@ -1,0 +1,328 @@
+"""Matplotlib figures: the roofline, time by label and region, sweep trajectories.
+
+Every function takes plain data and returns a Figure; nothing here prints, shows a window or
+writes a file (`save_figure` writes one when asked).  The figures use matplotlib's object API
+with the Agg canvas, so they work on headless machines and in notebooks alike.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..units import fmt_bandwidth, fmt_flops_rate
+
+# one colour per label, readable for the common colour-vision deficiencies (Okabe-Ito)
+LABEL_COLORS = {
+    "compute-bound": "#D55E00",
+    "memory-bound": "#0072B2",
+    "communication-bound": "#009E73",
+    "overhead-bound": "#CC79A7",
+    "idle": "#BBBBBB",
+    "predicted": "#777777",
+}
+CLASS_COLORS = ["#222222", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One op (or op group) on the roofline."""
+
+    name: str  # label text, e.g. "layers.*.feed_forward.w1 mm"
+    intensity: float  # FLOP per byte
+    flops_per_s: float  # attained (measured), or the roofline bound for count-only profiles
+    seconds: float  # time share decides the marker size
+    label: str  # "memory-bound" ...
+    math_class: str = ""
+
+
+@dataclass(frozen=True)
+class Roof:
+    name: str  # "bf16_tensor", "memory", ...
+    kind: str  # "compute" or "memory"
+    value: float  # FLOP/s for compute roofs, bytes/s for the memory roof
+    calibrated: bool  # solid if measured here, dashed if from the datasheet
+
+
+def new_figure(width: float = 9.0, height: float = 6.0) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _fmt_rate(v: float) -> str:
+    return fmt_flops_rate(v)
+
+
+def roofline(points: Sequence[Point], roofs: Sequence[Roof], *, title: str = "", label_top: int = 8,
+             predicted: bool = False) -> Figure:
+    """Log-log roofline: intensity (FLOP/B) against attained FLOP/s, roofs and ridge points,
+    ops coloured by label and sized by their share of the time, the heaviest labelled."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    pts = [p for p in points if p.intensity > 0 and p.flops_per_s > 0 and math.isfinite(p.intensity)]
+    mems = [r for r in roofs if r.kind == "memory"]
+    comps = sorted((r for r in roofs if r.kind == "compute"), key=lambda r: -r.value)
+    xs = [p.intensity for p in pts] + [r.value / m.value for r in comps for m in mems]
+    x_lo = 10 ** math.floor(math.log10(max(min(xs, default=0.1), 1e-3))) / 2 if xs else 0.01
+    x_hi = 10 ** math.ceil(math.log10(max(xs, default=1000))) * 2 if xs else 1e4
+    top = max([r.value for r in comps] + [p.flops_per_s for p in pts] + [1.0])
+    y_lo = min([p.flops_per_s for p in pts] + [top / 1e4]) / 3
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_lo, top * 3)
+
+    # roofs: memory diagonal(s), one compute ceiling per class, the ridge where they meet
+    for i, m in enumerate(mems):
+        style = "-" if m.calibrated else "--"
+        ax.plot([x_lo, x_hi], [m.value * x_lo, m.value * x_hi], style, color="#444444", lw=1.6, zorder=2,
+                label=f"memory {fmt_bandwidth(m.value)} ({'calibrated' if m.calibrated else 'datasheet'})")
+    for i, r in enumerate(comps):
+        color = CLASS_COLORS[i % len(CLASS_COLORS)]
+        style = "-" if r.calibrated else "--"
+        bw = next((m.value for m in mems if m.calibrated == r.calibrated), mems[0].value if mems else None)
+        ridge = r.value / bw if bw else x_lo
+        ax.plot([ridge, x_hi], [r.value, r.value], style, color=color, lw=1.3, zorder=2,
+                label=f"{r.name} {_fmt_rate(r.value)}, ridge {ridge:.0f} FLOP/B "
+                      f"({'calibrated' if r.calibrated else 'datasheet'})")
+        ax.plot([ridge], [r.value], "D", ms=4, color=color, zorder=3)
+
+    # points
+    total = sum(p.seconds for p in pts) or 1.0
+    for label in LABEL_COLORS:
+        sel = [p for p in pts if p.label == label]
+        if not sel:
+            continue
+        sizes = [20 + 900 * (p.seconds / total) for p in sel]
+        ax.scatter([p.intensity for p in sel], [p.flops_per_s for p in sel], s=sizes, c=LABEL_COLORS[label],
+                   alpha=0.75, edgecolors="white", linewidths=0.6, zorder=4, label=label)
+    heaviest = sorted(pts, key=lambda p: -p.seconds)[:label_top]
+    place_labels(fig, ax, heaviest)
+
+    ax.set_xlabel("arithmetic intensity (FLOP / byte of device memory)")
+    ax.set_ylabel("attained FLOP/s" + (" (roofline bound: no timing)" if predicted else ""))
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7, framealpha=0.9)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def place_labels(fig: Figure, ax, points: Iterable[Point]) -> list:
+    """Label points without overlapping text: try offsets around each point, keep the first whose
+    box overlaps no earlier label, the axes' edges nor the legend area; leave a point unlabelled
+    rather than overlap."""
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    placed: list = []
+    texts = []
+    axbox = ax.get_window_extent(renderer)
+    offsets = [(8, 6), (8, -14), (-8, 6), (-8, -14), (12, 16), (12, -22), (-12, 16), (-12, -22), (0, 20), (0, -26)]
+    for p in points:
+        for dx, dy in offsets:
+            t = ax.annotate(p.name, (p.intensity, p.flops_per_s), textcoords="offset points", xytext=(dx, dy),
+                            fontsize=7, ha="left" if dx >= 0 else "right", zorder=5,
+                            arrowprops=dict(arrowstyle="-", lw=0.5, color="#666666"))
+            box = t.get_window_extent(renderer).expanded(1.05, 1.15)
+            inside = (box.x0 >= axbox.x0 and box.x1 <= axbox.x1 and box.y0 >= axbox.y0 and box.y1 <= axbox.y1)
+            if inside and not any(box.overlaps(b) for b in placed):
+                placed.append(box)
+                texts.append(t)
+                break
+            t.remove()
+    return texts
+
+
+def _time_unit(seconds: float) -> tuple[float, str]:
+    for factor, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if seconds >= factor:
+            return factor, unit
+    return 1e-9, "ns"
+
+
+def stacked_bars(rows: Sequence[tuple[str, dict[str, float]]], *, title: str, xlabel: str = "time") -> Figure:
+    """Horizontal stacked bars: one bar per row (a region, or the whole run), segments by label;
+    values in seconds, drawn in the unit that suits the largest bar."""
+    factor, unit = _time_unit(max((sum(v.values()) for _, v in rows), default=1.0))
+    rows = [(name, {k: v / factor for k, v in vals.items()}) for name, vals in rows]
+    xlabel = f"{xlabel} ({unit})"
+    fig = new_figure(8.0, 0.6 + 0.45 * max(len(rows), 1) + 0.8)
+    ax = fig.add_subplot()
+    labels = [lab for lab in LABEL_COLORS if any(vals.get(lab, 0) > 0 for _, vals in rows)]
+    names = [name for name, _ in rows]
+    lefts = [0.0] * len(rows)
+    for lab in labels:
+        widths = [vals.get(lab, 0.0) for _, vals in rows]
+        ax.barh(range(len(rows)), widths, left=lefts, color=LABEL_COLORS[lab], label=lab, height=0.6)
+        lefts = [a + b for a, b in zip(lefts, widths)]
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    if labels:
+        ax.legend(fontsize=7, loc="lower right")
+    ax.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
+def trajectories(series: dict[str, list[tuple[str, float, float]]], roofs: Sequence[Roof], *, title: str) -> Figure:
+    """Sweeps: each kernel group's path across the roofline as a parameter grows.
+    series: name -> [(point label e.g. 'batch=8', intensity, FLOP/s), ...] in sweep order."""
+    pts = [Point(f"{n} {lab}", x, y, 1.0, "predicted") for n, s in series.items() for lab, x, y in s]
+    fig = roofline([], roofs, title=title)
+    ax = fig.axes[0]
+    xs = [p.intensity for p in pts if p.intensity > 0]
+    ys = [p.flops_per_s for p in pts if p.flops_per_s > 0]
+    if xs and ys:
+        lo_x, hi_x = ax.get_xlim()
+        lo_y, hi_y = ax.get_ylim()
+        ax.set_xlim(min(lo_x, min(xs) / 2), max(hi_x, max(xs) * 2))
+        ax.set_ylim(min(lo_y, min(ys) / 3), hi_y)
+    for i, (name, s) in enumerate(series.items()):
+        color = CLASS_COLORS[(i + 1) % len(CLASS_COLORS)]
+        good = [(lab, x, y) for lab, x, y in s if x > 0 and y > 0]
+        if not good:
+            continue
+        ax.plot([x for _, x, _ in good], [y for _, _, y in good], "-o", color=color, ms=4, lw=1.2, label=name, zorder=4)
+        for lab, x, y in (good[0], good[-1]):
+            ax.annotate(lab, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7, color=color)
+    ax.legend(loc="lower right", fontsize=7)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write a figure as PNG or SVG (by the suffix), atomically."""
+    import io
+
+    from ..io import write_bytes_atomic
+
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    if fmt not in ("png", "svg"):
+        from ..errors import UsageError
+
+        raise UsageError(f"cannot save a chart as '.{fmt}': use .png or .svg")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, metadata=_METADATA[fmt])
+    return write_bytes_atomic(path, buf.getvalue())
+
+
+# who wrote the file: `rooflight report` replaces its own files without --force, nothing else
+_METADATA = {"png": {"Software": "rooflight"}, "svg": {"Creator": "rooflight"}}
+
+
+def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- from an Analysis
+
+
+def _chart_text(s: str) -> str:
+    """Text from the user's code shown as-is: matplotlib would read '$...$' as math."""
+    return s.replace("$", r"\$")
+
+
+def roofs_of(analysis, classes: Sequence[str] | None = None) -> list[Roof]:
+    """Memory roof and one compute roof per math class present in the profile, calibrated (solid)
+    where measured and datasheet (dashed) beside them."""
+    from ..math_class import MathClass
+
+    ceil, sheet = analysis.ceilings, analysis.datasheet
+    if classes is None:
+        classes = [c for c in analysis.profile.flops_by_class()]
+    resolved: list[str] = []
+    for c in classes:
+        try:
+            r = ceil.resolve(c).value
+        except (KeyError, ValueError):
+            continue
+        if r not in resolved:
+            resolved.append(r)
+    roofs: list[Roof] = []
+    calibrated = ceil.source == "calibrated"
+    if calibrated and "memory" in ceil.measured:
+        roofs.append(Roof("memory", "memory", ceil.memory_bytes_per_s, True))
+    if sheet is not None:
+        roofs.append(Roof("memory", "memory", sheet.memory_bytes_per_s, False))
+    elif not calibrated or "memory" not in ceil.measured:
+        roofs.append(Roof("memory", "memory", ceil.memory_bytes_per_s, ceil.source == "calibrated"))
+    for c in resolved:
+        cls = MathClass(c)
+        if calibrated and c in ceil.measured:
+            roofs.append(Roof(c, "compute", ceil.flops_per_s[cls], True))
+        if sheet is not None and cls in sheet.flops_per_s:
+            roofs.append(Roof(c, "compute", sheet.flops_per_s[cls], False))
+        elif not (calibrated and c in ceil.measured):
+            roofs.append(Roof(c, "compute", ceil.peak(cls), calibrated))
+    return roofs
+
+
+def points_of(analysis) -> list[Point]:
+    """One point per op group: measured FLOP/s, or for a count-only profile the roofline bound."""
+    pts = []
+    for g in analysis.groups:
+        if g.flops <= 0 or g.bytes <= 0:
+            continue
+        if analysis.timed:
+            y = g.flops_per_s
+            if not (y > 0):
+                continue
+        else:
+            try:
+                peak = analysis.ceilings.peak(g.math_class) if g.math_class else analysis.ceilings.peak("fp32")
+            except (KeyError, ValueError):
+                continue
+            y = min(peak, g.intensity * analysis.ceilings.memory_bytes_per_s)
+        pts.append(Point(_chart_text(g.name), g.intensity, y, g.seconds, g.label, g.math_class))
+    return pts
+
+
+def roofline_of(analysis, *, title: str | None = None, label_top: int = 8) -> Figure:
+    p = analysis.profile
+    where = analysis.ceilings.name
+    kind = "CPU wall times" if analysis.device_kind == "cpu" and analysis.timed else (
+        "measured" if analysis.timed else "counted only (points sit on the roof they are bound by)")
+    title = title if title is not None else _chart_text(f"{p.workload or 'workload'} on {where}: {kind}")
+    return roofline(points_of(analysis), roofs_of(analysis), title=title, label_top=label_top,
+                    predicted=not analysis.timed)
+
+
+def time_by_label_of(analysis, *, top_regions: int = 12) -> Figure:
+    """Stacked bars of time by label: the whole run, then each region."""
+    d = analysis.diagnosis
+    rows = []
+    for name, r in list(d.regions.items())[: top_regions + 1]:
+        vals = {str(k): v for k, v in r.seconds_by_label.items() if v > 0}
+        if r.idle_seconds > 0:  # show idle apart from the overhead-bound ops it is counted with
+            vals["overhead-bound"] = max(vals.get("overhead-bound", 0.0) - r.idle_seconds, 0.0)
+            vals["idle"] = r.idle_seconds
+        rows.append((_chart_text(name or "whole run"), vals))
+    what = "time" if d.timed else "time at the roofline (no timing)"
+    return stacked_bars(rows, title="time by label" + (" (CPU)" if d.device_kind == "cpu" and d.timed else ""),
+                        xlabel=what)
+
+
+def sweep_of(analyses: Sequence, point_labels: Sequence[str], *, top: int = 6, title: str = "") -> Figure:
+    """The heaviest op groups' paths across the roofline over a sweep (analyses in sweep order)."""
+    first = analyses[0]
+    names = [g.module + " " + g.op for g in first.groups[:top]]
+    series: dict[str, list[tuple[str, float, float]]] = {}
+    for a, lab in zip(analyses, point_labels):
+        for g in a.groups:
+            key = g.module + " " + g.op
+            if key in names and g.flops > 0 and g.bytes > 0:
+                y = g.flops_per_s if a.timed else min(
+                    a.ceilings.peak(g.math_class or "fp32"), g.intensity * a.ceilings.memory_bytes_per_s)
+                series.setdefault(_chart_text(key.strip()), []).append((lab, g.intensity, y))
+    return trajectories(series, roofs_of(first), title=title or "sweep: each op group across the roofline")
