@@ -18,7 +18,8 @@ from .costs import OpCall, OpCost, TensorMeta, register_cost  # noqa: E402
 from .profile import OpRecord, Profile  # noqa: E402
 from .regions import region  # noqa: E402
 from .timing import profile  # noqa: E402
+from .workloads import Run, workload  # noqa: E402
 
-__all__ = ["Capture", "Label", "OpCall", "OpCost", "OpRecord", "Profile", "TensorMeta", "advise", "analyze",
+__all__ = ["Capture", "Label", "OpCall", "OpCost", "OpRecord", "Profile", "Run", "TensorMeta", "advise", "analyze",
            "breakdown", "classify", "count", "errors", "predict", "profile", "region", "register_cost", "summary",
-           "__version__"]
+           "workload", "__version__"]
