@@ -125,8 +125,9 @@ def resolve_ceilings(profile: Profile, hw: str | HardwareSpec | None = None, *, 
         cal = _cal.load(timing.device_name)
         if cal is None:
             cal = _cal.calibrate("cpu", quick=True)
-            notes.append(f"no cached CPU calibration for {timing.device_name}: measured a quick one now "
-                         "(run `rooflight calibrate --device cpu` for a full one)")
+            path = _cal.save(cal)
+            notes.append(f"no cached CPU calibration for {timing.device_name}: measured a quick one now and cached "
+                         f"it in {path} (run `rooflight calibrate --device cpu` for a full one)")
         return cal.to_ceilings(), None, None, notes
 
     db = db or load_database()

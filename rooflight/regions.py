@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 
 _STACK: list[str] = []
+_NVTX_PUSH, _NVTX_POP = torch.cuda.nvtx.range_push, torch.cuda.nvtx.range_pop
 PROFILER_PREFIX = "rooflight.region:"
 # callables (path, enter: bool) notified at region boundaries, e.g. the CPU timer's clock
 LISTENERS: list = []
@@ -36,6 +37,34 @@ def _nvtx_available() -> bool:
 
 
 @contextlib.contextmanager
+def nvtx_as_regions() -> Iterator[None]:
+    """While active, a script's torch.cuda.nvtx.range_push/range_pop (and `with nvtx.range(...)`)
+    also open and close rooflight regions, and still emit NVTX where CUDA is there."""
+    nvtx = torch.cuda.nvtx
+    real_push, real_pop = nvtx.range_push, nvtx.range_pop
+    opened: list = []
+
+    def push(msg, *args, **kwargs):
+        ctx = region(str(msg))
+        ctx.__enter__()
+        opened.append(ctx)
+        return len(opened) - 1
+
+    def pop(*args, **kwargs):
+        if opened:
+            opened.pop().__exit__(None, None, None)
+        return len(opened)
+
+    nvtx.range_push, nvtx.range_pop = push, pop
+    try:
+        yield
+    finally:
+        nvtx.range_push, nvtx.range_pop = real_push, real_pop
+        while opened:
+            opened.pop().__exit__(None, None, None)
+
+
+@contextlib.contextmanager
 def region(name: str) -> Iterator[None]:
     """Mark a region of the workload; usable as a context manager or a decorator."""
     if not isinstance(name, str) or not name.strip():
@@ -46,7 +75,7 @@ def region(name: str) -> Iterator[None]:
     path = current_region()
     nvtx = _nvtx_available()
     if nvtx:
-        torch.cuda.nvtx.range_push(name)
+        _NVTX_PUSH(name)
     for listener in LISTENERS:
         listener(path, True)
     try:
@@ -56,5 +85,5 @@ def region(name: str) -> Iterator[None]:
         for listener in LISTENERS:
             listener(path, False)
         if nvtx:
-            torch.cuda.nvtx.range_pop()
+            _NVTX_POP()
         _STACK.pop()

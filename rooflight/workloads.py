@@ -112,7 +112,12 @@ def declares_workloads(path: Path) -> bool:
 
 
 class ModelFileError(RooflightError):
-    """The user's model file raised: the message carries their traceback, not ours."""
+    """The user's code raised.  `str()` is the one-line summary; `user_traceback` holds the
+    traceback through their files (not rooflight's), which the CLI prints above it."""
+
+    def __init__(self, message: str, user_traceback: str = ""):
+        super().__init__(message)
+        self.user_traceback = user_traceback
 
 
 def user_traceback(err: BaseException, files: Iterable[str]) -> str:
@@ -145,7 +150,7 @@ def load_model_file(path: str | Path) -> list[Workload]:
                              "should only declare workloads") from None
     except Exception as err:
         raise ModelFileError(f"{path} raised {type(err).__name__} while being imported: {err}",
-                             ) from err
+                             user_traceback(err, [str(path)])) from None
     finally:
         sys.path.remove(str(path.resolve().parent))
     found = _DECLARED[start:]
@@ -185,9 +190,11 @@ def parse_assignments(items: Iterable[str], *, many: bool) -> dict[str, Any]:
 
 
 def points(w: Workload, params: Mapping[str, Any], sweeps: Mapping[str, Sequence[Any]], *,
-           default_sweep: bool = True) -> list[dict[str, Any]]:
-    """The parameter sets to profile: defaults, then --param, crossed with the sweeps (the
-    workload's own sweep applies to parameters the user did not set)."""
+           default_sweep: bool = True) -> list[tuple[dict[str, Any], str]]:
+    """The parameter sets to profile, each with its label: defaults, then --param, crossed with
+    the sweeps (the workload's own sweep applies to parameters the user did not set).  A point's
+    label names its swept values ('seq=128,batch=8'); without a sweep, the parameters set away
+    from their defaults ('' for the defaults)."""
     for key in (*params, *sweeps):
         if key not in w.params and not w.accepts(key):
             known = ", ".join(w.params) or "none"
@@ -198,9 +205,12 @@ def points(w: Workload, params: Mapping[str, Any], sweeps: Mapping[str, Sequence
         axes.update({k: v for k, v in w.sweep.items() if k not in params and k not in sweeps})
     axes.update(sweeps)
     if not axes:
-        return [base]
+        return [(base, point_label(base, w))]
     keys = list(axes)
-    return [{**base, **dict(zip(keys, combo))} for combo in itertools.product(*(axes[k] for k in keys))]
+    out = []
+    for combo in itertools.product(*(axes[k] for k in keys)):
+        out.append(({**base, **dict(zip(keys, combo))}, ",".join(f"{k}={v}" for k, v in zip(keys, combo))))
+    return out
 
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,

@@ -1,0 +1,236 @@
+"""The CI guard on arithmetic intensity: `rooflight baseline` and `rooflight check`.
+
+A baseline records, for every workload point of a model file, the counted FLOPs, bytes and
+intensity of the whole run, of each region and of each op group (the same op at the same place
+of every layer).  A check counts again and fails when, beyond the tolerances, intensity fell or
+FLOPs or bytes grew — the signature of a change that made the model move more memory for the
+same work (an unfused op, a materialized attention, a lost KV-cache reuse).  Counting needs no
+GPU: CI runs it on CPU (or meta) tensors.
+
+    result = check_model("model.py", "rooflight-baseline.json")
+    assert result.ok, result.text()
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from . import __version__
+from .analysis import module_template
+from .errors import RooflightError, UsageError
+from .profile import Profile, region_and_ancestors
+
+SCHEMA = "rooflight.baseline"
+SCHEMA_VERSION = 1
+
+
+class BaselineError(RooflightError):
+    """A baseline file that is missing, corrupt, or of another version."""
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    max_intensity_drop: float = 0.05  # fraction: 0.05 = intensity may fall by up to 5%
+    max_flops_growth: float = 0.05
+    max_bytes_growth: float = 0.05
+
+
+def parse_fraction(text: str, option: str) -> float:
+    """'5%' -> 0.05, '0.05' -> 0.05."""
+    t = str(text).strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: give a percentage like 5% or a fraction like 0.05") from None
+    if value < 0 or not math.isfinite(value):
+        raise UsageError(f"{option} {text!r}: must be zero or more")
+    return value
+
+
+def _entry(flops: float, nbytes: float) -> dict[str, float]:
+    return {"flops": flops, "bytes": nbytes, "intensity": flops / nbytes if nbytes else 0.0}
+
+
+def summarize(profile: Profile) -> dict[str, Any]:
+    """What a baseline keeps of one profile: totals, per region, per op group."""
+    regions: dict[str, list[float]] = {}
+    groups: dict[str, list[float]] = {}
+    for o in profile.ops:
+        for r in region_and_ancestors(o.region, profile.regions):
+            acc = regions.setdefault(r, [0.0, 0.0])
+            acc[0] += o.total_flops
+            acc[1] += o.bytes
+        if o.total_flops or o.bytes:
+            key = f"{module_template(o.module)} {o.short_op}".strip()
+            acc = groups.setdefault(key, [0.0, 0.0])
+            acc[0] += o.total_flops
+            acc[1] += o.bytes
+    return {
+        "total": _entry(profile.total_flops, profile.total_bytes),
+        "regions": {k: _entry(*v) for k, v in regions.items()},
+        "groups": {k: _entry(*v) for k, v in groups.items()},
+        "uncounted": profile.uncounted(),
+    }
+
+
+def point_key(workload: str, label: str) -> str:
+    return f"{workload}[{label}]" if label else workload
+
+
+def make_baseline(results: Sequence, *, model: str, device: str) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA, "version": SCHEMA_VERSION, "model": model, "device": device,
+        "torch_version": torch.__version__, "rooflight_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "points": {point_key(r.workload, r.label): {"workload": r.workload, "params": dict(r.params),
+                                                    **summarize(r.profile)} for r in results},
+    }
+
+
+def load_baseline(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BaselineError(f"{p}: no such baseline; create one with `rooflight baseline MODEL.py -o {p}`") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise BaselineError(f"{p}: corrupt baseline ({type(err).__name__}); re-create it with "
+                            "`rooflight baseline`") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise BaselineError(f"{p}: not a rooflight baseline; create one with `rooflight baseline`")
+    if data.get("version") != SCHEMA_VERSION:
+        raise BaselineError(f"{p}: baseline format version {data.get('version')!r}, this rooflight reads "
+                            f"{SCHEMA_VERSION}; re-create it with `rooflight baseline`")
+    points = data.get("points")
+    if not isinstance(points, dict) or not all(isinstance(v, dict) and "total" in v for v in points.values()):
+        raise BaselineError(f"{p}: corrupt baseline (no points); re-create it with `rooflight baseline`")
+    return data
+
+
+@dataclass(frozen=True)
+class Change:
+    point: str
+    scope: str  # "total", "region", "group"
+    name: str
+    old: Mapping[str, float] | None
+    new: Mapping[str, float] | None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.problems)
+
+    def delta(self, key: str) -> float:
+        if not self.old or not self.new or not self.old.get(key):
+            return math.nan
+        return (self.new[key] - self.old[key]) / self.old[key]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    changes: tuple[Change, ...]
+    tolerances: Tolerances
+    missing_points: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def failures(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.failed)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.missing_points
+
+    def text(self, limit: int = 40) -> str:
+        """A plain table of what changed (failures first), for logs and assertion messages."""
+        rows = sorted((c for c in self.changes if c.failed or _moved(c)), key=lambda c: (not c.failed, c.point))
+        lines = [f"{'':2}{'point':<24} {'scope':<7} {'name':<40} {'intensity':>20} {'FLOPs':>9} {'bytes':>9}"]
+        for c in rows[:limit]:
+            old_i = f"{c.old['intensity']:.3g}" if c.old else "(new)"
+            new_i = f"{c.new['intensity']:.3g}" if c.new else "(gone)"
+            lines.append(f"{'✗' if c.failed else ' ':2}{c.point[:24]:<24} {c.scope:<7} {c.name[:40]:<40} "
+                         f"{old_i:>9} -> {new_i:<8} {_pct(c.delta('flops')):>9} {_pct(c.delta('bytes')):>9}"
+                         + (f"  {'; '.join(c.problems)}" if c.problems else ""))
+        if len(rows) > limit:
+            lines.append(f"  ... {len(rows) - limit} more")
+        for p in self.missing_points:
+            lines.append(f"✗ {p}: in the baseline but not counted now")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        verdict = "OK: no intensity regression" if self.ok else f"FAILED: {len(self.failures)} regressions"
+        return "\n".join(lines + [verdict])
+
+
+def _pct(x: float) -> str:
+    return "" if math.isnan(x) else f"{x:+.1%}"
+
+
+def _moved(c: Change) -> bool:
+    return c.old is None or c.new is None or any(abs(c.delta(k)) > 1e-9 for k in ("flops", "bytes"))
+
+
+def compare(baseline: Mapping[str, Any], current: Mapping[str, Any], tol: Tolerances = Tolerances()) -> CheckResult:
+    """Compare two baseline dicts (the second from counting now)."""
+    changes: list[Change] = []
+    missing = tuple(k for k in baseline["points"] if k not in current["points"])
+    for key, new_point in current["points"].items():
+        old_point = baseline["points"].get(key)
+        if old_point is None:
+            changes.append(Change(key, "total", "(new workload point)", None, new_point["total"]))
+            continue
+        scopes = [("total", {"": old_point["total"]}, {"": new_point["total"]}),
+                  ("region", old_point.get("regions", {}), new_point.get("regions", {})),
+                  ("group", old_point.get("groups", {}), new_point.get("groups", {}))]
+        for scope, olds, news in scopes:
+            for name in list(olds) + [n for n in news if n not in olds]:
+                old, new = olds.get(name), news.get(name)
+                problems: list[str] = []
+                if old is not None and new is not None:
+                    if old["intensity"] > 0 and (old["intensity"] - new["intensity"]) / old["intensity"] > tol.max_intensity_drop:
+                        problems.append(f"intensity fell {(old['intensity'] - new['intensity']) / old['intensity']:.1%}")
+                    if old["flops"] > 0 and (new["flops"] - old["flops"]) / old["flops"] > tol.max_flops_growth:
+                        problems.append(f"FLOPs grew {(new['flops'] - old['flops']) / old['flops']:.1%}")
+                    if old["bytes"] > 0 and (new["bytes"] - old["bytes"]) / old["bytes"] > tol.max_bytes_growth:
+                        problems.append(f"bytes grew {(new['bytes'] - old['bytes']) / old['bytes']:.1%}")
+                changes.append(Change(key, scope, name or "whole run", old, new, tuple(problems)))
+    notes = []
+    if baseline.get("torch_version") and baseline.get("torch_version") != current.get("torch_version"):
+        notes.append(f"baseline counted with torch {baseline['torch_version']}, now {current.get('torch_version')}")
+    return CheckResult(tuple(changes), tol, missing, tuple(notes))
+
+
+def count_model(model: str | Path, *, device: str = "cpu", params: Mapping[str, Any] | None = None,
+                sweeps: Mapping[str, Sequence[Any]] | None = None, default_sweep: bool = True,
+                dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Count every workload point of a model file (no timing) and summarize it as a baseline."""
+    from .runner import Options, profile_workloads
+    from .workloads import load_model_file
+
+    path = Path(model)
+    workloads = load_model_file(path)
+    results = profile_workloads(path, workloads, Options(device=device, count_only=True, check=False, dtype=dtype),
+                                params=params, sweeps=sweeps, default_sweep=default_sweep)
+    return make_baseline(results, model=str(path), device=device)
+
+
+def check_model(model: str | Path, baseline: str | Path, tolerances: Tolerances = Tolerances(), *,
+                device: str | None = None, **kwargs: Any) -> CheckResult:
+    """The Python API of `rooflight check`: count the model again and compare with the baseline."""
+    base = load_baseline(baseline)
+    current = count_model(model, device=device or base.get("device", "cpu"), **kwargs)
+    return compare(base, current, tolerances)
+
+
+def assert_no_regression(model: str | Path, baseline: str | Path, tolerances: Tolerances = Tolerances(),
+                         **kwargs: Any) -> CheckResult:
+    """For a pytest test: raises AssertionError with the table when intensity regressed."""
+    result = check_model(model, baseline, tolerances, **kwargs)
+    if not result.ok:
+        raise AssertionError("arithmetic intensity regressed:\n" + result.text())
+    return result

@@ -1,0 +1,178 @@
+"""Running a user's model file or script under rooflight: the library behind `rooflight profile`.
+
+Two kinds of file:
+
+1. a model file that declares workloads (`@rooflight.workload`): each workload is built at each
+   parameter point and its callable is counted and (unless count-only) timed;
+2. any other script, unchanged: it runs as `__main__` with the arguments given after `--`
+   (as `python -m cProfile script.py` does), and everything it executes is profiled.  Its
+   `rooflight.region(...)` marks and its NVTX ranges become regions.  Timing runs it more than
+   once (one labelled pass, then `repeats` plain passes; see timing.py).
+
+Errors in the user's code come back as ModelFileError carrying the user's traceback (the frames
+of their files, not rooflight's); `sys.exit(0)` in a script ends it normally, any other status is
+an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import runpy
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+
+from . import regions as _regions
+from .capture import count
+from .errors import NoGPUError, RooflightError, UsageError
+from .profile import Profile
+from .timing import profile as time_profile
+from .workloads import ModelFileError, Run, Workload, build, check_run, points, user_traceback
+
+
+@dataclass(frozen=True)
+class Options:
+    device: str = "cpu"  # "cuda", "cpu" or "meta"
+    count_only: bool = False
+    warmup: int = 3
+    repeats: int = 10
+    dtype: torch.dtype | None = None
+    flush_l2: bool = False
+    cuda_graph: bool = False
+    check: bool = True  # run the workload's correctness check when it has a reference
+
+
+@dataclass(frozen=True)
+class Result:
+    workload: str
+    label: str  # the parameter point, e.g. "batch=8" ("" for the defaults)
+    params: Mapping[str, Any]
+    profile: Profile
+    check: tuple[float, float] | None = None  # (relative error, tolerance)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def check_passed(self) -> bool | None:
+        return None if self.check is None else self.check[0] <= self.check[1]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def validate(options: Options) -> None:
+    if options.device not in ("cuda", "cpu", "meta") and not options.device.startswith("cuda:"):
+        raise UsageError(f"--device {options.device!r}: use cuda, cpu or meta")
+    if options.device.startswith("cuda") and not torch.cuda.is_available():
+        raise NoGPUError("--device cuda, but this machine has no CUDA GPU: use --device cpu, or "
+                         "--count-only --device meta to count without running")
+    if options.device == "meta" and not options.count_only:
+        raise UsageError("--device meta runs nothing, so nothing can be timed: add --count-only")
+    if options.repeats < 1 or options.warmup < 0:
+        raise UsageError("--repeats must be at least 1 and --warmup at least 0")
+
+
+def _needs_cuda(err: BaseException) -> bool:
+    text = f"{type(err).__name__}: {err}"
+    return any(s in text for s in ("Torch not compiled with CUDA", "Found no NVIDIA driver", "no CUDA GPUs are available",
+                                   "CUDA driver initialization failed", "No CUDA GPUs are available"))
+
+
+@contextlib.contextmanager
+def user_code(files: Sequence[str], what: str) -> Iterator[None]:
+    """Turn an exception raised by the user's code into one message with the user's traceback."""
+    try:
+        yield
+    except (RooflightError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        if _needs_cuda(err):
+            raise NoGPUError(f"{what} needs a CUDA GPU and this machine has none: run it with --device cpu, "
+                             "or count it with --count-only --device meta") from None
+        raise ModelFileError(f"{what} raised {type(err).__name__}: {err}", user_traceback(err, files)) from None
+
+
+def _profile_run(run: Run, options: Options, workload: str, params: Mapping[str, Any]) -> Profile:
+    if options.count_only:
+        prof = count(run.fn, *run.args, workload=workload, **run.kwargs)
+    else:
+        prof = time_profile(run.fn, *run.args, warmup=options.warmup, repeats=options.repeats,
+                            flush_l2=options.flush_l2, cuda_graph=options.cuda_graph,
+                            device="cuda" if options.device.startswith("cuda") else "cpu", workload=workload,
+                            **run.kwargs)
+    return replace(prof, params=dict(params))
+
+
+def profile_workloads(path: Path, workloads: Sequence[Workload], options: Options, *,
+                      params: Mapping[str, Any] | None = None, sweeps: Mapping[str, Sequence[Any]] | None = None,
+                      default_sweep: bool = True,
+                      progress: Callable[[str, int, int], None] | None = None) -> list[Result]:
+    """Build and profile every workload at every parameter point (in order)."""
+    validate(options)
+    plan = [(w, p, label) for w in workloads
+            for p, label in points(w, params or {}, sweeps or {}, default_sweep=default_sweep)]
+    results = []
+    files = [str(path)]
+    for i, (w, p, label) in enumerate(plan):
+        name = f"{w.name}{' [' + label + ']' if label else ''}"
+        if progress:
+            progress(name, i, len(plan))
+        with user_code(files, f"workload {name} in {path.name}"):
+            run = build(w, p, device=options.device, dtype=options.dtype)
+            checked = check_run(run) if options.check and options.device != "meta" else None
+            prof = _profile_run(run, options, w.name, p)
+        notes = ()
+        if checked is not None and checked[0] > checked[1]:
+            notes = (f"correctness check FAILED: relative error {checked[0]:.3g} > tolerance {checked[1]:.3g}",)
+        results.append(Result(w.name, label, dict(p), prof, checked, notes))
+    if progress:
+        progress("done", len(plan), len(plan))
+    return results
+
+
+# ---------------------------------------------------------------------------- scripts
+
+
+class ScriptExit(RooflightError):
+    """A script called sys.exit with a failure status."""
+
+
+def _run_script(path: Path, argv: Sequence[str]) -> Callable[[], None]:
+    def run() -> None:
+        old_argv, old_path = sys.argv, list(sys.path)
+        sys.argv = [str(path), *argv]
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        except SystemExit as err:
+            code = err.code
+            if code not in (None, 0):
+                raise ScriptExit(f"{path.name} exited with status {code!r}: nothing was profiled to completion; "
+                                 "fix the script or its arguments (after --)") from None
+        finally:
+            sys.argv, sys.path[:] = old_argv, old_path
+
+    run.__qualname__ = path.stem
+    return run
+
+
+def profile_script(path: Path, argv: Sequence[str], options: Options) -> Result:
+    """Run a script as __main__ under rooflight (its NVTX ranges become regions)."""
+    validate(options)
+    if options.device == "meta":
+        raise UsageError("a script chooses its own devices: --device meta applies to model files only")
+    run = _run_script(path, argv)
+    with user_code([str(path)], path.name), _regions.nvtx_as_regions():
+        if options.count_only:
+            prof = count(run, workload=path.stem)
+        else:
+            prof = time_profile(run, warmup=options.warmup, repeats=options.repeats, flush_l2=options.flush_l2,
+                                cuda_graph=options.cuda_graph, workload=path.stem)
+    return Result(path.stem, "", {}, replace(prof, params={"argv": " ".join(argv)} if argv else {}))
+
+
+__all__ = ["ModelFileError", "Options", "Result", "ScriptExit", "default_device", "profile_script",
+           "profile_workloads", "validate"]

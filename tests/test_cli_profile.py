@@ -1,0 +1,203 @@
+"""`rooflight profile`, `baseline` and `check` driven as a user drives them: real subprocesses of
+the command on example files of both styles (tests/examples), and every error case."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rooflight.check import Tolerances, assert_no_regression, check_model, count_model
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "tests" / "examples"
+
+
+def rooflight(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "rooflight", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture()
+def model(tmp_path) -> Path:
+    dst = tmp_path / "tiny_model.py"
+    shutil.copy(EXAMPLES / "tiny_model.py", dst)
+    return dst
+
+
+def test_profile_model_file_count_only_with_sweep(tmp_path, model):
+    r = rooflight("profile", str(model), "--count-only", "--device", "meta", "--sweep", "seq=32,64,128",
+                  "--param", "batch=1", "--format", "html,json,svg,csv", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    for name in ("block__seq-32", "block__seq-64", "block__seq-128"):
+        for ext in ("html", "json", "svg", "csv"):
+            assert (out / f"{name}.{ext}").is_file(), (name, ext, sorted(p.name for p in out.iterdir()))
+    assert (out / "block__sweep.svg").is_file() and (out / "index.html").is_file()
+    prof = json.loads((out / "block__seq-64.json").read_text())
+    assert prof["params"] == {"seq": 64, "batch": 1, "dim": 128, "heads": 4} and prof["mode"] == "count"
+    assert "whole run:" in r.stdout and "predicted from counts" in r.stdout
+    assert "wrote" in r.stdout
+
+
+def test_profile_model_file_timed_on_cpu_with_correctness_check(tmp_path, model):
+    r = rooflight("profile", str(model), "--device", "cpu", "--repeats", "2", "--warmup", "1", "--no-sweep",
+                  "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "correctness: pass" in r.stdout and "CPU timing" in r.stdout
+    prof = json.loads((tmp_path / "out" / "block.json").read_text())
+    assert prof["mode"] == "timed" and prof["timing"]["device_kind"] == "cpu"
+
+
+def test_profile_plain_script_with_arguments_regions_and_nvtx(tmp_path):
+    r = rooflight("profile", str(EXAMPLES / "plain_script.py"), "--device", "cpu", "--format", "json", "-o", "out",
+                  "--", "--size", "48", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads((tmp_path / "out" / "plain_script.json").read_text())
+    assert prof["regions"] == ["matmul", "activation"]  # rooflight.region and an NVTX range
+    mm = [o for o in prof["ops"] if o["op"].startswith("aten::mm")]
+    assert mm and mm[0]["inputs"][0][0] == [48, 48]  # the script saw its own argument
+    assert prof["params"] == {"argv": "--size 48"}
+
+
+def test_script_that_raises_shows_the_users_traceback_not_ours(tmp_path):
+    r = rooflight("profile", str(EXAMPLES / "plain_script.py"), "--count-only", "-o", "out", "--", "--fail",
+                  cwd=tmp_path)
+    assert r.returncode == 1
+    assert "Traceback (most recent call last):" in r.stderr
+    assert 'plain_script.py", line' in r.stderr and "ValueError: the user's own bug" in r.stderr
+    assert "rooflight/" not in r.stderr.replace("rooflight: error", "")  # none of our frames
+    assert r.stderr.strip().splitlines()[-1].startswith("rooflight: error: plain_script.py raised ValueError")
+    assert not (tmp_path / "out").exists()
+
+
+def test_script_calling_sys_exit(tmp_path):
+    bad = rooflight("profile", str(EXAMPLES / "plain_script.py"), "--count-only", "--", "--exit", "3", cwd=tmp_path)
+    assert bad.returncode == 1 and "exited with status 3" in bad.stderr and "Traceback" not in bad.stderr
+    ok = rooflight("profile", str(EXAMPLES / "plain_script.py"), "--count-only", "--format", "json", "-o", "o2",
+                   "--", "--exit", "0", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "o2" / "plain_script.json").is_file()
+
+
+def test_missing_file_and_bad_options_are_one_line_errors(tmp_path, model, capsys, monkeypatch):
+    """In-process (fast): the same main() the console script runs."""
+    from rooflight.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (["profile", "nope.py"], 2, "nope.py: no such file"),
+        (["profile", str(model), "--hw", "h1000"], 2, "unknown GPU 'h1000'"),
+        (["profile", str(model), "--format", "pdf"], 2, "--format 'pdf'"),
+        (["profile", str(model), "--param", "batch"], 2, "write NAME=VALUE"),
+        (["profile", str(model), "--param", "colour=red", "--count-only"], 2, "has no parameter 'colour'"),
+        (["profile", str(EXAMPLES / "plain_script.py"), "--sweep", "a=1,2"], 2, "applies to model files"),
+        (["check", str(model), "--baseline", "missing.json"], 1, "no such baseline"),
+    ]
+    for args, code, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(list(args))
+        err = capsys.readouterr().err
+        assert exc.value.code == code, (args, exc.value.code, err)
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (args, err)
+
+
+def test_workload_that_needs_cuda_on_a_cpu_machine(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    f = tmp_path / "cuda_only.py"
+    f.write_text(textwrap.dedent("""
+        import torch, rooflight
+
+        @rooflight.workload
+        def step(n: int = 8):
+            x = torch.randn(n, n, device="cuda")
+            return torch.mm, (x, x)
+    """))
+    r = rooflight("profile", str(f), "--count-only", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "needs a CUDA GPU and this machine has none" in r.stderr and "Traceback" not in r.stderr
+    r = rooflight("profile", str(f), "--device", "cuda", cwd=tmp_path)
+    assert r.returncode == 1 and "no CUDA GPU" in r.stderr
+
+
+def test_interrupted_run_leaves_earlier_reports_untouched(tmp_path, model):
+    first = rooflight("profile", str(model), "--count-only", "--no-sweep", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    report = tmp_path / "out" / "block.json"
+    before = report.read_bytes()
+    f = tmp_path / "interrupts.py"
+    f.write_text(model.read_text() + textwrap.dedent("""
+
+        @rooflight.workload
+        def zz_interrupted():
+            raise KeyboardInterrupt
+    """))
+    r = rooflight("profile", str(f), "--count-only", "--no-sweep", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 130 and "interrupted" in r.stderr
+    assert report.read_bytes() == before
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_users_own_files_are_not_overwritten(tmp_path, model):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "block.json").write_text("my own notes")
+    r = rooflight("profile", str(model), "--count-only", "--no-sweep", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 2 and "not written by rooflight" in r.stderr
+    assert (out / "block.json").read_text() == "my own notes"
+    r = rooflight("profile", str(model), "--count-only", "--no-sweep", "--format", "json", "-o", "out", "--force",
+                  cwd=tmp_path)
+    assert r.returncode == 0 and (out / "block.json").read_text().startswith("{")
+
+
+def test_check_passes_then_fails_when_sdpa_becomes_a_materialized_attention(tmp_path, model):
+    b = rooflight("baseline", str(model), "-o", "rooflight-baseline.json", cwd=tmp_path)
+    assert b.returncode == 0, b.stderr
+    ok = rooflight("check", str(model), "--baseline", "rooflight-baseline.json", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "OK: no intensity regression" in ok.stdout
+    model.write_text(model.read_text().replace('ATTENTION = "sdpa"', 'ATTENTION = "materialized"'))
+    bad = rooflight("check", str(model), "--baseline", "rooflight-baseline.json", "--max-intensity-drop", "5%",
+                    cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "FAILED" in bad.stdout and "intensity fell" in bad.stdout and "bytes grew" in bad.stdout
+    assert "attention" in bad.stdout  # the region that changed is named
+
+
+def test_check_tolerances_and_bad_baselines(tmp_path, model):
+    assert rooflight("baseline", str(model), "-o", "b.json", cwd=tmp_path).returncode == 0
+    data = json.loads((tmp_path / "b.json").read_text())
+    point = data["points"]["block[seq=64]"]
+    point["total"]["bytes"] *= 0.9  # pretend the model used to move 10% fewer bytes
+    point["total"]["intensity"] = point["total"]["flops"] / point["total"]["bytes"]
+    (tmp_path / "tight.json").write_text(json.dumps(data))
+    assert rooflight("check", str(model), "-b", "tight.json", cwd=tmp_path).returncode == 1
+    loose = rooflight("check", str(model), "-b", "tight.json", "--max-intensity-drop", "15%", "--max-bytes-growth",
+                      "15%", cwd=tmp_path)
+    assert loose.returncode == 0, loose.stdout
+    for text, message in (("{", "corrupt baseline"), ('{"schema": "rooflight.baseline", "version": 9}', "version 9"),
+                          ('{"schema": "x"}', "not a rooflight baseline")):
+        (tmp_path / "bad.json").write_text(text)
+        r = rooflight("check", str(model), "-b", "bad.json", cwd=tmp_path)
+        assert r.returncode == 1 and message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_python_api_for_pytest(tmp_path, model):
+    base = tmp_path / "b.json"
+    base.write_text(json.dumps(count_model(model, device="meta")))
+    result = assert_no_regression(model, base)
+    assert result.ok
+    model.write_text(model.read_text().replace('ATTENTION = "sdpa"', 'ATTENTION = "materialized"'))
+    with pytest.raises(AssertionError, match="intensity regressed"):
+        assert_no_regression(model, base)
+    assert check_model(model, base, Tolerances(10.0, 10.0, 10.0)).ok
