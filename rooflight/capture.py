@@ -68,6 +68,17 @@ def enabled_sdpa_backends() -> tuple[str, ...]:
     return tuple(b for b in order if enabled.get(b, False))
 
 
+def tf32_matmul_now() -> bool:
+    """Whether fp32 matmuls may run on TF32 tensor cores now (read at each op: a workload may
+    call torch.set_float32_matmul_precision inside the run)."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return True
+    try:
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def snapshot_settings() -> Settings:
     import warnings
 
@@ -250,7 +261,10 @@ class Recorder:
                          if a.kwarg_only and a.alias_info is not None and a.alias_info.is_write)
         outputs = _flat_tensors(out)
         margs, mkwargs = _meta(tuple(args)), {k: _meta(v) for k, v in kwargs.items()}
-        call = OpCall(op_key(func), margs, mkwargs, tuple(outputs), self.settings, out_args, arg_names,
+        settings = self.settings
+        if tf32_matmul_now() != settings.allow_tf32_matmul:
+            settings = dataclasses.replace(settings, allow_tf32_matmul=not settings.allow_tf32_matmul)
+        call = OpCall(op_key(func), margs, mkwargs, tuple(outputs), settings, out_args, arg_names,
                       _group_size(args, kwargs, arg_names))
         inputs = call.tensor_inputs()
         formula = lookup(func)

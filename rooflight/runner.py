@@ -99,10 +99,10 @@ def _profile_run(run: Run, options: Options, workload: str, params: Mapping[str,
     if options.count_only:
         prof = count(run.fn, *run.args, workload=workload, **run.kwargs)
     else:
-        prof = time_profile(run.fn, *run.args, warmup=options.warmup, repeats=options.repeats,
-                            flush_l2=options.flush_l2, cuda_graph=options.cuda_graph,
-                            device="cuda" if options.device.startswith("cuda") else "cpu", workload=workload,
-                            **run.kwargs)
+        timing = {"warmup": options.warmup, "repeats": options.repeats, "flush_l2": options.flush_l2,
+                  "cuda_graph": options.cuda_graph, **run.options}  # the workload's own needs win
+        prof = time_profile(run.fn, *run.args, device="cuda" if options.device.startswith("cuda") else "cpu",
+                            workload=workload, **timing, **run.kwargs)
     return replace(prof, params=dict(params))
 
 

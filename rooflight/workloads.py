@@ -36,6 +36,7 @@ import torch
 from .errors import RooflightError, UsageError
 
 _DECLARED: list["Workload"] = []  # filled while a model file is imported
+RUN_OPTIONS = ("cuda_graph", "flush_l2", "warmup", "repeats")  # what Run.options may set
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,9 @@ class Run:
 
     reference: a callable returning the expected output (computed in higher precision);
     check: a callable (output, expected) -> relative error, default ‖out − ref‖ / ‖ref‖;
-    tolerance: the largest relative error that passes (default by dtype of the output).
+    tolerance: the largest relative error that passes (default by dtype of the output);
+    options: timing options this workload needs, passed to rooflight.timing.profile over the
+    command line's (e.g. {"cuda_graph": True}: counted eagerly, timed as a CUDA graph replay).
     """
 
     fn: Callable[..., Any]
@@ -53,6 +56,12 @@ class Run:
     reference: Callable[[], Any] | None = None
     tolerance: float | None = None
     check: Callable[[Any, Any], float] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.options) - set(RUN_OPTIONS)
+        if unknown:
+            raise UsageError(f"Run options {', '.join(sorted(unknown))}: use {', '.join(RUN_OPTIONS)}")
 
     def __call__(self) -> Any:
         return self.fn(*self.args, **self.kwargs)
@@ -65,7 +74,8 @@ class Workload:
     params: Mapping[str, Any]  # defaults, from the builder's signature and the decorator
     sweep: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # swept unless the user says otherwise
     description: str = ""
-    source: str = ""  # the file that declared it
+    source: str = ""  # the file that defines the builder
+    module: str = ""  # the module that declared it (a model file may import another one)
 
     def accepts(self, name: str) -> bool:
         sig = inspect.signature(self.builder)
@@ -75,6 +85,7 @@ class Workload:
 def workload(fn: Callable | None = None, *, name: str | None = None, params: Mapping[str, Any] | None = None,
              sweep: Mapping[str, Sequence[Any]] | None = None):
     """Declare a workload builder in a model file (see the module docstring)."""
+    module = sys._getframe(1).f_globals.get("__name__", "")  # the module declaring it
 
     def deco(f: Callable) -> Callable:
         sig = inspect.signature(f)
@@ -86,7 +97,7 @@ def workload(fn: Callable | None = None, *, name: str | None = None, params: Map
                 raise UsageError(f"workload {f.__name__}: sweep parameter '{key}' is not an argument of the builder")
         doc = (inspect.getdoc(f) or "").strip().splitlines()
         _DECLARED.append(Workload(name or f.__name__, f, defaults, dict(sweep or {}), doc[0] if doc else "",
-                                  inspect.getsourcefile(f) or ""))
+                                  inspect.getsourcefile(f) or "", module))
         return f
 
     return deco(fn) if fn is not None else deco
@@ -153,7 +164,8 @@ def load_model_file(path: str | Path) -> list[Workload]:
                              user_traceback(err, [str(path)])) from None
     finally:
         sys.path.remove(str(path.resolve().parent))
-    found = _DECLARED[start:]
+    # workloads declared by modules the file imported (another model file) are not its own
+    found = [w for w in _DECLARED[start:] if w.module in ("", module_name)]
     del _DECLARED[start:]
     if not found:
         raise UsageError(f"{path} declares no @rooflight.workload")

@@ -201,3 +201,31 @@ def test_python_api_for_pytest(tmp_path, model):
     with pytest.raises(AssertionError, match="intensity regressed"):
         assert_no_regression(model, base)
     assert check_model(model, base, Tolerances(10.0, 10.0, 10.0)).ok
+
+
+def test_a_model_file_that_imports_another_declares_only_its_own(tmp_path):
+    from rooflight.workloads import Run, load_model_file
+
+    (tmp_path / "base.py").write_text(textwrap.dedent("""
+        import rooflight, torch
+
+        @rooflight.workload
+        def base_mm(n: int = 8, device="cpu"):
+            x = torch.ones(n, n, device=device)
+            return lambda: x @ x
+    """))
+    (tmp_path / "mine.py").write_text(textwrap.dedent("""
+        import rooflight, torch
+        from base import base_mm  # a helper from another model file: not one of this file's workloads
+
+        @rooflight.workload
+        def graphed(n: int = 8, device="cpu"):
+            return rooflight.Run(base_mm(n, device), options={"cuda_graph": True, "repeats": 3})
+    """))
+    (w,) = load_model_file(tmp_path / "mine.py")
+    assert w.name == "graphed"
+    assert [v.name for v in load_model_file(tmp_path / "base.py")] == ["base_mm"]
+    run = w.builder(n=4)
+    assert run.options == {"cuda_graph": True, "repeats": 3}
+    with pytest.raises(Exception, match="Run options colour: use cuda_graph, flush_l2, warmup, repeats"):
+        Run(lambda: None, options={"colour": 1})
