@@ -170,6 +170,27 @@ def resolve_ceilings(profile: Profile, hw: str | HardwareSpec | None = None, *, 
     return sheet, sheet, spec, notes
 
 
+# An op that moved its counted bytes faster than this multiple of the memory roof cannot have
+# moved them through device memory: its data came from L2 (a warm cache between repeats).
+CACHE_RESIDENT_FRACTION = 1.05
+
+
+def cache_note(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, spec: HardwareSpec | None) -> str:
+    """A note when memory-dominated ops beat the device-memory roof: warm-L2 times, not DRAM."""
+    timing = profile.timing
+    if timing is None or timing.flush_l2 or timing.device_kind != "cuda":
+        return ""
+    fast = [v for v in diagnosis.verdicts.values() if v.dominant == "memory" and v.seconds > 0
+            and v.memory_floor_s / v.seconds > CACHE_RESIDENT_FRACTION]
+    if not fast:
+        return ""
+    top = max(v.memory_floor_s / v.seconds for v in fast)
+    l2 = f" (the {spec.l2_bytes / 2**20:.0f} MB L2 of the {spec.name})" if spec is not None and spec.l2_bytes else ""
+    return (f"{len(fast)} memory-bound op{'s' if len(fast) > 1 else ''} beat the device-memory roof (up to "
+            f"{top:.0%} of it): the data was served from cache{l2} between repeats, so these are warm-cache times; "
+            "profile with --flush-l2 for device-memory numbers")
+
+
 def analyze(profile: Profile, hw: str | HardwareSpec | None = None, *, calibrated: bool = True,
             db: HardwareDB | None = None, advice_top: int = 5) -> Analysis:
     """Classify and advise a profile against a GPU's roofs (see resolve_ceilings)."""
@@ -184,6 +205,9 @@ def analyze(profile: Profile, hw: str | HardwareSpec | None = None, *, calibrate
         tips = ()
     if profile.timing is not None:
         notes.extend(profile.timing.notes)
+        cache = cache_note(profile, diagnosis, ceilings, spec)
+        if cache:
+            notes.append(cache)
     uncounted = profile.uncounted()
     if uncounted:
         notes.append("ops with no cost formula (counted as uncounted, not zero): "

@@ -190,19 +190,25 @@ def _aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int]
     op_kernels: dict[int, int] = {}
     kernel_seconds: dict[int, list[float]] = {}  # position in the reference sequence -> times
     kernel_meta: dict[int, _trace.DeviceEvent] = {}
-    unmatched = 0
+    unmatched = substituted = 0
     region_rows: dict[str, dict[str, list[float]]] = {}
     for i, evs in by_repeat.items():
-        positions = _trace.align(ref_names, [d.name for d in evs])
+        positions, owners = _trace.align_to_ops(ref_names, ref_ops, [d.name for d in evs])
         per_op: dict[int, float] = {}
         per_op_cpu: dict[int, dict[tuple, float]] = {}
-        for d, pos in zip(evs, positions):
-            if pos < 0:
+        seen: dict[tuple, int] = {}
+        for d, pos, op in zip(evs, positions, owners):
+            if pos < 0 and op < 0:
                 unmatched += 1
                 continue
-            kernel_seconds.setdefault(pos, []).append(d.seconds)
-            kernel_meta.setdefault(pos, d)
-            op = ref_ops[pos]
+            if pos < 0:  # stands in for kernels of op `op` in the labelled run: keyed by op, name, order
+                substituted += 1
+                n = seen[(op, d.name)] = seen.get((op, d.name), -1) + 1
+                key = (op, d.name, n)
+            else:
+                key = pos
+            kernel_seconds.setdefault(key, []).append(d.seconds)
+            kernel_meta.setdefault(key, d)
             if op < 0:
                 continue
             per_op[op] = per_op.get(op, 0.0) + d.seconds
@@ -213,17 +219,17 @@ def _aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int]
             op_seconds.setdefault(op, []).append(s)
             if op in per_op_cpu:
                 op_cpu.setdefault(op, []).append(sum(per_op_cpu[op].values()))
-        if i == 0:
+        if i == 0:  # kernels per op as this run launched them
             op_kernels = {}
-            for pos, op in enumerate(ref_ops):
+            for op in owners:
                 if op >= 0:
                     op_kernels[op] = op_kernels.get(op, 0) + 1
         # regions: the whole run ("") and each region path (with its parents)
         region_of_op = {o.index: o.region for o in counted.ops}
         groups: dict[str, list[tuple[float, float]]] = {"": []}
-        for d, pos in zip(evs, positions):
+        for d, op in zip(evs, owners):
             groups[""].append((d.start_us, d.end_us))
-            region = region_of_op.get(ref_ops[pos], "") if pos >= 0 else d.region
+            region = region_of_op.get(op, "") if op >= 0 else d.region
             for path in region_and_ancestors(region, counted.regions):
                 groups.setdefault(path, []).append((d.start_us, d.end_us))
         rr = repeat_ranges.get(i)
@@ -244,6 +250,10 @@ def _aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int]
                     row["cpu"].append(sum(a.seconds for a in ann))
             row["wall"].append((end - start) * 1e-6)
             row["busy"].append(busy)
+    if substituted:
+        notes.append(f"{substituted} kernel launches over {repeats} repeats differ from the labelled run's (a "
+                     "compiled kernel, or another algorithm, in place of the op's kernels there) and were joined to "
+                     "the op whose kernels they replaced")
     if unmatched:
         notes.append(f"{unmatched} kernel launches over {repeats} repeats did not match the labelled run's "
                      "sequence and are left out of per-op times")
@@ -257,10 +267,15 @@ def _aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int]
         cpu = statistics.median(op_cpu[o.index]) if op_cpu.get(o.index) else math.nan
         ops.append(OpTiming(o.index, med, lo, hi, cpu, op_kernels.get(o.index, 0)))
     kernels = []
-    for pos in sorted(kernel_seconds):
-        d = kernel_meta[pos]
-        med, lo, hi = _stats(kernel_seconds[pos])
-        kernels.append(KernelRecord(ref_ops[pos], d.name, d.kind, d.grid, d.block, med, lo, hi))
+    first_pos = {}  # where a substituted kernel sorts: at its op's first reference kernel
+    for pos, op in enumerate(ref_ops):
+        first_pos.setdefault(op, pos)
+    order = lambda k: (k, 0, "", 0) if isinstance(k, int) else (first_pos.get(k[0], len(ref_ops)), 1, k[1], k[2])  # noqa: E731
+    for key in sorted(kernel_seconds, key=order):
+        d = kernel_meta[key]
+        med, lo, hi = _stats(kernel_seconds[key])
+        op = ref_ops[key] if isinstance(key, int) else key[0]
+        kernels.append(KernelRecord(op, d.name, d.kind, d.grid, d.block, med, lo, hi))
     regions = []
     for region in [""] + list(counted.regions):
         row = region_rows.get(region)

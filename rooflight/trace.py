@@ -169,6 +169,39 @@ def union_seconds(intervals: Iterable[tuple[float, float]]) -> float:
     return total * 1e-6
 
 
+def align_to_ops(reference: list[str], reference_ops: list[int], observed: list[str]) -> tuple[list[int], list[int]]:
+    """(positions, ops) of each observed kernel: its position in the reference sequence (-1 where
+    the sequences disagree, as `align`) and the op that launched it.  Where the sequences disagree,
+    a run of observed kernels that stands in place of reference kernels all launched by one op (a
+    compiled kernel where the labelled run had that op's eager kernels; a different algorithm the
+    library picked this time) is joined to that op; so is a run inserted between two kernels of one
+    op.  Reference kernels that no op launched (-1) are passed over.  Anything else keeps op -1."""
+    if reference == observed:
+        return list(range(len(observed))), [reference_ops[i] for i in range(len(observed))]
+    import difflib
+
+    pos = [-1] * len(observed)
+    ops = [-1] * len(observed)
+    matcher = difflib.SequenceMatcher(a=reference, b=observed, autojunk=False)
+    for tag, a1, a2, b1, b2 in matcher.get_opcodes():
+        if tag == "equal":
+            for k in range(b2 - b1):
+                pos[b1 + k], ops[b1 + k] = a1 + k, reference_ops[a1 + k]
+            continue
+        if tag == "delete":
+            continue
+        if tag == "replace":  # kernels no op launched (rooflight's own copies in the labelled run) own nothing
+            owners = {o for o in reference_ops[a1:a2] if o >= 0}
+        else:  # insert: between the nearest labelled reference kernels before and after it
+            before = next((o for o in reversed(reference_ops[:a1]) if o >= 0), -1)
+            after = next((o for o in reference_ops[a1:] if o >= 0), -1)
+            owners = {before, after}
+        if len(owners) == 1 and next(iter(owners)) >= 0:
+            for k in range(b1, b2):
+                ops[k] = next(iter(owners))
+    return pos, ops
+
+
 def align(reference: list[str], observed: list[str]) -> list[int]:
     """For each observed kernel name, the position of the same kernel in the reference sequence
     (-1 where the sequences disagree): kernels of an unlabelled run mapped to a labelled one."""

@@ -6,6 +6,7 @@ test, and predictions without timing (a tiny Llama counted on the meta device)."
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from rooflight.capture import count
 from rooflight.ceilings import Ceilings, from_spec
 from rooflight.classify import (EXPLAINED_FRACTION, FAR_BELOW_ROOF, NEAR_ROOF, SCALING_OVERHEAD_EXPONENT,
                                 SHORT_KERNEL_LAUNCH_MULTIPLE, SHORT_KERNEL_S, Label, band, breakdown, classify,
-                                floors, predict, scaling_test, summary)
+                                GRAPH_LAUNCH_S, floors, predict, scaling_test, summary)
 from rooflight.costs.model import OpCost
 from rooflight.errors import UsageError
 from rooflight.hardware import load_database
@@ -187,6 +188,26 @@ def test_overhead_bound_by_cpu_dispatch_longer_than_gpu_time():
     # dispatch longer than the kernel does not matter when the floors explain the time
     busy = op(bytes_read=0.5 * 100e-6 * 3e12)
     assert classify(busy, 100e-6, GPU, cpu_seconds=120e-6).label is Label.MEMORY
+
+
+def test_a_cuda_graph_replay_pays_no_dispatch_and_its_own_launch_cost():
+    # eager: a 15 µs kernel whose floors explain 5% is short against 11.9 µs per launch, and its
+    # 40 µs of dispatch exceeds it; replayed from a CUDA graph neither holds (1 µs per kernel,
+    # no dispatch per op): the same kernel is memory-bound, far below the roof
+    slow = op(bytes_read=0.05 * 15e-6 * 3e12)
+    eager = timed([slow], {0: 15e-6}, cpu_seconds={0: 40e-6})
+    assert breakdown(eager, GPU).verdicts[0].label is Label.OVERHEAD
+    graph = replace(eager, timing=replace(eager.timing, cuda_graph=True))
+    cal = replace(GPU, graph_launch_overhead_s=1.0e-6)
+    v = breakdown(graph, cal).verdicts[0]
+    assert v.label is Label.MEMORY and v.band == "far below the roof" and math.isnan(v.cpu_seconds)
+    # a 2 µs kernel of a tiny add in the graph is still short against twice its 1 µs launch
+    small = timed([tiny()], {0: 2e-6})
+    short = breakdown(replace(small, timing=replace(small.timing, cuda_graph=True)), cal).verdicts[0]
+    assert short.label is Label.OVERHEAD and "within 2x the 1.00 µs launch overhead" in short.evidence
+    # no graph figure calibrated: the default per-kernel cost of a replay stands in
+    assert breakdown(graph, GPU).verdicts[0].label is Label.MEMORY
+    assert GRAPH_LAUNCH_S == 1e-6
 
 
 def test_an_op_that_launched_nothing_is_overhead_with_no_time():
@@ -385,3 +406,20 @@ def test_cpu_timing_end_to_end_on_a_tiny_llama():
     whole = d.region("")
     assert whole.total_seconds == pytest.approx(ran + whole.idle_seconds)
     assert summary(d, "decode").startswith("CPU timing: decode: ")
+
+
+def test_ops_faster_than_the_memory_roof_are_noted_as_warm_cache():
+    from rooflight.analysis import analyze
+
+    # 32 MiB of weights read in 8 µs: 4.2 TB/s, above the H100 SXM's 3.35 TB/s: from L2
+    gemv = op(0, "aten::mm.default", flops={"bf16_tensor": 2 * 4096 * 4096}, bytes_read=2 * 4096 * 4096,
+              bytes_written=2 * 4096)
+    fast = timed([gemv], {0: 8e-6})
+    a = analyze(fast, "h100_sxm", calibrated=False)
+    note = next(n for n in a.notes if "warm-cache" in n)
+    assert note.startswith("1 memory-bound op beat the device-memory roof (up to 125% of it)")
+    assert "50 MB L2 of the H100 SXM" in note and "--flush-l2" in note
+    # at the roof or below, or timed with L2 flushed: no such note
+    assert not any("warm-cache" in n for n in analyze(timed([gemv], {0: 12e-6}), "h100_sxm", calibrated=False).notes)
+    flushed = replace(fast, timing=replace(fast.timing, flush_l2=True))
+    assert not any("warm-cache" in n for n in analyze(flushed, "h100_sxm", calibrated=False).notes)

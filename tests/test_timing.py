@@ -71,6 +71,43 @@ def test_aggregate_gives_per_op_kernel_and_region_times(recorded):
     assert 0 < total.busy_fraction < 1
 
 
+def test_kernels_in_place_of_one_ops_kernels_join_that_op():
+    # reference (labelled run): op 0 launched a, b; op 1 launched c, d, e (eager); op 2 launched f
+    ref, ops = ["a", "b", "c", "d", "e", "f"], [0, 0, 1, 1, 1, 2]
+    # timed run: op 1 ran one compiled kernel instead of its three
+    pos, own = trace.align_to_ops(ref, ops, ["a", "b", "fused", "f"])
+    assert pos == [0, 1, -1, 5] and own == [0, 0, 1, 2]
+    # a kernel inserted between two kernels of one op (a split-K reduction) joins it
+    assert trace.align_to_ops(ref, ops, ["a", "b", "c", "d", "reduce", "e", "f"])[1] == [0, 0, 1, 1, 1, 1, 2]
+    # in place of kernels of two ops, or inserted between two ops: no owner
+    assert trace.align_to_ops(ref, ops, ["a", "x", "d", "e", "f"])[1] == [0, -1, 1, 1, 2]
+    assert trace.align_to_ops(ref, ops, ["a", "b", "x", "c", "d", "e", "f"])[1] == [0, 0, -1, 1, 1, 1, 2]
+    # the labelled run's unlabelled kernels (rooflight's own copies after the op) own nothing
+    ref2, ops2 = ["a", "e1", "e2", "cpy", "cpy", "f"], [0, 1, 1, -1, -1, 2]
+    assert trace.align_to_ops(ref2, ops2, ["a", "fused", "f"])[1] == [0, 1, 2]
+    # identical sequences: every kernel at its place
+    assert trace.align_to_ops(ref, ops, ref) == (list(range(6)), ops)
+
+
+def test_aggregate_joins_a_substituted_kernel_to_its_op(recorded):
+    # the labelled run saw other kernel names for the attention op (its eager kernels, say) than
+    # the timed runs: the timed kernels still time that op, and a note says so
+    labelled, timed, prof = recorded
+    ref = [d for d in labelled.device_events if d.repeat == 0]
+    names, ops = [d.name for d in ref], [d.op_index for d in ref]
+    attn = next(d.op_index for d in ref if "scaled_dot_product" in prof.ops[d.op_index].op)
+    renamed = [f"eager_{n}" if o == attn else n for n, o in zip(names, ops)]
+    args = dict(repeats=2, warmup=3, flush_l2=False, cuda_graph=False, device_name="NVIDIA H100 80GB HBM3")
+    exact = timing._aggregate_gpu(timed, names, ops, prof, notes=[], **args)
+    joined = timing._aggregate_gpu(timed, renamed, ops, prof, notes=[], **args)
+    assert joined.op(attn).seconds == pytest.approx(exact.op(attn).seconds)
+    assert joined.op(attn).kernels == exact.op(attn).kernels
+    assert [o.seconds for o in joined.ops] == pytest.approx([o.seconds for o in exact.ops])
+    assert any("joined to the op whose kernels they replaced" in n for n in joined.notes)
+    assert len(joined.kernels) == len(exact.kernels)
+    assert [k.op_index for k in joined.kernels] == [k.op_index for k in exact.kernels]
+
+
 def test_union_and_align_helpers():
     # [0,10) and [5,20) overlap: 20 µs; [30,40) apart: +10 µs
     assert trace.union_seconds([(0, 10), (5, 20), (30, 40)]) == pytest.approx(30e-6)
