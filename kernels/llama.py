@@ -249,3 +249,95 @@ def prefill(model: Llama, tokens: torch.Tensor) -> torch.Tensor:
 def decode_one_token(model: Llama, token: torch.Tensor, pos: int) -> torch.Tensor:
     """One decode step: a [B, 1] token at position `pos` against the cache; next-token logits."""
     return model(token, start=pos)
+
+
+# ---------------------------------------------------------------------------- workloads
+# `rooflight profile kernels/llama.py` builds and profiles these (see rooflight/workloads.py):
+# tiny runs on a CPU in seconds; `--param config=llama-2-7b --device meta --count-only` counts a
+# 7B with no weights in memory.  Each Run is checked against the same model in float64 (float32
+# where a float64 copy would not fit in the device's free memory).
+
+import copy  # noqa: E402  (the declarations below are an appendix to the model above)
+import os  # noqa: E402
+
+import rooflight  # noqa: E402
+from rooflight.errors import RooflightError  # noqa: E402
+
+# Largest relative error of the last-token logits against the float64 model: bf16 rounding of
+# every activation (2^-9) compounds over the layers; measured on the CPU for random weights:
+# 1.0-1.5% for 2 layers, 1.5-2% for 32 (prefill and decode alike).
+TOLERANCE = {torch.bfloat16: 5e-2, torch.float16: 1e-2, torch.float32: 1e-4, torch.float64: 1e-9}
+
+
+def free_bytes(device: torch.device) -> float:
+    """Memory free on `device` now (inf where it cannot be told)."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError):
+            pass
+    return float("inf")
+
+
+@torch.no_grad()
+def reference_copy(model: Llama, dtype: torch.dtype | None = None) -> Llama:
+    """A copy of `model` in float64 (weights, KV cache and RoPE tables), converted one tensor at
+    a time; float32 when a float64 copy would not fit in the free memory of its device."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    if dtype is None:
+        elems = sum(t.numel() for t in tensors)
+        free = free_bytes(model.output.weight.device)
+        dtype = torch.float64 if elems * 8 < 0.8 * free else torch.float32
+        if elems * 4 > 0.9 * free:
+            raise RooflightError(
+                f"no room for the float32 reference copy of this model and its KV cache ({elems * 4 / 2**30:.1f} GiB "
+                f"needed, {free / 2**30:.1f} GiB free): profile with --no-check, or a smaller batch or context")
+    memo = {}
+    for t in tensors:
+        wide = t.detach().to(dtype) if t.is_floating_point() else t.detach().clone()
+        memo[id(t)] = nn.Parameter(wide, requires_grad=False) if isinstance(t, nn.Parameter) else wide
+    return copy.deepcopy(model, memo)
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    return TOLERANCE.get(dtype, 5e-2)
+
+
+@rooflight.workload(name="prefill", sweep={"prompt": (128, 512, 2048)})
+def prefill_workload(config: str = "tiny", batch: int = 1, prompt: int = 128, seed: int = 0, device="cpu",
+                     dtype=torch.bfloat16):
+    """Prefill: a prompt of `prompt` tokens through the model, filling the KV cache."""
+    model = build(config, batch=batch, max_seq=prompt, device=device, dtype=dtype, seed=seed)
+    tokens = torch.randint(0, model.cfg.vocab, (batch, prompt), device=device)
+    if torch.device(device).type == "meta":
+        return rooflight.Run(prefill, (model, tokens))
+    return rooflight.Run(prefill, (model, tokens), reference=lambda: prefill(reference_copy(model), tokens),
+                         tolerance=_tolerance(dtype))
+
+
+@rooflight.workload(name="decode", sweep={"batch": (1, 8, 64)})
+def decode_workload(config: str = "tiny", batch: int = 1, context: int = 512, seed: int = 0, device="cpu",
+                    dtype=torch.bfloat16):
+    """Decode: one token per sequence against a KV cache holding `context` tokens."""
+    model = build(config, batch=batch, max_seq=context + 1, device=device, dtype=dtype, seed=seed)
+    token = torch.randint(0, model.cfg.vocab, (batch, 1), device=device)
+    if torch.device(device).type == "meta":
+        return rooflight.Run(decode_one_token, (model, token, context))
+    fill_cache(model, seed)
+    return rooflight.Run(decode_one_token, (model, token, context),
+                         reference=lambda: decode_one_token(reference_copy(model), token, context),
+                         tolerance=_tolerance(dtype))
+
+
+@torch.no_grad()
+def fill_cache(model: Llama, seed: int = 0) -> None:
+    """Random unit-variance keys and values in every layer's cache, as if a prompt had filled it
+    (cheaper than a prefill: what decode reads is the same amount of data)."""
+    torch.manual_seed(seed + 1)
+    for layer in model.layers:
+        cache = layer.attention.cache
+        if cache is not None:
+            cache.k.normal_()
+            cache.v.normal_()
