@@ -497,6 +497,9 @@ def report_cmd(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing report file."),
     no_calibration: bool = typer.Option(False, "--datasheet", help="Use datasheet roofs even if calibrated ones "
                                                                    "are cached."),
+    project_to: Optional[str] = typer.Option(None, "--project", metavar="GPUS",
+                                             help="Add a projection onto other GPUs: comma-separated names, or "
+                                                  "'all' for every GPU in the database."),
     hw_dir: Optional[List[Path]] = HwDirOption,
 ) -> None:
     """Render a saved profile again (no GPU needed): HTML report, and the chart as PNG/SVG."""
@@ -511,9 +514,15 @@ def report_cmd(
     target = out or profile_json.with_suffix(".html")
     if target.resolve() == profile_json.resolve():
         raise UsageError(f"the report would overwrite the profile {profile_json}; give another -o")
+    extra = []
+    if project_to:
+        from .project import project
+        from .render.projection import projection_html
+
+        extra.append(("Projected onto other GPUs", projection_html(project(prof, project_to, db=_db(hw_dir)))))
     written = []
     _refuse_overwrite(target, force)
-    written.append(write_text_atomic(target, report_html(a)))
+    written.append(write_text_atomic(target, report_html(a, extra_sections=extra)))
     for fmt, wanted in (("png", png), ("svg", svg)):
         if wanted:
             path = target.with_suffix(f".{fmt}")
@@ -590,6 +599,10 @@ def _cuda() -> bool:
 
     return torch.cuda.is_available()
 
+
+from .cli_extra import register as _register_extra  # noqa: E402  (it needs the app and helpers above)
+
+_register_extra(app)
 
 # --------------------------------------------------------------------------- entry point
 
