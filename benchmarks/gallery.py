@@ -528,6 +528,7 @@ def render(args) -> int:
 
 def _render(meta: dict, runs: list[dict], out: Path, args) -> int:
     from rooflight.analysis import analyze
+    from rooflight.outputs import slug
     from rooflight.profile import Profile
     from rooflight.render.charts import Point, figure_bytes, roofline, roofs_of
     from rooflight.render.html import _CSS, _img, e, report_html
@@ -550,24 +551,21 @@ def _render(meta: dict, runs: list[dict], out: Path, args) -> int:
                   f"{', '.join(meta['dates'])} · {meta['warmup']} warm-up runs, median of {meta['repeats']}")
 
     # one roofline with every run as a point (its whole-run intensity and attained FLOP/s)
+    charted = [r for r in rows if r.seconds > 0 and r.profile.total_flops > 0]
     points = [Point(f"{r.workload} {r.label}", r.profile.intensity, r.profile.total_flops / r.seconds, r.seconds,
-                    r.headline[0]) for r in rows if r.seconds > 0 and r.profile.total_flops > 0]
+                    r.headline[0]) for r in charted]
     classes = sorted({c for r in rows for c in r.profile.flops_by_class()})
     roofs = roofs_of(rows[0].analysis, classes)
     fig = roofline(points, roofs, title=f"kernels/ on {hw_name}: every run of the gallery", label_top=0)
     (out / "roofline.png").write_bytes(figure_bytes(fig, "png"))
-    charts = {"roofline.png": fig}
     # one per technique, with its heaviest points labelled
     techniques = list(dict.fromkeys(r.technique for r in rows))
+    charts = {}  # technique -> its figure
     for t in techniques:
-        sel = [p for p, r in zip(points, [r for r in rows if r.seconds > 0 and r.profile.total_flops > 0])
-               if r.technique == t]
-        if not sel:
-            continue
-        name = "roofline-" + "".join(ch if ch.isalnum() else "-" for ch in t.lower()).strip("-")[:40] + ".png"
-        f = roofline(sel, roofs, title=f"{t} on {hw_name}", label_top=10)
-        (out / name).write_bytes(figure_bytes(f, "png"))
-        charts[name] = f
+        sel = [p for p, r in zip(points, charted) if r.technique == t]
+        if sel:
+            charts[t] = roofline(sel, roofs, title=f"{t} on {hw_name}", label_top=10)
+            (out / f"roofline-{slug(t.lower())}.png").write_bytes(figure_bytes(charts[t], "png"))
 
     # the tables
     def table(t: str) -> str:
@@ -604,8 +602,7 @@ def _render(meta: dict, runs: list[dict], out: Path, args) -> int:
         parts.append(f"<h3>{e(title)}</h3><ul>{''.join(f'<li>{e(x)}</li>' for x in lines)}</ul>")
     parts.append(f"<h2>Every run on one roofline</h2><div class=charts>{_img(fig, 'roofline of every run')}</div>")
     for t in techniques:
-        name = "roofline-" + "".join(ch if ch.isalnum() else "-" for ch in t.lower()).strip("-")[:40] + ".png"
-        img = _img(charts[name], f"roofline: {t}") if name in charts else ""
+        img = _img(charts[t], f"roofline: {t}") if t in charts else ""
         parts.append(f"<h2>{e(t)}</h2><div class=charts>{img}</div>{table(t)}")
     if failed:
         parts.append("<h2>Points that did not run</h2><ul>" + "".join(

@@ -1,4 +1,5 @@
-"""Writing files safely: nothing half-written ever replaces a good file."""
+"""Files in and out: nothing half-written ever replaces a good file; a file that cannot be read
+is one line naming it."""
 
 from __future__ import annotations
 
@@ -27,3 +28,14 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def read_text(path: str | Path, error: type[Exception], what: str = "file") -> str:
+    """The text of `path` (UTF-8), or `error` with one line naming it: missing, or unreadable."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{p}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{p}: cannot read ({err})") from None

@@ -89,6 +89,7 @@ from .ceilings import Ceilings, from_spec
 from .costs.attention import causal_pairs
 from .costs.model import OpCost, Settings
 from .errors import UsageError
+from .io import read_text
 from .hardware import HardwareDB, HardwareSpec, load_database
 from .math_class import MathClass
 from .project import DEFAULT_EFFICIENCY, KERNEL_FIXED_S, MATMUL_KERNEL_FIXED_S, predict
@@ -294,12 +295,7 @@ def config_from_dict(d: Mapping[str, Any], *, name: str = "custom") -> ModelConf
 def load_config(path: str | Path) -> ModelConfig:
     """A config from a JSON or TOML file (our field names, or a Hugging Face config.json)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{p}: no such model config file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"{p}: cannot read ({err})") from None
+    text = read_text(p, UsageError, "model config file")
     try:
         if p.suffix.lower() == ".toml":
             import tomllib

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
-from .costs.model import Settings, TensorMeta
+from .costs.model import Settings, TensorMeta, Traffic
 from .errors import RooflightError
 from .math_class import MathClass
 
@@ -28,7 +28,7 @@ class ProfileFormatError(RooflightError):
 
 
 @dataclass(frozen=True)
-class OpRecord:
+class OpRecord(Traffic):
     index: int
     op: str  # "aten::mm.default"; composite records: "aten::scaled_dot_product_attention"
     module: str = ""  # "layers.3.attn.wo"; "" for the root module or no module
@@ -48,20 +48,6 @@ class OpRecord:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "flops", MappingProxyType({str(k): float(v) for k, v in dict(self.flops).items()}))
-
-    @property
-    def total_flops(self) -> float:
-        return sum(self.flops.values())
-
-    @property
-    def bytes(self) -> float:
-        return self.bytes_read + self.bytes_written
-
-    @property
-    def intensity(self) -> float:
-        if self.bytes == 0:
-            return math.inf if self.total_flops else 0.0
-        return self.total_flops / self.bytes
 
     @property
     def math_class(self) -> str:
@@ -306,13 +292,10 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
+        from .io import read_text
+
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ProfileFormatError(f"{p}: no such file") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise ProfileFormatError(f"{p}: cannot read ({err})") from None
+        text = read_text(p, ProfileFormatError)
         try:
             return cls.from_json(text)
         except ProfileFormatError as err:

@@ -13,24 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import rooflight
 from kernels import attention as attn
 from kernels import sparse_attention as sparse
 from rooflight.errors import UsageError
-from rooflight.workloads import check_run, load_model_file
+from rooflight.workloads import load_model_file
+from tests.kernel_checks import checked, counted
 
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
 SMALL = dict(batch=1, heads=4, head_dim=32)
-
-
-def checked(run: rooflight.Run) -> float:
-    err, tol = check_run(run)
-    assert err <= tol, f"relative error {err:.3g} > {tol:.3g}"
-    return err
-
-
-def counted(run: rooflight.Run):
-    return rooflight.count(run.fn, *run.args, **run.kwargs)
 
 
 # ---------------------------------------------------------------------------- model files

@@ -24,7 +24,8 @@ import rooflight
 from kernels import decode_attention as dec
 from kernels import paged_attention as pa
 from rooflight.errors import UsageError
-from rooflight.workloads import check_run, load_model_file
+from rooflight.workloads import load_model_file
+from tests.kernel_checks import checked, counted
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -45,16 +46,6 @@ def _interpreter_works() -> bool:
 INTERPRETER = _interpreter_works()
 needs_interpreter = pytest.mark.skipif(not INTERPRETER, reason="needs Triton >= 3.7 with numpy >= 2.4 (triton#9171), "
                                        "or Triton installed at all")
-
-
-def checked(run: rooflight.Run) -> float:
-    err, tol = check_run(run)
-    assert err <= tol, f"relative error {err:.3g} > {tol:.3g}"
-    return err
-
-
-def counted(run: rooflight.Run):
-    return rooflight.count(run.fn, *run.args, **run.kwargs)
 
 
 def paged_setup(batch, context, heads, kv_heads, head_dim, page=16, *, lens=None, prefix=0, samples=1, share=True,

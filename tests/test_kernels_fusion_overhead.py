@@ -12,6 +12,7 @@ import torch
 import rooflight
 from rooflight.errors import NoGPUError, UsageError
 from rooflight.workloads import Workload, build, check_run, load_model_file
+from tests.kernel_checks import counted
 
 from kernels import fusion, llama, overhead
 
@@ -25,10 +26,6 @@ def workloads(name: str) -> dict[str, Workload]:
 
 def make(w: Workload, device: str = "cpu", **params) -> rooflight.Run:
     return build(w, {**w.params, **params}, device=device, dtype=None)
-
-
-def counted(run: rooflight.Run):
-    return rooflight.count(run.fn, *run.args, **run.kwargs)
 
 
 # ---------------------------------------------------------------------------- fusion

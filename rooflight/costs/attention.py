@@ -156,22 +156,25 @@ def sdpa_flash(call: OpCall) -> OpCost:
                           settings=call.settings, need_lse=True)
 
 
+def _sdpa_with_bias(call: OpCall, backend: str) -> OpCost:
+    """The efficient and cuDNN ops share their leading arguments:
+    (query, key, value, attn_bias, compute_log_sumexp, dropout_p, is_causal, ...)."""
+    q, k, v, bias = call.arg(0), call.arg(1), call.arg(2), call.arg(3, "attn_bias")
+    return attention_cost(q, k, v, call.out, backend=backend, causal=_causal(call.arg(6, "is_causal")),
+                          mask=bias if isinstance(bias, TensorMeta) else None, settings=call.settings,
+                          need_lse=bool(call.arg(4, "compute_log_sumexp")))
+
+
 @register_cost(aten._scaled_dot_product_efficient_attention)
 def sdpa_efficient(call: OpCall) -> OpCost:
     # (query, key, value, attn_bias, compute_log_sumexp, dropout_p, is_causal, scale)
-    q, k, v, bias = call.arg(0), call.arg(1), call.arg(2), call.arg(3, "attn_bias")
-    return attention_cost(q, k, v, call.out, backend="efficient", causal=_causal(call.arg(6, "is_causal")),
-                          mask=bias if isinstance(bias, TensorMeta) else None, settings=call.settings,
-                          need_lse=bool(call.arg(4, "compute_log_sumexp")))
+    return _sdpa_with_bias(call, "efficient")
 
 
 @register_cost(aten._scaled_dot_product_cudnn_attention)
 def sdpa_cudnn(call: OpCall) -> OpCost:
     # (query, key, value, attn_bias, compute_log_sumexp, dropout_p, is_causal, return_debug_mask, scale)
-    q, k, v, bias = call.arg(0), call.arg(1), call.arg(2), call.arg(3, "attn_bias")
-    return attention_cost(q, k, v, call.out, backend="cudnn", causal=_causal(call.arg(6, "is_causal")),
-                          mask=bias if isinstance(bias, TensorMeta) else None, settings=call.settings,
-                          need_lse=bool(call.arg(4, "compute_log_sumexp")))
+    return _sdpa_with_bias(call, "cudnn")
 
 
 @register_cost(aten._scaled_dot_product_flash_attention_for_cpu)

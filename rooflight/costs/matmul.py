@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 
 from .model import OpCall, OpCost, TensorMeta
 from .pointwise import vector_class

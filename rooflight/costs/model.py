@@ -226,20 +226,9 @@ def _collect(a: Any, out: list[TensorMeta]) -> None:
             _collect(x, out)
 
 
-@dataclass(frozen=True)
-class OpCost:
-    """FLOPs by math class, device-memory bytes, and bytes sent over a link, of one op call."""
-
-    flops: Mapping[MathClass, float] = field(default_factory=dict)
-    bytes_read: float = 0.0
-    bytes_written: float = 0.0
-    comm_bytes: float = 0.0
-    link: str = ""  # "pcie" (host<->device), "peer" (GPU<->GPU collectives), "" (none)
-    note: str = ""  # what the formula assumed, e.g. the attention backend
-
-    def __post_init__(self) -> None:
-        flops = {MathClass(k): float(v) for k, v in dict(self.flops).items() if v}
-        object.__setattr__(self, "flops", MappingProxyType(flops))
+class Traffic:
+    """Totals and intensity of anything with `flops` (by math class), `bytes_read` and
+    `bytes_written`: an op's cost here, a profile's op record (rooflight.profile.OpRecord)."""
 
     @property
     def total_flops(self) -> float:
@@ -255,6 +244,22 @@ class OpCost:
         if self.bytes == 0:
             return math.inf if self.total_flops else 0.0
         return self.total_flops / self.bytes
+
+
+@dataclass(frozen=True)
+class OpCost(Traffic):
+    """FLOPs by math class, device-memory bytes, and bytes sent over a link, of one op call."""
+
+    flops: Mapping[MathClass, float] = field(default_factory=dict)
+    bytes_read: float = 0.0
+    bytes_written: float = 0.0
+    comm_bytes: float = 0.0
+    link: str = ""  # "pcie" (host<->device), "peer" (GPU<->GPU collectives), "" (none)
+    note: str = ""  # what the formula assumed, e.g. the attention backend
+
+    def __post_init__(self) -> None:
+        flops = {MathClass(k): float(v) for k, v in dict(self.flops).items() if v}
+        object.__setattr__(self, "flops", MappingProxyType(flops))
 
     def plus(self, other: "OpCost") -> "OpCost":
         flops = dict(self.flops)
