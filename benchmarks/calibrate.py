@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from rooflight.calibrate import calibrate, compare  # noqa: E402
-from rooflight.ceilings import from_spec  # noqa: E402
+from rooflight.calibrate import calibrate, compare_to_datasheet  # noqa: E402
+from rooflight.roofline import from_spec  # noqa: E402
 from rooflight.detect import detect  # noqa: E402
 from rooflight.hardware import load_database  # noqa: E402
 from rooflight.render.tables import fmt_quantity  # noqa: E402
@@ -29,7 +29,7 @@ def main() -> None:
     print(f"\n{cal.device_name} ({spec.name if spec else 'no datasheet'}), torch {cal.torch_version}, "
           f"{cal.created[:10]}, calibration took {cal.seconds:.1f} s")
     print(f"{'figure':<16} {'measured':>14} {'datasheet':>14} {'ratio':>7}  how")
-    rows = compare(cal, sheet)
+    rows = compare_to_datasheet(cal, sheet)
     for r in rows:
         ratio = f"{r['ratio']:.0%}" if r["ratio"] else ""
         print(f"{r['figure']:<16} {fmt_quantity(r['value'], r['unit']):>14} {fmt_quantity(r['datasheet'], r['unit']):>14} "

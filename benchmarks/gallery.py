@@ -135,7 +135,7 @@ def _calibration(device: str) -> dict | None:
     import torch
 
     name = torch.cuda.get_device_name(0)
-    got = cal.load(name)
+    got = cal.load_cached(name)
     if got is None:
         print("calibrating this GPU first (rooflight calibrate)", flush=True)
         got = cal.calibrate("cuda", progress=lambda m: print(f"  .. {m}", flush=True))
@@ -527,11 +527,12 @@ def render(args) -> int:
 
 
 def _render(meta: dict, runs: list[dict], out: Path, args) -> int:
-    from rooflight.analysis import analyze
-    from rooflight.outputs import slug
-    from rooflight.profile import Profile
+    from rooflight.api import analyze
+    from rooflight.files import write_files
+    from rooflight.render.outputs import slug
+    from rooflight.profile_data import Profile
     from rooflight.render.charts import Point, figure_bytes, roofline, roofs_of
-    from rooflight.render.html import _CSS, _img, e, report_html
+    from rooflight.render.html import e, img, page, report_html
 
     rows: list[Row] = []
     failed: list[dict] = []
@@ -546,7 +547,7 @@ def _render(meta: dict, runs: list[dict], out: Path, args) -> int:
         raise SystemExit("no profiled point in the bundles")
     ceilings = rows[0].analysis.ceilings
     hw_name = rows[0].analysis.spec.name if rows[0].analysis.spec else ceilings.name
-    out.mkdir(parents=True, exist_ok=True)
+    files: dict[Path, bytes | str] = {}  # written together at the end, under rooflight's overwrite policy
     title_meta = (f"{meta['device']} ({hw_name}, {ceilings.source} roofs) · torch {meta['torch']} · "
                   f"{', '.join(meta['dates'])} · {meta['warmup']} warm-up runs, median of {meta['repeats']}")
 
@@ -557,7 +558,7 @@ def _render(meta: dict, runs: list[dict], out: Path, args) -> int:
     classes = sorted({c for r in rows for c in r.profile.flops_by_class()})
     roofs = roofs_of(rows[0].analysis, classes)
     fig = roofline(points, roofs, title=f"kernels/ on {hw_name}: every run of the gallery", label_top=0)
-    (out / "roofline.png").write_bytes(figure_bytes(fig, "png"))
+    files[out / "roofline.png"] = figure_bytes(fig, "png")
     # one per technique, with its heaviest points labelled
     techniques = list(dict.fromkeys(r.technique for r in rows))
     charts = {}  # technique -> its figure
@@ -565,7 +566,7 @@ def _render(meta: dict, runs: list[dict], out: Path, args) -> int:
         sel = [p for p, r in zip(points, charted) if r.technique == t]
         if sel:
             charts[t] = roofline(sel, roofs, title=f"{t} on {hw_name}", label_top=10)
-            (out / f"roofline-{slug(t.lower())}.png").write_bytes(figure_bytes(charts[t], "png"))
+            files[out / f"roofline-{slug(t.lower())}.png"] = figure_bytes(charts[t], "png")
 
     # the tables
     def table(t: str) -> str:
@@ -600,17 +601,15 @@ def _render(meta: dict, runs: list[dict], out: Path, args) -> int:
              "<h2>What each technique did</h2>"]
     for title, lines in found:
         parts.append(f"<h3>{e(title)}</h3><ul>{''.join(f'<li>{e(x)}</li>' for x in lines)}</ul>")
-    parts.append(f"<h2>Every run on one roofline</h2><div class=charts>{_img(fig, 'roofline of every run')}</div>")
+    parts.append(f"<h2>Every run on one roofline</h2><div class=charts>{img(fig, 'roofline of every run')}</div>")
     for t in techniques:
-        img = _img(charts[t], f"roofline: {t}") if t in charts else ""
-        parts.append(f"<h2>{e(t)}</h2><div class=charts>{img}</div>{table(t)}")
+        chart = img(charts[t], f"roofline: {t}") if t in charts else ""
+        parts.append(f"<h2>{e(t)}</h2><div class=charts>{chart}</div>{table(t)}")
     if failed:
         parts.append("<h2>Points that did not run</h2><ul>" + "".join(
             f"<li>{e(r['workload'])} [{e(r['label'])}]: {e((r.get('error') or r.get('skipped') or '').splitlines()[0])}"
             "</li>" for r in failed) + "</ul>")
-    page = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>rooflight gallery</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
-    (out / "index.html").write_text(page, encoding="utf-8")
+    files[out / "index.html"] = page("rooflight gallery", "".join(parts))
 
     result = {"schema": SCHEMA + ".results", "version": 1, "device": meta["device"], "hardware": hw_name,
               "roofs": ceilings.source, "torch": meta["torch"], "dates": meta["dates"], "warmup": meta["warmup"],
@@ -618,13 +617,12 @@ def _render(meta: dict, runs: list[dict], out: Path, args) -> int:
               "findings": [{"technique": t, "lines": lines} for t, lines in found],
               "rows": [r.to_dict() for r in rows],
               "not_run": [{k: r.get(k) for k in ("workload", "label", "error", "skipped")} for r in failed]}
-    (out / "gallery.json").write_text(json.dumps(result, indent=1, default=str))
+    files[out / "gallery.json"] = json.dumps(result, indent=1, default=str)
 
     # the example reports: the workload users try first, on this GPU
     if args.examples:
         ex = Path(args.examples)
-        ex.mkdir(parents=True, exist_ok=True)
-        from rooflight.project import project
+        from rooflight.api import project
         from rooflight.render.charts import roofline_of
         from rooflight.render.projection import projection_html
 
@@ -635,10 +633,11 @@ def _render(meta: dict, runs: list[dict], out: Path, args) -> int:
             r = min(cands, key=lambda r: r.params[key])
             extra = [("Projected onto every GPU in the database",
                       projection_html(project(r.profile, "all"), charts=["A100 80GB SXM", "H200 SXM", "RTX 4090"]))]
-            (ex / f"{name}.html").write_text(report_html(r.analysis, extra_sections=extra), encoding="utf-8")
-            (ex / f"{name}.png").write_bytes(figure_bytes(roofline_of(r.analysis), "png"))
+            files[ex / f"{name}.html"] = report_html(r.analysis, extra_sections=extra)
+            files[ex / f"{name}.png"] = figure_bytes(roofline_of(r.analysis), "png")
             if wl == "decode":  # to render again: rooflight report reports/examples/llama-2-7b-decode.json
-                (ex / f"{name}.json").write_text(r.profile.to_json(indent=None))
+                files[ex / f"{name}.json"] = r.profile.to_json(indent=None)
+    write_files(files, force=args.force)
     print(f"{len(rows)} runs, {len(failed)} not run; wrote {out / 'index.html'}")
     for t, lines in found:
         print(f"\n{t}")
@@ -666,6 +665,7 @@ def main(argv=None) -> int:
     g.add_argument("--out", default=str(ROOT / "reports" / "gallery"))
     g.add_argument("--hw", default=None, help="hardware to hold it against (default: the GPU it ran on)")
     g.add_argument("--examples", default=None, help="also write the Llama example reports into this directory")
+    g.add_argument("--force", action="store_true", help="overwrite files in --out/--examples that rooflight did not write")
     args = ap.parse_args(argv)
     return run(args) if args.cmd == "run" else render(args)
 

@@ -14,7 +14,7 @@ Step 2, anywhere (no GPU needed):
 
     python benchmarks/llm_validation.py --compare h100/llm_validation-h100_sxm.json h200/llm_validation-h200_sxm.json
 
-projects each H100 decode profile onto the H200 (rooflight.project, measured efficiencies) and
+projects each H100 decode profile onto the H200 (rooflight.projection, measured efficiencies) and
 holds it against the H200's measured decode time (target: within 15%), and holds the analytic
 model (rooflight.llm, eager kernels, default efficiencies) against the measured time on both GPUs
 (target: within 20%); writes benchmarks/results/llm_validation.json and prints a table.
@@ -51,7 +51,7 @@ ANALYTIC_TARGET = 0.20
 
 
 def _slug(text: str) -> str:
-    from rooflight.outputs import slug
+    from rooflight.render.outputs import slug
 
     return slug(text.lower())
 
@@ -71,7 +71,7 @@ def analytic_seconds(cfg, phase: str, batch: int, *, context: int | None = None,
                      device_name: str = "", spec=None, mode: str = "eager") -> float | None:
     """rooflight.llm's GPU time of a step on the datasheet of `device_name` (None: not in the database)."""
     from rooflight import llm
-    from rooflight.ceilings import from_spec
+    from rooflight.roofline import from_spec
 
     spec = spec or _spec_for(device_name)
     if spec is None:
@@ -175,7 +175,7 @@ def measure(args) -> Path:
           f"torch {torch.__version__}", flush=True)
     for b in batches:
         # a cache of `context` tokens; the decode step writes position `context` (context + 1 keys)
-        model = build(cfg.as_llama_config(), batch=b, max_seq=max(contexts) + 1, device=device, dtype=dtype, seed=0)
+        model = build(cfg, batch=b, max_seq=max(contexts) + 1, device=device, dtype=dtype, seed=0)
         gen = torch.Generator(device="cpu").manual_seed(b)
         tokens = torch.randint(0, cfg.vocab, (b, prompt), generator=gen).to(device)
         key = f"prefill_b{b}_p{prompt}"
@@ -248,8 +248,8 @@ def compare(source_path: str | Path, target_path: str | Path, out: str | Path) -
     """Project the source GPU's decode profiles onto the target GPU and hold them, and the
     analytic model on both, against the measured times; write and return the comparison."""
     from rooflight import llm
-    from rooflight.profile import Profile
-    from rooflight.project import project
+    from rooflight.api import project
+    from rooflight.profile_data import Profile
 
     src, src_profiles = load_result(source_path)
     tgt, _ = load_result(target_path)

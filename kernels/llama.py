@@ -9,61 +9,18 @@ final RMSNorm, LM head.
 
 from __future__ import annotations
 
-import difflib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class LlamaConfig:
-    n_layers: int
-    dim: int
-    n_heads: int
-    n_kv_heads: int
-    intermediate: int
-    vocab: int
-    max_seq: int = 4096
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def params(self) -> int:
-        """Parameter count: embeddings, attention, MLP, norms, LM head (untied)."""
-        attn = self.dim * (self.n_heads + 2 * self.n_kv_heads) * self.head_dim + self.dim * self.dim
-        mlp = 3 * self.dim * self.intermediate
-        return self.n_layers * (attn + mlp + 2 * self.dim) + 2 * self.vocab * self.dim + self.dim
-
-    @classmethod
-    def from_name(cls, name: str) -> "LlamaConfig":
-        key = name.lower().replace("_", "-")
-        if key in PRESETS:
-            return PRESETS[key]
-        near = difflib.get_close_matches(key, list(PRESETS), n=3, cutoff=0.4)
-        raise ValueError(f"unknown Llama config '{name}'; known: {', '.join(PRESETS)}"
-                         + (f" (did you mean {', '.join(near)}?)" if near else ""))
+from rooflight.llm import PRESETS, ModelConfig  # noqa: F401  (PRESETS: the names `config` takes)
 
 
-PRESETS: dict[str, LlamaConfig] = {
-    "tiny": LlamaConfig(n_layers=2, dim=256, n_heads=8, n_kv_heads=2, intermediate=688, vocab=1024, max_seq=2048),
-    "small": LlamaConfig(n_layers=8, dim=1024, n_heads=16, n_kv_heads=4, intermediate=2816, vocab=32000),
-    "llama-2-7b": LlamaConfig(n_layers=32, dim=4096, n_heads=32, n_kv_heads=32, intermediate=11008, vocab=32000),
-    "llama-2-13b": LlamaConfig(n_layers=40, dim=5120, n_heads=40, n_kv_heads=40, intermediate=13824, vocab=32000),
-    "llama-2-70b": LlamaConfig(n_layers=80, dim=8192, n_heads=64, n_kv_heads=8, intermediate=28672, vocab=32000),
-    "llama-3-8b": LlamaConfig(n_layers=32, dim=4096, n_heads=32, n_kv_heads=8, intermediate=14336, vocab=128256,
-                              max_seq=8192, rope_base=500000.0),
-    "llama-3-70b": LlamaConfig(n_layers=80, dim=8192, n_heads=64, n_kv_heads=8, intermediate=28672, vocab=128256,
-                               max_seq=8192, rope_base=500000.0),
-    "mistral-7b": LlamaConfig(n_layers=32, dim=4096, n_heads=32, n_kv_heads=8, intermediate=14336, vocab=32000,
-                              max_seq=8192),
-}
+# The config and its presets (tiny ... 70B shapes) are the library's: rooflight.llm owns the one table.
+LlamaConfig = ModelConfig
 
 
 def rope_tables(cfg: LlamaConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,21 +5,21 @@
     prof = rooflight.profile(model, x)        # ... and the measured time of each (GPU, else CPU)
     with rooflight.region("decode"): ...      # mark part of the work
     prof.analyze("h100")                      # labels, evidence, advice; prof.to_html("r.html")
+
+Names only: the library's pipeline lives in its modules (see rooflight.api for the facade).
 """
 
-__version__ = "0.1.0"
-
-from . import errors  # noqa: E402
-from .advice import advise  # noqa: E402
-from .analysis import analyze  # noqa: E402
-from .capture import Capture, count  # noqa: E402
-from .classify import Label, breakdown, classify, predict, summary  # noqa: E402
-from .costs import OpCall, OpCost, TensorMeta, register_cost  # noqa: E402
-from .profile import OpRecord, Profile  # noqa: E402
-from .regions import region  # noqa: E402
-from .timing import profile  # noqa: E402
-from .workloads import Run, workload  # noqa: E402
+from . import errors
+from ._version import __version__
+from .advice import advise
+from .api import Profile, analyze, count, load, profile, project, write
+from .capture import Capture
+from .classify import Label, breakdown, classify, predict, summary
+from .costs import OpCall, OpCost, TensorMeta, register_cost
+from .profile_data import OpRecord
+from .regions import region
+from .workloads import Run, workload
 
 __all__ = ["Capture", "Label", "OpCall", "OpCost", "OpRecord", "Profile", "Run", "TensorMeta", "advise", "analyze",
-           "breakdown", "classify", "count", "errors", "predict", "profile", "region", "register_cost", "summary",
-           "workload", "__version__"]
+           "breakdown", "classify", "count", "errors", "load", "predict", "profile", "project", "region",
+           "register_cost", "summary", "workload", "write", "__version__"]

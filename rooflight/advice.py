@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from enum import Enum
 from typing import Callable, Mapping, Sequence
 
-from .ceilings import Ceilings
 from .classify import FAR_BELOW_ROOF, NEAR_ROOF, Diagnosis, Label, Verdict, summary
 from .costs.model import TensorMeta
 from .math_class import MathClass
-from .profile import OpRecord, Profile
+from .groups import (ATTENTION_MATH_OPS, BATCHED_MATMUL_OPS, FUSIBLE, SOFTMAX_OPS, Kind,
+                     fusible_chains, kind_of, materialized_attention, op_kinds)
+from .profile_data import OpRecord, Profile
+from .roofline import Ceilings, intensity
 from .units import fmt_bandwidth, fmt_bytes, fmt_flops_rate, fmt_seconds
 
 # ---------------------------------------------------------------------------- thresholds
@@ -82,119 +83,8 @@ PAGEABLE_PCIE_ATTAINED = 0.5
 # At most this many bytes read back from the device is a host sync (.item(), a flag), not data.
 HOST_SYNC_MAX_BYTES = 64
 
-
-class Kind(str, Enum):
-    MATMUL = "matmul"
-    ATTENTION = "attention"
-    ELEMENTWISE = "elementwise"  # pointwise ops and reductions
-    NORM = "norm"
-    SOFTMAX = "softmax"
-    EMBEDDING = "embedding"  # embedding lookups and indexing (gather, scatter, index_copy)
-    COPY = "copy"  # copies, casts, concatenation, factories on the device
-    TRANSFER = "transfer"  # host<->device over PCIe
-    COLLECTIVE = "collective"  # GPU<->GPU
-    OTHER = "other"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-FUSIBLE = frozenset({Kind.ELEMENTWISE, Kind.NORM, Kind.SOFTMAX, Kind.COPY})
-
-_MATMUL_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "mv", "addmv", "dot", "_addmm_activation",
-                         "_scaled_mm", "_int_mm", "_weight_int8pack_mm", "_weight_int4pack_mm",
-                         "_weight_int4pack_mm_for_cpu"})
-_BATCHED_MATMUL_OPS = frozenset({"bmm", "baddbmm", "matmul"})  # both operands are activations
-_SOFTMAX_OPS = frozenset({"softmax", "_softmax", "_safe_softmax", "log_softmax", "_log_softmax"})
-_NORM_OPS = frozenset({"layer_norm", "native_layer_norm", "rms_norm", "_fused_rms_norm", "group_norm",
-                       "native_group_norm", "batch_norm", "native_batch_norm", "_native_batch_norm_legit",
-                       "_native_batch_norm_legit_no_training", "_batch_norm_with_update", "_batch_norm_no_update"})
-_EMBEDDING_OPS = frozenset({"embedding", "embedding_bag", "_embedding_bag", "index_select", "gather", "index",
-                            "index_put", "index_put_", "_index_put_impl_", "scatter", "scatter_", "scatter_add",
-                            "scatter_add_", "scatter_reduce", "index_copy", "index_copy_", "index_add",
-                            "index_add_", "take"})
-_ATTENTION_MATH_OPS = frozenset({"_scaled_dot_product_attention_math"})
 _SIXTEEN_OR_MORE_BITS = ("float32", "bfloat16", "float16")
 _SIXTEEN_BITS = ("bfloat16", "float16")
-
-
-# ---------------------------------------------------------------------------- op kinds
-
-
-def kind_of(op: OpRecord) -> Kind:
-    """An op's kind from its name, link and cost alone (no context)."""
-    name = op.short_op
-    if op.link == "pcie":
-        return Kind.TRANSFER
-    if op.link == "peer" or op.comm_bytes:
-        return Kind.COLLECTIVE
-    if name in _MATMUL_OPS:
-        return Kind.MATMUL
-    if "attention" in name:
-        return Kind.ATTENTION
-    if name in _SOFTMAX_OPS:
-        return Kind.SOFTMAX
-    if name in _NORM_OPS:
-        return Kind.NORM
-    if name in _EMBEDDING_OPS:
-        return Kind.EMBEDDING
-    if op.flops and not any(_is_tensor_class(c) for c in op.flops):
-        return Kind.ELEMENTWISE
-    if not op.flops and op.bytes > 0:
-        return Kind.COPY
-    return Kind.OTHER
-
-
-def _is_tensor_class(cls: str) -> bool:
-    try:
-        return MathClass(cls).is_tensor
-    except ValueError:
-        return False
-
-
-def materialized_attention(profile: Profile, window: int = 24) -> list[tuple[int, ...]]:
-    """Groups of op indexes that compute attention with a score matrix in memory: a softmax over
-    a [.., Sq, Sk] tensor, the nearest earlier matmul of the same module that produced [.., Sq, Sk]
-    (QKᵀ) and the nearest later one that consumes it (PV), within `window` ops; with everything
-    of that module between them (scaling, masking, casts)."""
-    ops = profile.ops
-    groups: list[tuple[int, ...]] = []
-    claimed: set[int] = set()
-    for pos, op in enumerate(ops):
-        if op.short_op not in _SOFTMAX_OPS or not op.inputs or op.inputs[0].ndim < 2 or pos in claimed:
-            continue
-        sq_sk = op.inputs[0].shape[-2:]
-        if sq_sk[-1] <= 1:
-            continue
-
-        def same(o: OpRecord) -> bool:
-            return o.module == op.module and o.region == op.region
-
-        start = next((p for p in range(pos - 1, max(pos - window, -1), -1)
-                      if same(ops[p]) and ops[p].short_op in _MATMUL_OPS and ops[p].outputs
-                      and ops[p].outputs[0].shape[-2:] == sq_sk), None)
-        end = next((p for p in range(pos + 1, min(pos + window, len(ops)))
-                    if same(ops[p]) and ops[p].short_op in _MATMUL_OPS and ops[p].inputs
-                    and ops[p].inputs[0].shape[-2:] == sq_sk), None)
-        if start is None or end is None:
-            continue
-        members = tuple(p for p in range(start, end + 1) if same(ops[p]))
-        claimed.update(members)
-        groups.append(tuple(ops[p].index for p in members))
-    return groups
-
-
-def op_kinds(profile: Profile) -> dict[int, Kind]:
-    """Every op's kind, with context: ops of a materialized attention are ATTENTION, elementwise
-    ops inside a module whose type ends in "Norm" (a decomposed RMSNorm) are NORM."""
-    kinds = {op.index: kind_of(op) for op in profile.ops}
-    for op in profile.ops:
-        if kinds[op.index] is Kind.ELEMENTWISE and op.module_type.endswith("Norm"):
-            kinds[op.index] = Kind.NORM
-    for group in materialized_attention(profile):
-        for i in group:
-            kinds[i] = Kind.ATTENTION
-    return kinds
 
 
 # ---------------------------------------------------------------------------- facts
@@ -371,9 +261,8 @@ def _speedup_with_bytes(f: OpFacts, new_bytes: float, compute_scale: float = 1.0
 
 
 def _batch_more_effect(f: OpFacts, c: Ceilings) -> str:
-    intensity = f.flops / f.bytes if f.bytes else math.inf
     ridge = _ridge(c, f.roof_class)
-    head = (f"at M={f.m_rows} this {f.dtype} GEMM does {intensity:.3g} FLOP/B; the {f.roof_class} ridge of "
+    head = (f"at M={f.m_rows} this {f.dtype} GEMM does {intensity(f.flops, f.bytes):.3g} FLOP/B; the {f.roof_class} ridge of "
             f"{c.name} is {ridge:.0f} FLOP/B. The weights ({fmt_bytes(f.weight_bytes / f.copies)} per op) are read "
             "once per step whatever M is, so intensity grows ~linearly with the batch")
     if math.isinf(f.m_ridge):
@@ -836,7 +725,7 @@ def _groups(profile: Profile, diagnosis: Diagnosis, kinds: Mapping[int, Kind]) -
         add(("attention-math", ops[0].region, tuple(o.short_op for o in ops), tuple(o.shapes for o in ops)),
             Kind.ATTENTION, unit, ops[0].region)
 
-    for chain in _chains(profile, kinds, used):
+    for chain in fusible_chains(profile, kinds, used, FUSION_MIN_OPS):
         ops = [by_index[i] for i in chain]
         names = tuple(o.short_op for o in ops)
         chain_kinds = [kinds[i] for i in chain]
@@ -849,31 +738,6 @@ def _groups(profile: Profile, diagnosis: Diagnosis, kinds: Mapping[int, Kind]) -
         add(("op", op.region, kinds[op.index], op.op, op.shapes, op.dtype, op.link, op.note), kinds[op.index],
             (op.index,), op.region)
     return list(groups.values())
-
-
-def _chains(profile: Profile, kinds: Mapping[int, Kind], used: set[int]) -> list[tuple[int, ...]]:
-    """Runs of FUSION_MIN_OPS or more consecutive fusible ops in one region; ops that move and
-    compute nothing (views) neither join nor break a run."""
-    chains: list[tuple[int, ...]] = []
-    run: list[int] = []
-    region = None
-
-    def close() -> None:
-        if len(run) >= FUSION_MIN_OPS:
-            chains.append(tuple(run))
-        run.clear()
-
-    for op in profile.ops:
-        if not op.flops and not op.bytes and not op.comm_bytes:
-            continue  # a view: no kernel
-        fusible = kinds[op.index] in FUSIBLE and op.index not in used
-        if not fusible or op.region != region:
-            close()
-        region = op.region
-        if fusible:
-            run.append(op.index)
-    close()
-    return chains
 
 
 def _weighted_label(verdicts: Sequence[Verdict]) -> Label:
@@ -906,7 +770,7 @@ def _matmul_facts(op: OpRecord) -> dict:
     if not ins or not op.outputs:
         return {}
     out = op.outputs[0]
-    if name in _BATCHED_MATMUL_OPS and len(ins) >= 2:
+    if name in BATCHED_MATMUL_OPS and len(ins) >= 2:
         a = ins[-2]
         return dict(m_rows=a.shape[-2] if a.ndim >= 2 else 1, k=a.shape[-1], n=out.shape[-1],
                     batch=a.shape[0] if a.ndim >= 3 else None, has_weight=False, weight_dtype=ins[-1].dtype)
@@ -934,7 +798,7 @@ def _attention_facts(op: OpRecord) -> dict:
         b = math.prod(q.shape[:-3]) if q.ndim >= 4 else None
         hq, sq = q.shape[-3], q.shape[-2]
         hkv, sk = k.shape[-3], k.shape[-2]
-    fused = "math" not in op.note and op.short_op not in _ATTENTION_MATH_OPS
+    fused = "math" not in op.note and op.short_op not in ATTENTION_MATH_OPS
     reserved = None
     if k.storage_numel and b and hkv and k.shape[-1]:
         per_seq = k.storage_numel // (b * hkv * k.shape[-1])
@@ -945,7 +809,7 @@ def _attention_facts(op: OpRecord) -> dict:
 
 def _materialized_facts(ops: Sequence[OpRecord]) -> dict:
     """Facts of one materialized attention: the score bmm first, the PV bmm last."""
-    softmax = next(o for o in ops if o.short_op in _SOFTMAX_OPS)
+    softmax = next(o for o in ops if o.short_op in SOFTMAX_OPS)
     qk, pv = ops[0], ops[-1]
     scores = softmax.inputs[0]
     b, hq = (scores.shape[0], scores.shape[1]) if scores.ndim == 4 else (None, None)

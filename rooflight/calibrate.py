@@ -24,11 +24,12 @@ from typing import Callable, Mapping
 
 import torch
 
-from .ceilings import Ceilings
+from .roofline import Ceilings
+from .detect import describe_cpu
 from .errors import NoGPUError, RooflightError
-from .io import write_text_atomic
+from .files import write_text_atomic
 from .math_class import MathClass
-from .profile import now_iso
+from .profile_data import now_iso
 
 CACHE_ENV = "ROOFLIGHT_CACHE_DIR"
 SCHEMA = "rooflight.calibration"
@@ -99,7 +100,7 @@ class Calibration:
         return cls(**d)
 
 
-def compare(cal: Calibration, datasheet: Ceilings | None) -> list[dict]:
+def compare_to_datasheet(cal: Calibration, datasheet: Ceilings | None) -> list[dict]:
     """One row per measured figure with the datasheet figure it is held against and the ratio."""
     rows = []
     for key, m in cal.figures.items():
@@ -139,7 +140,7 @@ def save(cal: Calibration) -> Path:
     return write_text_atomic(cache_path(cal.device_name), json.dumps(cal.to_dict(), indent=1))
 
 
-def load(device_name: str) -> Calibration | None:
+def load_cached(device_name: str) -> Calibration | None:
     """The cached calibration of a device, or None if there is none (or it cannot be read)."""
     p = cache_path(device_name)
     if not p.is_file():
@@ -366,8 +367,6 @@ def calibrate(device: str = "auto", *, progress: Progress | None = None, quick: 
         figures.update(_gpu_pcie(progress, quick))
         kind = "cuda"
     else:
-        from .detect import describe_cpu
-
         name = describe_cpu().model
         figures = _cpu_all(progress, quick)
         kind = "cpu"

@@ -27,16 +27,24 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from . import __version__
+try:
+    from torch.nn.attention.bias import CausalBias, CausalVariant
+except ImportError:  # pragma: no cover  (torch < 2.3)
+    CausalBias = CausalVariant = None
+
+from ._version import __version__
 from . import regions as _regions
-from .costs import attention as _attn
+from .costs import functions as _fn
 from .costs.model import OpCall, OpCost, Settings, TensorMeta
 from .costs.registry import lookup, op_key
+from .detect import describe_cpu
 from .errors import CountError
-from .profile import OpRecord, Profile, now_iso
+from .profile_data import OpRecord, Profile, now_iso
 
 OP_LABEL_PREFIX = "rooflight.op:"
 
@@ -334,13 +342,10 @@ _RMS_NORM = getattr(F, "rms_norm", None)
 
 
 def _rms_norm(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
-    """F.rms_norm is one fused kernel on CUDA (aten._fused_rms_norm) but decomposes into six ops
-    on the CPU and meta devices: off the GPU, record it as the fused op the GPU runs."""
+    """F.rms_norm off the GPU: run it, record it as the fused kernel the GPU runs (costs.functions)."""
     x = args[0] if args else kwargs["input"]
     if x.device.type == "cuda" and not _is_fake(x):
         return func(*args, **kwargs)
-    from .costs.pointwise import fused_rms_norm
-
     p = dict(zip(("input", "normalized_shape", "weight", "eps"), args))
     p.update(kwargs)
     index = rec.next_index()
@@ -352,19 +357,17 @@ def _rms_norm(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     finally:
         rec.suppress -= 1
     weight = p.get("weight")
-    xm = TensorMeta.of(x)
-    rstd = TensorMeta.contiguous((*xm.shape[:xm.ndim - len(p["normalized_shape"])], 1), "float32", xm.device)
-    inputs = (xm, list(p["normalized_shape"]), TensorMeta.of(weight) if isinstance(weight, torch.Tensor) else None)
-    call = OpCall("aten::_fused_rms_norm.default", inputs, {}, (TensorMeta.of(out), rstd), rec.settings,
-                  arg_names=("input", "normalized_shape", "weight", "eps"))
-    cost = fused_rms_norm(call)
-    rec.add("aten::_fused_rms_norm.default", [t for t in (inputs[0], inputs[2]) if t is not None],
-            [TensorMeta.of(out), rstd], cost,
+    inputs, outputs, cost = _fn.rms_norm_cost(TensorMeta.of(x), list(p["normalized_shape"]),
+                                              TensorMeta.of(weight) if isinstance(weight, torch.Tensor) else None,
+                                              TensorMeta.of(out), rec.settings)
+    rec.add(_fn.FUSED_RMS_NORM, inputs, outputs, cost,
             note=f"counted as the GPU's fused kernel (ran here on {x.device.type} as {len(rec.inner)} ops)")
     return out
 
 
 def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """F.scaled_dot_product_attention off the GPU: run it here, record it as the kernel a GPU would
+    pick (costs.functions.plan_sdpa); a "math" plan runs the decomposition so its ops are recorded."""
     p = dict(zip(_SDPA_PARAMS, args))
     p.update(kwargs)
     q, k, v = p["query"], p["key"], p["value"]
@@ -374,34 +377,24 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     dropout_p = float(p.get("dropout_p", 0.0) or 0.0)
     is_causal = bool(p.get("is_causal", False))
     enable_gqa = bool(p.get("enable_gqa", False))
-    causal = "upper_left" if is_causal else None
-    mask_meta = None
-    try:
-        from torch.nn.attention.bias import CausalBias, CausalVariant
-    except ImportError:  # pragma: no cover
-        CausalBias = CausalVariant = None
+    variant = None
     if CausalBias is not None and isinstance(mask, CausalBias):
-        causal = "lower_right" if mask.variant == CausalVariant.LOWER_RIGHT else "upper_left"
-    elif isinstance(mask, torch.Tensor):
-        mask_meta = TensorMeta.of(mask)
-    settings = dataclasses.replace(rec.settings, sdpa_backends=enabled_sdpa_backends())
-    if mask_meta is not None and mask.dtype == torch.bool and settings.sdpa_backends[:1] != ("math",):
-        # a GPU's fused kernels take an additive mask: torch converts a boolean one first with
-        # one elementwise kernel (where(mask, 0, -inf)); do the same so that it is counted
-        fused = _attn.predict_sdpa_backend(TensorMeta.of(q), TensorMeta.of(k), TensorMeta.of(v), has_mask=True,
-                                           dropout_p=dropout_p, enable_gqa=enable_gqa, settings=settings,
-                                           is_causal=is_causal)
-        if fused != "math":
-            zero = torch.scalar_tensor(0.0, dtype=q.dtype, device=q.device)
-            ninf = torch.scalar_tensor(float("-inf"), dtype=q.dtype, device=q.device)
-            mask = torch.where(mask, zero, ninf)
-            mask_meta = TensorMeta.of(mask)
-            p["attn_mask"] = mask
-            args, kwargs = (), p
+        variant = "lower_right" if mask.variant == CausalVariant.LOWER_RIGHT else "upper_left"
+    mask_meta = TensorMeta.of(mask) if isinstance(mask, torch.Tensor) else None
+    settings = _fn.with_backends(rec.settings, enabled_sdpa_backends())
     qm, km, vm = TensorMeta.of(q), TensorMeta.of(k), TensorMeta.of(v)
-    backend = _attn.predict_sdpa_backend(qm, km, vm, has_mask=mask_meta is not None, dropout_p=dropout_p,
-                                          enable_gqa=enable_gqa, settings=settings, is_causal=is_causal)
-    if backend == "math":
+    plan = _fn.plan_sdpa(qm, km, vm, mask=mask_meta, is_causal=is_causal, causal_variant=variant,
+                         dropout_p=dropout_p, enable_gqa=enable_gqa, settings=settings)
+    if plan.convert_bool_mask:
+        # a GPU's fused kernels take an additive mask: torch converts a boolean one first with one
+        # elementwise kernel (where(mask, 0, -inf)); do the same here, so that it is counted
+        zero = torch.scalar_tensor(0.0, dtype=q.dtype, device=q.device)
+        ninf = torch.scalar_tensor(float("-inf"), dtype=q.dtype, device=q.device)
+        mask = torch.where(mask, zero, ninf)
+        mask_meta = TensorMeta.of(mask)
+        p["attn_mask"] = mask
+        args, kwargs = (), p
+    if plan.backend == "math":
         # the GPU would materialize the scores too: run the math decomposition so that its bmm,
         # softmax, ... are recorded one by one, as they would run there
         if CausalBias is not None and isinstance(mask, CausalBias):
@@ -417,8 +410,6 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     # backends the user restricted the GPU to (the CPU has only its flash kernel and math)
     here = contextlib.nullcontext()
     if q.device.type == "cpu" and not _is_fake(q):
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         here = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
     try:
         with rec.label(index), here:
@@ -430,13 +421,12 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
             out = torch.empty((*b, s, h, dv), dtype=out.dtype, device=out.device).transpose(-3, -2)
     finally:
         rec.suppress -= 1
-    cost = _attn.attention_cost(qm, km, vm, TensorMeta.of(out), backend=backend, causal=causal, mask=mask_meta,
-                                settings=settings, need_lse=need_lse)
+    cost = _fn.sdpa_cost(plan, qm, km, vm, TensorMeta.of(out), mask=mask_meta, need_lse=need_lse)
     ran_as = rec.inner[0].split("::")[-1] if rec.inner else "decomposed ops"
     where = "fake " + q.device.type if _is_fake(q) else q.device.type
     inputs = [qm, km, vm] + ([mask_meta] if mask_meta is not None else [])
-    rec.add("aten::scaled_dot_product_attention", inputs, [TensorMeta.of(out)], cost,
-            note=f"counted as the GPU's {backend} kernel (predicted; ran here on {where} as {ran_as})")
+    rec.add(_fn.SDPA, inputs, [TensorMeta.of(out)], cost,
+            note=f"counted as the GPU's {plan.backend} kernel (predicted; ran here on {where} as {ran_as})")
     return out
 
 
@@ -444,7 +434,7 @@ def _install_flex_rule() -> None:
     """Cost flex attention's HOP from its block mask when it runs under the capture mode."""
     try:
         from torch._higher_order_ops.flex_attention import flex_attention as flex_hop
-    except ImportError:  # pragma: no cover
+    except ImportError:  # pragma: no cover  (torch builds without flex attention)
         return
     if getattr(_DispatchMode, "_flex_installed", False):
         return
@@ -457,8 +447,8 @@ def _install_flex_rule() -> None:
             result = flex_hop(query, key, value, score_mod, block_mask, scale, kernel_options, *rest)
         out = result[0] if isinstance(result, (tuple, list)) else result
         qm, km, vm = TensorMeta.of(query), TensorMeta.of(key), TensorMeta.of(value)
-        cost = _attn.flex_attention_cost(qm, km, vm, TensorMeta.of(out), block_mask, rec.settings)
-        rec.add("higher_order::flex_attention", [qm, km, vm], [TensorMeta.of(out)], cost)
+        rec.add(_fn.FLEX, [qm, km, vm], [TensorMeta.of(out)], _fn.flex_cost(qm, km, vm, TensorMeta.of(out),
+                                                                            block_mask, rec.settings))
         return result
 
     _DispatchMode._flex_installed = True
@@ -545,8 +535,6 @@ def device_name(device: str) -> str:
         except Exception:
             return device
     if device.startswith("cpu"):
-        from .detect import describe_cpu
-
         return describe_cpu().model
     if device.startswith("meta"):
         return "meta (shapes only, no device)"

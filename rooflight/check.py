@@ -13,7 +13,6 @@ GPU: CI runs it on CPU (or meta) tensors.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 from dataclasses import dataclass, field
@@ -22,10 +21,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from . import __version__
-from .analysis import module_template
+from ._version import __version__
 from .errors import RooflightError, UsageError
-from .profile import Profile, region_and_ancestors
+from .groups import group_ops
+from .profile_data import Profile, now_iso, region_and_ancestors
+from .roofline import intensity
+from .runner import Options, profile_workloads
+from .workloads import load_model_file
 
 SCHEMA = "rooflight.baseline"
 SCHEMA_VERSION = 1
@@ -55,27 +57,25 @@ def parse_fraction(text: str, option: str) -> float:
 
 
 def _entry(flops: float, nbytes: float) -> dict[str, float]:
-    return {"flops": flops, "bytes": nbytes, "intensity": flops / nbytes if nbytes else 0.0}
+    return {"flops": flops, "bytes": nbytes, "intensity": intensity(flops, nbytes)}
 
 
 def summarize(profile: Profile) -> dict[str, Any]:
     """What a baseline keeps of one profile: totals, per region, per op group."""
     regions: dict[str, list[float]] = {}
-    groups: dict[str, list[float]] = {}
     for o in profile.ops:
         for r in region_and_ancestors(o.region, profile.regions):
             acc = regions.setdefault(r, [0.0, 0.0])
             acc[0] += o.total_flops
             acc[1] += o.bytes
-        if o.total_flops or o.bytes:
-            key = f"{module_template(o.module)} {o.short_op}".strip()
-            acc = groups.setdefault(key, [0.0, 0.0])
-            acc[0] += o.total_flops
-            acc[1] += o.bytes
+    # the op groups of rooflight.groups, by layer template and op only (what a change must not grow)
+    groups = group_ops(profile, by=("module", "op"), keep=lambda o: bool(o.total_flops or o.bytes))
+    order = {i: n for n, i in enumerate(o.index for o in profile.ops)}
+    groups = sorted(groups, key=lambda g: order[g.indices[0]])
     return {
         "total": _entry(profile.total_flops, profile.total_bytes),
         "regions": {k: _entry(*v) for k, v in regions.items()},
-        "groups": {k: _entry(*v) for k, v in groups.items()},
+        "groups": {f"{g.module} {g.op}".strip(): _entry(g.flops, g.bytes) for g in groups},
         "uncounted": profile.uncounted(),
     }
 
@@ -88,7 +88,7 @@ def make_baseline(results: Sequence, *, model: str, device: str) -> dict[str, An
     return {
         "schema": SCHEMA, "version": SCHEMA_VERSION, "model": model, "device": device,
         "torch_version": torch.__version__, "rooflight_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "created": now_iso(),
         "points": {point_key(r.workload, r.label): {"workload": r.workload, "params": dict(r.params),
                                                     **summarize(r.profile)} for r in results},
     }
@@ -175,7 +175,7 @@ def _moved(c: Change) -> bool:
     return c.old is None or c.new is None or any(abs(c.delta(k)) > 1e-9 for k in ("flops", "bytes"))
 
 
-def compare(baseline: Mapping[str, Any], current: Mapping[str, Any], tol: Tolerances = Tolerances()) -> CheckResult:
+def compare_baselines(baseline: Mapping[str, Any], current: Mapping[str, Any], tol: Tolerances = Tolerances()) -> CheckResult:
     """Compare two baseline dicts (the second from counting now)."""
     changes: list[Change] = []
     missing = tuple(k for k in baseline["points"] if k not in current["points"])
@@ -209,9 +209,6 @@ def count_model(model: str | Path, *, device: str = "cpu", params: Mapping[str, 
                 sweeps: Mapping[str, Sequence[Any]] | None = None, default_sweep: bool = True,
                 dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Count every workload point of a model file (no timing) and summarize it as a baseline."""
-    from .runner import Options, profile_workloads
-    from .workloads import load_model_file
-
     path = Path(model)
     workloads = load_model_file(path)
     results = profile_workloads(path, workloads, Options(device=device, count_only=True, check=False, dtype=dtype),
@@ -224,7 +221,7 @@ def check_model(model: str | Path, baseline: str | Path, tolerances: Tolerances 
     """The Python API of `rooflight check`: count the model again and compare with the baseline."""
     base = load_baseline(baseline)
     current = count_model(model, device=device or base.get("device", "cpu"), **kwargs)
-    return compare(base, current, tolerances)
+    return compare_baselines(base, current, tolerances)
 
 
 def assert_no_regression(model: str | Path, baseline: str | Path, tolerances: Tolerances = Tolerances(),

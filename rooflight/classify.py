@@ -37,12 +37,11 @@ import math
 from dataclasses import dataclass, replace
 from enum import Enum
 from types import MappingProxyType
-from typing import Mapping, Protocol, Sequence
+from typing import Mapping, Sequence
 
-from .ceilings import Ceilings
 from .errors import UsageError
-from .math_class import MathClass
-from .profile import Profile, region_and_ancestors
+from .profile_data import Profile
+from .roofline import Ceilings, Cost, Floors, floors, intensity, peak_or_fp32
 from .units import fmt_bandwidth, fmt_bytes, fmt_flops, fmt_flops_rate, fmt_seconds
 
 # ---------------------------------------------------------------------------- thresholds
@@ -86,65 +85,6 @@ class Label(str, Enum):
 
     def __str__(self) -> str:  # "memory-bound", not "Label.MEMORY"
         return self.value
-
-
-class Cost(Protocol):
-    """What classification reads of an op: an OpRecord or a costs.OpCost both qualify."""
-
-    flops: Mapping[str, float]
-    bytes_read: float
-    bytes_written: float
-    comm_bytes: float
-    link: str
-
-
-# ---------------------------------------------------------------------------- floors
-
-
-@dataclass(frozen=True)
-class Floors:
-    """The three floors of one op on some ceilings, in seconds."""
-
-    compute_s: float
-    memory_s: float
-    comm_s: float
-    roof_class: str  # the math class whose term dominates the compute floor ("" for none)
-    link_bytes_per_s: float = math.nan  # the link's bandwidth each way, when the op uses one
-
-    @property
-    def max_s(self) -> float:
-        return max(self.compute_s, self.memory_s, self.comm_s)
-
-    @property
-    def dominant(self) -> str:
-        """"compute", "memory", "communication" or "none" (no floor at all)."""
-        if self.max_s <= 0:
-            return "none"
-        if self.comm_s > 0 and self.comm_s >= max(self.compute_s, self.memory_s):
-            return "communication"
-        return "compute" if self.compute_s > self.memory_s else "memory"
-
-
-def _peak(ceilings: Ceilings, cls: str) -> float:
-    """The roof of a class; a class these ceilings cannot place runs at the fp32 vector rate."""
-    try:
-        return ceilings.peak(cls)
-    except (KeyError, ValueError):
-        return ceilings.peak(MathClass.FP32)
-
-
-def floors(op: Cost, ceilings: Ceilings) -> Floors:
-    """The compute, memory and communication floors of an op on these ceilings."""
-    terms = {str(getattr(c, "value", c)): flops / _peak(ceilings, c) for c, flops in op.flops.items() if flops}
-    compute_s = sum(terms.values())
-    roof_class = max(terms, key=terms.get) if terms else ""
-    memory_s = (op.bytes_read + op.bytes_written) / ceilings.memory_bytes_per_s
-    comm_s, link_bw = 0.0, math.nan
-    if op.comm_bytes and op.link:
-        bw = ceilings.link(op.link)
-        if bw:  # a link these ceilings have no figure for gives no floor (the evidence says so)
-            comm_s, link_bw = op.comm_bytes / bw, bw
-    return Floors(compute_s, memory_s, comm_s, roof_class, link_bw)
 
 
 # ---------------------------------------------------------------------------- one op
@@ -262,18 +202,12 @@ def predict(op: Cost, ceilings: Ceilings) -> Verdict:
                            if n != name and (s > 0 or n != "communication"))
         text = (f"{label} (predicted, no timing): {name} floor {fmt_seconds(f.max_s)}"
                 + (f" on the {f.roof_class} roof" if label is Label.COMPUTE else "")
-                + f"; {others}; intensity {_intensity(op):.3g} FLOP/B")
+                + f"; {others}; intensity {intensity(sum(op.flops.values()), op.bytes_read + op.bytes_written):.3g} FLOP/B")
     return Verdict(label, evidence=_where(cpu) + text, **common)
 
 
 def _where(cpu: bool) -> str:
     return "CPU: " if cpu else ""
-
-
-def _intensity(op: Cost) -> float:
-    total = op.bytes_read + op.bytes_written
-    flops = sum(op.flops.values())
-    return flops / total if total else (math.inf if flops else 0.0)
 
 
 def _memory_evidence(op: Cost, f: Floors, seconds: float, b: str, ceilings: Ceilings) -> str:
@@ -285,7 +219,7 @@ def _memory_evidence(op: Cost, f: Floors, seconds: float, b: str, ceilings: Ceil
 
 def _compute_evidence(op: Cost, f: Floors, seconds: float, b: str, ceilings: Ceilings) -> str:
     flops = sum(op.flops.values())
-    peak = _peak(ceilings, f.roof_class)
+    peak = peak_or_fp32(ceilings, f.roof_class)
     names = (str(getattr(c, "value", c)) for c, v in op.flops.items() if v)
     others = [name for name in names if name != f.roof_class]
     plus = f"; + {', '.join(others)} work" if others else ""
@@ -378,19 +312,6 @@ class Diagnosis:
         return self.region("").headline
 
 
-def _region_paths(profile: Profile) -> list[str]:
-    """"" first, then every region path and its parents, in order of first appearance."""
-    out = [""]
-    names = list(profile.regions) + [o.region for o in profile.ops]
-    if profile.timing is not None:
-        names += [r.region for r in profile.timing.regions]
-    for name in names:
-        for path in region_and_ancestors(name, profile.regions):
-            if path not in out:
-                out.append(path)
-    return out
-
-
 def breakdown(profile: Profile, ceilings: Ceilings) -> Diagnosis:
     """Classify every op, then every region and the whole run by time-weighted shares.
 
@@ -422,7 +343,7 @@ def breakdown(profile: Profile, ceilings: Ceilings) -> Diagnosis:
         verdicts[op.index] = v
 
     regions: dict[str, RegionBreakdown] = {}
-    for path in _region_paths(profile):
+    for path in profile.region_paths():
         ops = profile.select(region=path)
         seconds: dict[Label, float] = {label: 0.0 for label in Label}
         for op in ops:

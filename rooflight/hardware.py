@@ -35,9 +35,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from .errors import SpecError, UnknownHardwareError
-from .math_class import FALLBACK, MathClass
-from .units import UnitError, parse_quantity
+from .errors import SpecError, UnknownHardwareError, UsageError
+from .math_class import MathClass
+from .units import UnitError, _example, parse_quantity
 
 SCHEMA_VERSION = 1
 ENV_HW_DIR = "ROOFLIGHT_HW_DIR"
@@ -131,40 +131,6 @@ class HardwareSpec:
 
     def has(self, cls: MathClass) -> bool:
         return MathClass(cls) in self.peak_flops_per_s
-
-
-# --------------------------------------------------------------------------- derived figures
-
-
-def resolve_class(spec: HardwareSpec, cls: MathClass | str) -> MathClass:
-    """The class whose peak the chip really runs `cls` at (itself, or its fallback chain)."""
-    cls = MathClass(cls)
-    seen = cls
-    while cls not in spec.peak_flops_per_s:
-        if cls not in FALLBACK:
-            raise SpecError(f"{spec.key}: no peak for {seen} and no fallback for it")
-        cls = FALLBACK[cls]
-    return cls
-
-
-def peak_flops_per_s(spec: HardwareSpec, cls: MathClass | str) -> float:
-    """Dense peak for a math class, following the fallback chain where the chip lacks the class."""
-    return spec.peak_flops_per_s[resolve_class(spec, cls)]
-
-
-def ridge_point(spec: HardwareSpec, cls: MathClass | str = MathClass.BF16_TENSOR) -> float:
-    """FLOP per byte where the compute roof of `cls` meets the memory roof."""
-    return peak_flops_per_s(spec, cls) / spec.memory_bytes_per_s
-
-
-def compute_floor_s(flops: float, spec: HardwareSpec, cls: MathClass | str) -> float:
-    """The least time `flops` of class `cls` can take at the datasheet peak."""
-    return flops / peak_flops_per_s(spec, cls)
-
-
-def memory_floor_s(nbytes: float, spec: HardwareSpec) -> float:
-    """The least time moving `nbytes` through device memory can take at datasheet bandwidth."""
-    return nbytes / spec.memory_bytes_per_s
 
 
 # --------------------------------------------------------------------------- loading
@@ -329,8 +295,6 @@ def _parse_figure(path: Path, dotted: str, entry: Any, sources: Mapping[str, str
 
 
 def _example_for(kind: str) -> str:
-    from .units import _example
-
     return _example(kind)
 
 
@@ -443,6 +407,24 @@ def _add(specs: dict[str, HardwareSpec], spec: HardwareSpec) -> None:
     specs[key] = spec
 
 
-def get_spec(name: str, user_dirs: Iterable[str | Path] = ()) -> HardwareSpec:
-    """Shorthand: look a GPU up in the built-in database plus the user's directories."""
-    return load_database(user_dirs).get(name)
+def resolve_targets(targets: str | HardwareSpec | Iterable[str | HardwareSpec] | None,
+                    db: HardwareDB) -> list[HardwareSpec]:
+    """Specs for "all" (or None), one name, a comma-separated list, or a list of names/specs."""
+    if targets is None or (isinstance(targets, str) and targets.strip().lower() in ("", "all")):
+        return list(db)
+    if isinstance(targets, (str, HardwareSpec)):
+        targets = [targets]
+    specs: list[HardwareSpec] = []
+    for t in targets:
+        if isinstance(t, HardwareSpec):
+            found = [t]
+        elif t.strip().lower() == "all":
+            found = list(db)
+        else:
+            found = [db.get(n.strip()) for n in t.split(",") if n.strip()]
+        for s in found:
+            if s.key not in [x.key for x in specs]:
+                specs.append(s)
+    if not specs:
+        raise UsageError("no target GPU given: name some (--hw a10,4090) or 'all'")
+    return specs

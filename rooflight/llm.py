@@ -40,7 +40,7 @@ token and head) and int4 (+ fp16 scale and zero per token and head).
 
 ## Time
 
-Each kernel takes rooflight.project's time model on the GPU's datasheet roofs: a fixed part
+Each kernel takes rooflight.projection's time model on the GPU's datasheet roofs: a fixed part
 (1.5 us per elementwise kernel, 2.6 us per GEMM/attention kernel, measured on an H100) plus
 its roofline floor over a default efficiency (memory 0.85, compute 0.75).  Time to first token
 (TTFT) is the prefill of the batch's prompts; time per output token (TPOT) one decode step at
@@ -80,19 +80,19 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
-from .ceilings import Ceilings, from_spec
-from .costs.attention import causal_pairs
+from .roofline import Ceilings, from_spec, intensity
+from .costs.attention import attention_flops, causal_pairs
 from .costs.model import OpCost, Settings
 from .errors import UsageError
-from .io import read_text
+from .files import read_text
 from .hardware import HardwareDB, HardwareSpec, load_database
 from .math_class import MathClass
-from .project import DEFAULT_EFFICIENCY, KERNEL_FIXED_S, MATMUL_KERNEL_FIXED_S, predict
+from .projection import DEFAULT_EFFICIENCY, KERNEL_FIXED_S, MATMUL_KERNEL_FIXED_S, predict_seconds
 
 RESERVE_FRACTION = 0.10
 MODES = ("eager", "fused")
@@ -118,9 +118,9 @@ def _fmt(value: str, allowed: Sequence[str], what: str) -> str:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A Llama-architecture decoder's shape and number formats."""
+    """A Llama-architecture decoder's shape and number formats: the one config and preset table
+    of rooflight (kernels/llama.py builds its model from it)."""
 
-    name: str
     n_layers: int
     dim: int
     n_heads: int
@@ -135,6 +135,7 @@ class ModelConfig:
     kv: str = ""  # KV-cache format ("" = dtype): fp16, bf16, fp32, fp8, int8, int4
     group_size: int = 128  # int4 quantization group along the input dimension
     tied_embeddings: bool = False
+    name: str = "custom"
 
     def __post_init__(self) -> None:
         for f in ("n_layers", "dim", "n_heads", "n_kv_heads", "intermediate", "vocab", "max_seq", "group_size"):
@@ -149,6 +150,11 @@ class ModelConfig:
         object.__setattr__(self, "dtype", _fmt(self.dtype, tuple(_ACT), "activation dtype"))
         object.__setattr__(self, "weights", _fmt(self.weights or self.dtype, WEIGHT_FORMATS, "weight format"))
         object.__setattr__(self, "kv", _fmt(self.kv or self.dtype, KV_FORMATS, "KV-cache format"))
+
+    @classmethod
+    def from_name(cls, name: str) -> "ModelConfig":
+        """A preset by a forgiving name ('llama-2-7b', 'Llama_2_7B'); see `preset`."""
+        return preset(name)
 
     # ------------------------------------------------------------ shapes
 
@@ -193,21 +199,6 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def llama_kwargs(self) -> dict[str, Any]:
-        """The arguments of kernels.llama.LlamaConfig at this shape."""
-        return dict(n_layers=self.n_layers, dim=self.dim, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
-                    intermediate=self.intermediate, vocab=self.vocab, max_seq=self.max_seq,
-                    rope_base=self.rope_base, norm_eps=self.norm_eps)
-
-    def as_llama_config(self):
-        """kernels/llama.py's LlamaConfig at this shape (needs the repository's kernels/ package)."""
-        try:
-            from kernels.llama import LlamaConfig
-        except ImportError as err:
-            raise UsageError(f"kernels/llama.py is not importable here ({err}); run from the rooflight "
-                             "repository root") from None
-        return LlamaConfig(**self.llama_kwargs())
-
     @property
     def torch_dtype(self):
         import torch
@@ -215,16 +206,20 @@ class ModelConfig:
         return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[self.dtype]
 
 
+def _preset(name: str, n_layers: int, dim: int, n_heads: int, n_kv_heads: int, intermediate: int, vocab: int,
+            **rest: Any) -> ModelConfig:
+    return ModelConfig(n_layers, dim, n_heads, n_kv_heads, intermediate, vocab, name=name, **rest)
+
+
 PRESETS: Mapping[str, ModelConfig] = MappingProxyType({c.name: c for c in (
-    # the same shapes as kernels/llama.py's PRESETS (tests/test_llm.py holds them equal)
-    ModelConfig("tiny", 2, 256, 8, 2, 688, 1024, max_seq=2048),
-    ModelConfig("small", 8, 1024, 16, 4, 2816, 32000),
-    ModelConfig("llama-2-7b", 32, 4096, 32, 32, 11008, 32000),
-    ModelConfig("llama-2-13b", 40, 5120, 40, 40, 13824, 32000),
-    ModelConfig("llama-2-70b", 80, 8192, 64, 8, 28672, 32000),
-    ModelConfig("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, max_seq=8192, rope_base=500000.0),
-    ModelConfig("llama-3-70b", 80, 8192, 64, 8, 28672, 128256, max_seq=8192, rope_base=500000.0),
-    ModelConfig("mistral-7b", 32, 4096, 32, 8, 14336, 32000, max_seq=8192),
+    _preset("tiny", 2, 256, 8, 2, 688, 1024, max_seq=2048),
+    _preset("small", 8, 1024, 16, 4, 2816, 32000),
+    _preset("llama-2-7b", 32, 4096, 32, 32, 11008, 32000),
+    _preset("llama-2-13b", 40, 5120, 40, 40, 13824, 32000),
+    _preset("llama-2-70b", 80, 8192, 64, 8, 28672, 32000),
+    _preset("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, max_seq=8192, rope_base=500000.0),
+    _preset("llama-3-70b", 80, 8192, 64, 8, 28672, 128256, max_seq=8192, rope_base=500000.0),
+    _preset("mistral-7b", 32, 4096, 32, 8, 14336, 32000, max_seq=8192),
 )})
 
 # Hugging Face config.json names -> ours, so a model's config.json can be given as is
@@ -552,7 +547,7 @@ class StepCost:
 
     @property
     def intensity(self) -> float:
-        return self.flops / self.bytes if self.bytes else math.inf
+        return intensity(self.flops, self.bytes)
 
     @property
     def kernel_count(self) -> int:
@@ -640,10 +635,7 @@ def _attention(cfg: ModelConfig, b: int, s: int, end: int, causal: bool) -> Kern
     a, d, kv = cfg.act_bytes, cfg.head_dim, kv_bytes_per_element(cfg)
     per_head = causal_pairs(s, end, "upper_left", Settings().attention_tile) if causal else s * end
     pairs = b * cfg.n_heads * per_head
-    from .costs.attention import SOFTMAX_FLOPS_PER_SCORE
-
-    flops = {_ACT[cfg.dtype][1]: 2.0 * pairs * (d + d)}
-    flops[MathClass.FP32] = flops.get(MathClass.FP32, 0.0) + SOFTMAX_FLOPS_PER_SCORE * pairs
+    flops = attention_flops(pairs, d, d, _ACT[cfg.dtype][1])
     read = b * cfg.n_heads * s * d * a + 2 * b * cfg.n_kv_heads * end * d * kv
     return Kernel("attention.sdpa", OpCost(flops, read, b * cfg.n_heads * s * d * a), True, "attention")
 
@@ -755,11 +747,11 @@ class StepTime:
 
 def step_time(step: StepCost, ceilings: Ceilings, *, kernel_fixed_s: float | None = None,
               efficiency: Mapping[str, float] = DEFAULT_EFFICIENCY) -> StepTime:
-    """Predicted GPU time of a step: every kernel by rooflight.project.predict."""
+    """Predicted GPU time of a step: every kernel by rooflight.projection.predict_seconds."""
     total = floor = fixed = 0.0
     by_label: dict[str, float] = {}
     for k, n in step.each():
-        p = predict(k.cost, ceilings, kernels=1, kernel_fixed_s=kernel_fixed_s, default_efficiency=efficiency)
+        p = predict_seconds(k.cost, ceilings, kernels=1, kernel_fixed_s=kernel_fixed_s, default_efficiency=efficiency)
         total += n * p.seconds
         floor += n * p.floor_s
         fixed += n * p.fixed_s
@@ -789,7 +781,7 @@ class BatchEstimate:
 
     @property
     def decode_intensity(self) -> float:
-        return self.decode_flops / self.decode_bytes if self.decode_bytes else math.inf
+        return intensity(self.decode_flops, self.decode_bytes)
 
 
 @dataclass(frozen=True)
@@ -811,6 +803,7 @@ class Estimate:
     ridge_class: str
     model: str  # the time model in words
     notes: tuple[str, ...] = ()
+    ceilings: Ceilings | None = field(default=None, compare=False, repr=False)  # the GPU's datasheet roofs
 
     def row(self, batch: int) -> BatchEstimate:
         for r in self.rows:
@@ -899,7 +892,7 @@ def estimate(model: str | Path | Mapping[str, Any] | ModelConfig, hw: str | Hard
                      f"{_gb(spec.memory_bytes)})")
     return Estimate(cfg, spec.name, spec.key, spec.memory_bytes, room, context, prompt, mode, rows, mb, best_i,
                     best_tps, best_rate, ceil.peak(cls) / ceil.memory_bytes_per_s, resolved.value,
-                    time_model_text(mode, kernel_fixed_s), tuple(notes))
+                    time_model_text(mode, kernel_fixed_s), tuple(notes), ceil)
 
 
 def _gb(n: float) -> str:

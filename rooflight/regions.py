@@ -15,6 +15,8 @@ from typing import Iterator
 
 import torch
 
+from .errors import UsageError
+
 _STACK: list[str] = []
 _NVTX_PUSH, _NVTX_POP = torch.cuda.nvtx.range_push, torch.cuda.nvtx.range_pop
 PROFILER_PREFIX = "rooflight.region:"
@@ -68,8 +70,6 @@ def nvtx_as_regions() -> Iterator[None]:
 def region(name: str) -> Iterator[None]:
     """Mark a region of the workload; usable as a context manager or a decorator."""
     if not isinstance(name, str) or not name.strip():
-        from .errors import UsageError
-
         raise UsageError(f"region name {name!r} must be a non-empty string")
     _STACK.append(name)
     path = current_region()

@@ -28,7 +28,7 @@ import torch
 from . import regions as _regions
 from .capture import count
 from .errors import NoGPUError, RooflightError, UsageError
-from .profile import Profile
+from .profile_data import Profile
 from .timing import profile as time_profile
 from .workloads import ModelFileError, Run, Workload, build, check_run, points, user_traceback
 

@@ -37,7 +37,7 @@ from . import trace as _trace
 from .capture import Capture
 from .errors import NoGPUError, UsageError
 from .units import fmt_seconds
-from .profile import KernelRecord, OpTiming, Profile, RegionTiming, Timing, region_and_ancestors
+from .profile_data import KernelRecord, OpTiming, Profile, RegionTiming, Timing, region_and_ancestors
 
 
 def _stats(xs: list[float]) -> tuple[float, float, float]:
@@ -155,8 +155,9 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
         run()
         torch.cuda.synchronize()
         plain.append(time.perf_counter() - t0)
-    result = _aggregate_gpu(timed, ref_names, ref_ops, counted, repeats, warmup, flush_l2, cuda_graph, notes,
-                          torch.cuda.get_device_name(torch.cuda.current_device()))
+    result = aggregate_gpu(timed, ref_names, ref_ops, counted, repeats=repeats, warmup=warmup, flush_l2=flush_l2,
+                           cuda_graph=cuda_graph, notes=notes,
+                           device_name=torch.cuda.get_device_name(torch.cuda.current_device()))
     wall = statistics.median(plain)
     total = result.total
     profiled = total.wall_seconds if total else math.nan
@@ -172,9 +173,23 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
     return replace(result, plain_wall_seconds=wall)
 
 
-def _aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int], counted: Profile, repeats: int,
-                   warmup: int, flush_l2: bool, cuda_graph: bool, notes: list[str], device_name: str) -> Timing:
-    """Per-op, per-kernel and per-region times from the plain passes' trace (pure: no GPU needed)."""
+def from_traces(counted: Profile, labelled: _trace.Trace, plain: _trace.Trace, *, repeats: int, warmup: int,
+                device_name: str, flush_l2: bool = False, cuda_graph: bool = False, workload: str = "") -> Profile:
+    """A timed profile from recorded traces (no GPU needed): `counted` is the labelled pass's
+    profile, `labelled` its parsed trace (kernels carry their op labels), `plain` the parsed trace
+    of the `repeats` plain passes.  What `profile` does on a GPU, from files."""
+    ref = [d for d in labelled.device_events if d.repeat == 0]
+    t = aggregate_gpu(plain, [d.name for d in ref], [d.op_index for d in ref], counted, repeats=repeats,
+                      warmup=warmup, flush_l2=flush_l2, cuda_graph=cuda_graph, device_name=device_name)
+    return replace(counted, mode="timed", timing=t, workload=workload or counted.workload)
+
+
+def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int], counted: Profile, *,
+                  repeats: int, warmup: int, device_name: str, flush_l2: bool = False, cuda_graph: bool = False,
+                  notes: list[str] | None = None) -> Timing:
+    """Per-op, per-kernel and per-region times from the plain passes' trace (pure: no GPU needed):
+    `ref_names`/`ref_ops` are the labelled pass's kernel names and the op that launched each."""
+    notes = list(notes or [])
     by_repeat: dict[int, list[_trace.DeviceEvent]] = {i: [] for i in range(repeats)}
     for d in timed.device_events:
         if d.repeat in by_repeat:

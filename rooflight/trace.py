@@ -68,7 +68,7 @@ class Trace:
     cpu_ops: tuple[HostRange, ...]
 
 
-def load(path: str | Path) -> dict:
+def read_trace(path: str | Path) -> dict:
     """A chrome-trace JSON file (optionally .gz) as a dict."""
     p = Path(path)
     opener = gzip.open if p.suffix == ".gz" else open
@@ -200,18 +200,3 @@ def align_to_ops(reference: list[str], reference_ops: list[int], observed: list[
             for k in range(b1, b2):
                 ops[k] = next(iter(owners))
     return pos, ops
-
-
-def align(reference: list[str], observed: list[str]) -> list[int]:
-    """For each observed kernel name, the position of the same kernel in the reference sequence
-    (-1 where the sequences disagree): kernels of an unlabelled run mapped to a labelled one."""
-    if reference == observed:
-        return list(range(len(observed)))
-    import difflib
-
-    out = [-1] * len(observed)
-    matcher = difflib.SequenceMatcher(a=reference, b=observed, autojunk=False)
-    for block in matcher.get_matching_blocks():
-        for k in range(block.size):
-            out[block.b + k] = block.a + k
-    return out

@@ -16,7 +16,7 @@ which can also carry a reference for the correctness check:
 
 `rooflight profile model.py` builds each workload at its defaults (and over its default sweep),
 profiles the callable, and writes one report per point.  `--sweep m=1,8 --param n=8192` choose
-other points.  A file with no `@workload` is run as a script instead (see cli.py).
+other points.  A file with no `@workload` is run as a script instead (see runner.py).
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def points(w: Workload, params: Mapping[str, Any], sweeps: Mapping[str, Sequence
     return out
 
 
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+TORCH_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
           "fp64": torch.float64, "float64": torch.float64}
 
@@ -234,9 +234,9 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     if name is None:
         return None
     try:
-        return DTYPES[name.lower()]
+        return TORCH_DTYPES[name.lower()]
     except KeyError:
-        raise UsageError(f"unknown dtype '{name}'; use one of {', '.join(sorted(DTYPES))}") from None
+        raise UsageError(f"unknown dtype '{name}'; use one of {', '.join(sorted(TORCH_DTYPES))}") from None
 
 
 def build(w: Workload, point: Mapping[str, Any], *, device: str, dtype: torch.dtype | None) -> Run:

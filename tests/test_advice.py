@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kernels.llama import build, decode_one_token
-from rooflight.advice import (FUSION_MIN_OPS, RULES, Advice, Kind, Rule, advise, kind_of, materialized_attention,
-                              op_kinds)
+from rooflight.advice import FUSION_MIN_OPS, RULES, Advice, Rule, advise
+from rooflight.groups import Kind, kind_of, materialized_attention, op_kinds
 from rooflight.capture import count
-from rooflight.ceilings import Ceilings, from_spec
+from rooflight.roofline import Ceilings, from_spec
 from rooflight.classify import Label, breakdown, floors
 from rooflight.costs.model import TensorMeta
 from rooflight.hardware import load_database
-from rooflight.profile import OpRecord, OpTiming, Profile, RegionTiming, Timing
+from rooflight.profile_data import OpRecord, OpTiming, Profile, RegionTiming, Timing
 from rooflight.regions import region
 
 H100 = from_spec(load_database().get("h100"))  # datasheet: 3.35 TB/s, 989.4 TFLOP/s bf16: ridge 295

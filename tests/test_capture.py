@@ -15,7 +15,7 @@ import rooflight
 from kernels.llama import LlamaConfig, build, decode_one_token, prefill
 from rooflight.capture import Capture, count
 from rooflight.costs.attention import causal_pairs
-from rooflight.profile import Profile, ProfileFormatError
+from rooflight.profile_data import Profile, ProfileFormatError
 from rooflight.regions import current_region, region
 
 CFG = LlamaConfig(n_layers=1, dim=64, n_heads=4, n_kv_heads=2, intermediate=128, vocab=100, max_seq=256)

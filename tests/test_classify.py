@@ -13,14 +13,14 @@ import torch
 
 from kernels.llama import build, decode_one_token, prefill
 from rooflight.capture import count
-from rooflight.ceilings import Ceilings, from_spec
+from rooflight.roofline import Ceilings, from_spec
 from rooflight.classify import (EXPLAINED_FRACTION, FAR_BELOW_ROOF, NEAR_ROOF, SCALING_OVERHEAD_EXPONENT,
                                 SHORT_KERNEL_LAUNCH_MULTIPLE, SHORT_KERNEL_S, Label, band, breakdown, classify,
                                 GRAPH_LAUNCH_S, floors, predict, scaling_test, summary)
 from rooflight.costs.model import OpCost
 from rooflight.errors import UsageError
 from rooflight.hardware import load_database
-from rooflight.profile import OpRecord, OpTiming, Profile, RegionTiming, Timing
+from rooflight.profile_data import OpRecord, OpTiming, Profile, RegionTiming, Timing
 from rooflight.regions import region
 
 # The H100 SXM as a quick calibration saw it (measurement.md): 3.00 TB/s copy, 787 TFLOP/s bf16,
@@ -409,7 +409,7 @@ def test_cpu_timing_end_to_end_on_a_tiny_llama():
 
 
 def test_ops_faster_than_the_memory_roof_are_noted_as_warm_cache():
-    from rooflight.analysis import analyze
+    from rooflight.api import analyze
 
     # 32 MiB of weights read in 8 µs: 4.2 TB/s, above the H100 SXM's 3.35 TB/s: from L2
     gemv = op(0, "aten::mm.default", flops={"bf16_tensor": 2 * 4096 * 4096}, bytes_read=2 * 4096 * 4096,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from rooflight import count
 from rooflight.calibrate import calibrate
-from rooflight.ceilings import from_spec, merge
+from rooflight.roofline import from_spec, merge
 from rooflight.classify import Label, breakdown
 from rooflight.hardware import load_database
 from rooflight.timing import profile

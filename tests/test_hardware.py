@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from rooflight.errors import SpecError, UnknownHardwareError
-from rooflight.hardware import (builtin_spec_dir, compute_floor_s, load_database, load_spec_file,
-                                memory_floor_s, peak_flops_per_s, resolve_class, ridge_point)
+from rooflight.hardware import builtin_spec_dir, load_database, load_spec_file
+from rooflight.roofline import compute_floor_s, memory_floor_s, peak_flops_per_s, resolve_class, ridge_point
 from rooflight.math_class import MathClass
 
 SPEC_DIR = builtin_spec_dir()

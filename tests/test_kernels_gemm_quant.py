@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import rooflight
-from rooflight.ceilings import from_spec
+from rooflight.roofline import from_spec
 from rooflight.classify import Label, predict
 from rooflight.errors import UsageError
 from rooflight.hardware import load_database

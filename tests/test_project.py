@@ -13,13 +13,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from rooflight import timing, trace
-from rooflight.ceilings import from_spec
+from rooflight.roofline import from_spec
 from rooflight.errors import UnknownHardwareError, UsageError
 from rooflight.hardware import load_database
-from rooflight.profile import OpRecord, OpTiming, Profile, RegionTiming, Timing
-from rooflight.project import (DEFAULT_EFFICIENCY, EFFICIENCY_RANGE, KERNEL_FIXED_S, MATMUL_KERNEL_FIXED_S,
-                               measured_efficiency, predict, project)
+from rooflight.profile_data import OpRecord, OpTiming, Profile, RegionTiming, Timing
+from rooflight.api import project
+from rooflight.projection import (DEFAULT_EFFICIENCY, EFFICIENCY_RANGE, KERNEL_FIXED_S, MATMUL_KERNEL_FIXED_S,
+                                  measured_efficiency, predict_seconds)
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 H100 = "NVIDIA H100 80GB HBM3"
@@ -140,7 +140,7 @@ def test_fixed_part_is_reproduced_on_the_source_and_kept_on_the_target():
     assert how == "measured" and fixed == pytest.approx(KERNEL_FIXED_S)
     assert eff == pytest.approx(10e-6 / (21e-6 - KERNEL_FIXED_S))
     a100 = from_spec(load_database().get("a100_80gb_sxm"))
-    pred = predict(op, a100, kernels=1, efficiency=eff)
+    pred = predict_seconds(op, a100, kernels=1, efficiency=eff)
     assert pred.seconds == pytest.approx(KERNEL_FIXED_S + 33.5e6 / 2.039e12 / eff)
 
 
@@ -169,17 +169,6 @@ def test_unknown_gpu_and_cpu_timings():
     p = project(replace(counted_profile(), mode="timed", timing=t), ["h100"])
     assert not p.timed and any("CPU" in n for n in p.notes)
 
-
-@pytest.fixture(scope="module")
-def h100_decode() -> Profile:
-    """A tiny Llama decode step timed on an H100 (tests/fixtures, recorded by record_traces.py)."""
-    labelled = trace.parse(trace.load(FIX / "trace_labelled.json.gz"))
-    timed = trace.parse(trace.load(FIX / "trace_timed.json.gz"))
-    prof = Profile.load(FIX / "trace_profile.json")
-    ref = [d for d in labelled.device_events if d.repeat == 0]
-    t = timing._aggregate_gpu(timed, [d.name for d in ref], [d.op_index for d in ref], prof, repeats=2, warmup=3,
-                              flush_l2=False, cuda_graph=False, notes=[], device_name=H100)
-    return replace(prof, mode="timed", timing=t, workload="tiny decode")
 
 
 def test_a_real_h100_profile_projects_onto_itself_and_the_h200(h100_decode):
@@ -218,15 +207,8 @@ def test_render_table_escapes_and_rooflines(h100_decode):
 
 
 def _app() -> typer.Typer:
-    from rooflight.cli_extra import register
+    from rooflight.cli import app
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def _root() -> None:  # a group, so that commands are named as in `rooflight project`
-        pass
-
-    register(app)
     return app
 
 

@@ -14,10 +14,10 @@ import matplotlib
 import pytest
 from matplotlib.figure import Figure
 
-from rooflight import timing, trace
-from rooflight.analysis import analyze, module_template
-from rooflight.profile import Profile
-from rooflight.render.charts import (Point, Roof, place_labels, roofline, roofline_of, save_figure, sweep_of,
+from rooflight.api import analyze, save_figure
+from rooflight.groups import module_template
+from rooflight.profile_data import Profile
+from rooflight.render.charts import (Point, Roof, roofline, roofline_of, sweep_of,
                                      time_by_label_of)
 from rooflight.render.html import report_html
 
@@ -26,15 +26,9 @@ XSS = "<script>alert(1)</script>"
 
 
 @pytest.fixture(scope="module")
-def timed() -> Profile:
-    """The tiny Llama decode step timed on an H100: labelled and plain traces joined offline."""
-    labelled = trace.parse(trace.load(FIX / "trace_labelled.json.gz"))
-    plain = trace.parse(trace.load(FIX / "trace_timed.json.gz"))
-    counted = Profile.load(FIX / "trace_profile.json")
-    ref = [d for d in labelled.device_events if d.repeat == 0]
-    t = timing._aggregate_gpu(plain, [d.name for d in ref], [d.op_index for d in ref], counted, 2, 3, False, False,
-                              [], "NVIDIA H100 80GB HBM3")
-    return dataclasses.replace(counted, mode="timed", timing=t, workload="tiny llama decode")
+def timed(h100_decode) -> Profile:
+    """The tiny Llama decode step timed on an H100 (the shared fixture of conftest.py)."""
+    return h100_decode
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 
 from rooflight import timing, trace
 from rooflight.errors import NoGPUError, UsageError
-from rooflight.profile import Profile
+from rooflight.profile_data import Profile
 from rooflight.regions import region
 
 FIX = Path(__file__).resolve().parent / "fixtures"
@@ -20,8 +20,8 @@ FIX = Path(__file__).resolve().parent / "fixtures"
 
 @pytest.fixture(scope="module")
 def recorded():
-    labelled = trace.parse(trace.load(FIX / "trace_labelled.json.gz"))
-    timed = trace.parse(trace.load(FIX / "trace_timed.json.gz"))
+    labelled = trace.parse(trace.read_trace(FIX / "trace_labelled.json.gz"))
+    timed = trace.parse(trace.read_trace(FIX / "trace_timed.json.gz"))
     prof = Profile.load(FIX / "trace_profile.json")
     return labelled, timed, prof
 
@@ -46,13 +46,13 @@ def test_plain_passes_align_with_the_labelled_pass(recorded):
     ref = [d for d in labelled.device_events if d.repeat == 0]
     for rep in (0, 1):
         seq = [d.name for d in timed.device_events if d.repeat == rep]
-        assert trace.align([d.name for d in ref], seq) == list(range(len(ref)))
+        assert trace.align_to_ops([d.name for d in ref], [d.op_index for d in ref], seq)[0] == list(range(len(ref)))
 
 
 def test_aggregate_gives_per_op_kernel_and_region_times(recorded):
     labelled, timed, prof = recorded
     ref = [d for d in labelled.device_events if d.repeat == 0]
-    t = timing._aggregate_gpu(timed, [d.name for d in ref], [d.op_index for d in ref], prof, repeats=2, warmup=3,
+    t = timing.aggregate_gpu(timed, [d.name for d in ref], [d.op_index for d in ref], prof, repeats=2, warmup=3,
                               flush_l2=False, cuda_graph=False, notes=[], device_name="NVIDIA H100 80GB HBM3")
     assert t.device_kind == "cuda" and not t.notes
     launching = {d.op_index for d in ref}
@@ -98,8 +98,8 @@ def test_aggregate_joins_a_substituted_kernel_to_its_op(recorded):
     attn = next(d.op_index for d in ref if "scaled_dot_product" in prof.ops[d.op_index].op)
     renamed = [f"eager_{n}" if o == attn else n for n, o in zip(names, ops)]
     args = dict(repeats=2, warmup=3, flush_l2=False, cuda_graph=False, device_name="NVIDIA H100 80GB HBM3")
-    exact = timing._aggregate_gpu(timed, names, ops, prof, notes=[], **args)
-    joined = timing._aggregate_gpu(timed, renamed, ops, prof, notes=[], **args)
+    exact = timing.aggregate_gpu(timed, names, ops, prof, notes=[], **args)
+    joined = timing.aggregate_gpu(timed, renamed, ops, prof, notes=[], **args)
     assert joined.op(attn).seconds == pytest.approx(exact.op(attn).seconds)
     assert joined.op(attn).kernels == exact.op(attn).kernels
     assert [o.seconds for o in joined.ops] == pytest.approx([o.seconds for o in exact.ops])
@@ -111,7 +111,7 @@ def test_aggregate_joins_a_substituted_kernel_to_its_op(recorded):
 def test_union_and_align_helpers():
     # [0,10) and [5,20) overlap: 20 µs; [30,40) apart: +10 µs
     assert trace.union_seconds([(0, 10), (5, 20), (30, 40)]) == pytest.approx(30e-6)
-    assert trace.align(["a", "b", "c"], ["a", "x", "c"]) == [0, -1, 2]
+    assert trace.align_to_ops(["a", "b", "c"], [0, 1, 2], ["a", "x", "c"])[0] == [0, -1, 2]
 
 
 def test_cpu_timing_path_end_to_end():

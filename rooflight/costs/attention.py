@@ -61,6 +61,15 @@ def useful_causal_pairs(sq: int, sk: int, variant: str) -> int:
     return sum(min(max(i + offset + 1, 0), sk) for i in range(sq))
 
 
+def attention_flops(pairs: float, d: int, dv: int, matrix_class: MathClass) -> dict[MathClass, float]:
+    """FLOPs of a fused attention forward over `pairs` (query, key) scores: QK^T and PV, 2·D + 2·Dv
+    per pair on the matrix class (plain fp32 without TF32, which is also the softmax's class: the
+    two add, never replace each other), and the softmax's SOFTMAX_FLOPS_PER_SCORE per score."""
+    flops = {matrix_class: 2 * pairs * (d + dv)}
+    flops[MathClass.FP32] = flops.get(MathClass.FP32, 0) + SOFTMAX_FLOPS_PER_SCORE * pairs
+    return flops
+
+
 def attention_cost(
     q: TensorMeta, k: TensorMeta, v: TensorMeta, out: TensorMeta | None = None, *,
     backend: str, causal: str | None = None, mask: TensorMeta | None = None,
@@ -82,10 +91,7 @@ def attention_cost(
         else:
             pairs_per_head = sq * sk
     pairs = batch * hq * pairs_per_head
-    # QK^T and PV: 2·D + 2·Dv per pair on the matrix class of q's dtype (plain fp32 without
-    # TF32, which is also the softmax's class: add the two, never let one replace the other)
-    flops = {q.matrix_class(settings.allow_tf32_matmul): 2 * pairs * (d + dv)}
-    flops[MathClass.FP32] = flops.get(MathClass.FP32, 0) + SOFTMAX_FLOPS_PER_SCORE * pairs
+    flops = attention_flops(pairs, d, dv, q.matrix_class(settings.allow_tf32_matmul))
     if out is None:
         out = TensorMeta.contiguous((*q.shape[:-1], dv), q.dtype, q.device)
     reads = q.bytes + k.bytes + v.bytes + (mask.bytes if mask is not None else 0) + extra_read

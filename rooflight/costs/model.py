@@ -40,6 +40,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..math_class import MathClass
+from ..roofline import intensity
 
 # dtype name -> (bytes per element, math class of vector work, math class of matrix work)
 DTYPES: dict[str, tuple[float, MathClass, MathClass]] = {
@@ -228,7 +229,7 @@ def _collect(a: Any, out: list[TensorMeta]) -> None:
 
 class Traffic:
     """Totals and intensity of anything with `flops` (by math class), `bytes_read` and
-    `bytes_written`: an op's cost here, a profile's op record (rooflight.profile.OpRecord)."""
+    `bytes_written`: an op's cost here, a profile's op record (rooflight.profile_data.OpRecord)."""
 
     @property
     def total_flops(self) -> float:
@@ -241,9 +242,7 @@ class Traffic:
     @property
     def intensity(self) -> float:
         """FLOP per byte of device-memory traffic (inf for work on data that moves no bytes)."""
-        if self.bytes == 0:
-            return math.inf if self.total_flops else 0.0
-        return self.total_flops / self.bytes
+        return intensity(self.total_flops, self.bytes)
 
 
 @dataclass(frozen=True)

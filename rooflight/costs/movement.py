@@ -14,6 +14,7 @@ import torch
 
 from ..math_class import MathClass
 from .model import OpCall, OpCost, TensorMeta
+from .pointwise import elementwise_cost, vector_class
 from .registry import aten, register_cost, register_generic
 
 
@@ -152,8 +153,6 @@ def embedding_backward(call: OpCall) -> OpCost:
 
 
 def vector_class_of(t: TensorMeta) -> MathClass:
-    from .pointwise import vector_class
-
     return vector_class(t)
 
 
@@ -237,8 +236,6 @@ def data_dependent(call: OpCall) -> OpCost:
 
 @register_cost(aten.where.self, aten.masked_scatter, aten.masked_scatter_)
 def select_by_mask(call: OpCall) -> OpCost:
-    from .pointwise import elementwise_cost
-
     return elementwise_cost(call, 1)
 
 

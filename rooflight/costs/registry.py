@@ -123,7 +123,3 @@ def lookup(op: Any) -> Formula | None:
         except Exception:
             continue
     return None
-
-
-def registered_keys() -> list[str]:
-    return sorted(_FORMULAS)

@@ -1,12 +1,13 @@
 """Matplotlib figures: the roofline, time by label and region, sweep trajectories.
 
-Every function takes plain data and returns a Figure; nothing here prints, shows a window or
-writes a file (`save_figure` writes one when asked).  The figures use matplotlib's object API
+Every function takes plain data and returns a Figure (or its bytes); nothing here prints, shows a
+window or writes a file.  The figures use matplotlib's object API
 with the Agg canvas, so they work on headless machines and in notebooks alike.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Iterable, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..errors import UsageError
+from ..math_class import MathClass
 from ..units import fmt_bandwidth, fmt_flops_rate
 
 # one colour per label, readable for the common colour-vision deficiencies (Okabe-Ito)
@@ -196,32 +199,22 @@ def trajectories(series: dict[str, list[tuple[str, float, float]]], roofs: Seque
     return fig
 
 
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write a figure as PNG or SVG (by the suffix), atomically."""
-    import io
-
-    from ..io import write_bytes_atomic
-
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    if fmt not in ("png", "svg"):
-        from ..errors import UsageError
-
-        raise UsageError(f"cannot save a chart as '.{fmt}': use .png or .svg")
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, metadata=_METADATA[fmt])
-    return write_bytes_atomic(path, buf.getvalue())
-
-
-# who wrote the file: `rooflight report` replaces its own files without --force, nothing else
+# who made the file, in the formats that carry it
 _METADATA = {"png": {"Software": "rooflight"}, "svg": {"Creator": "rooflight"}}
 
 
-def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
-    import io
+def chart_format(path: str | Path) -> str:
+    """"png" or "svg" from a file name's suffix; anything else is a usage error."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    if fmt not in ("png", "svg"):
+        raise UsageError(f"cannot save a chart as '.{fmt}': use .png or .svg")
+    return fmt
 
+
+def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
+    """A figure as PNG or SVG bytes."""
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt)
+    fig.savefig(buf, format=fmt, metadata=_METADATA.get(fmt))
     return buf.getvalue()
 
 
@@ -236,8 +229,6 @@ def _chart_text(s: str) -> str:
 def roofs_of(analysis, classes: Sequence[str] | None = None) -> list[Roof]:
     """Memory roof and one compute roof per math class present in the profile, calibrated (solid)
     where measured and datasheet (dashed) beside them."""
-    from ..math_class import MathClass
-
     ceil, sheet = analysis.ceilings, analysis.datasheet
     if classes is None:
         classes = [c for c in analysis.profile.flops_by_class()]

@@ -13,7 +13,7 @@ import html
 import math
 from typing import Iterable, Sequence
 
-from .. import __version__
+from .._version import __version__
 from ..classify import Label, summary
 from ..units import fmt_bandwidth, fmt_bytes, fmt_flops, fmt_flops_rate, fmt_seconds
 from .charts import figure_bytes, roofline_of, time_by_label_of
@@ -30,7 +30,8 @@ def _num(x: float) -> str:
     return repr(float(x))
 
 
-def _img(fig, alt: str) -> str:
+def img(fig, alt: str) -> str:
+    """A figure as an <img> with the PNG embedded (the page stays one self-contained file)."""
     data = base64.b64encode(figure_bytes(fig, "png")).decode("ascii")
     return f'<img alt="{e(alt)}" src="data:image/png;base64,{data}">'
 
@@ -45,7 +46,7 @@ def _intensity(x: float) -> str:
     return f"{x:.3g}"
 
 
-_CSS = """
+CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1280px;color:#1d1d1f;padding:0 16px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .meta{color:#555} .notes{background:#fff8e1;border:1px solid #f0d78c;padding:8px 12px;border-radius:6px}
@@ -248,24 +249,31 @@ def report_html(a, *, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
         head, _notes(a.notes),
         "<h2>Summary</h2>", f"<ul>{sentences}</ul>", _label_table(a),
         "<h2>Hardware</h2>", _ceilings_rows(a),
-        "<h2>Roofline</h2>", f"<div class=charts>{_img(roofline_of(a), 'roofline chart')}"
-                             f"{_img(time_by_label_of(a), 'time by label and region')}</div>",
+        "<h2>Roofline</h2>", f"<div class=charts>{img(roofline_of(a), 'roofline chart')}"
+                             f"{img(time_by_label_of(a), 'time by label and region')}</div>",
         "<h2>Advice for the heaviest ops</h2>", _advice(a),
         "<h2>Op groups (the same op at the same place of every layer)</h2>", _groups_table(a),
     ]
     for title, section in extra_sections:
         body += [f"<h2>{e(title)}</h2>", section]
     body += ["<h2>Ops</h2>", _ops_table(a), _kernels_table(a)]
+    return page(f"rooflight: {p.workload}", "".join(body), script=True)
+
+
+def page(title: str, body: str, *, script: bool = False) -> str:
+    """A whole self-contained page: the report's style, `body` (trusted HTML) and, with script=True,
+    the sortable/filterable tables' script."""
+    js = f"<script>{_JS}</script>" if script else ""
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-            f"<meta name=viewport content='width=device-width,initial-scale=1'><title>rooflight: {e(p.workload)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}<script>{_JS}</script></body></html>")
+            f"<meta name=viewport content='width=device-width,initial-scale=1'><title>{e(title)}</title>"
+            f"<style>{CSS}</style></head><body>{body}{js}</body></html>")
 
 
 def summary_html(a, *, chart: bool = True) -> str:
     """A compact summary for notebooks: the sentences, the label table and the roofline."""
     sentences = "".join(f"<li>{e(summary(a.diagnosis, r))}</li>" for r in a.diagnosis.regions)
-    img = _img(roofline_of(a), "roofline chart") if chart else ""
+    chart_img = img(roofline_of(a), "roofline chart") if chart else ""
     notes = _notes(a.notes)
-    return (f"<div class=rooflight><style>{_CSS.replace('body{', '.rooflight{')}</style>"
+    return (f"<div class=rooflight><style>{CSS.replace('body{', '.rooflight{')}</style>"
             f"<b>rooflight: {e(a.profile.workload or 'workload')}</b> on {e(a.spec.name if a.spec else a.ceilings.name)}"
-            f"{notes}<ul>{sentences}</ul>{_label_table(a)}<div class=charts>{img}</div></div>")
+            f"{notes}<ul>{sentences}</ul>{_label_table(a)}<div class=charts>{chart_img}</div></div>")

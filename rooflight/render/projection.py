@@ -14,14 +14,16 @@ from typing import Sequence
 from matplotlib.figure import Figure
 
 from ..units import fmt_seconds
-from .charts import Point, Roof, _chart_text, roofline
+from ..groups import group_ops
+from .charts import CLASS_COLORS, Point, Roof, _chart_text, roofline
+from .html import img
 
 e = html.escape
 
 MAX_REGION_COLUMNS = 8
 
 
-def _regions(projection, limit: int = MAX_REGION_COLUMNS) -> list[str]:
+def outer_regions(projection, limit: int = MAX_REGION_COLUMNS) -> list[str]:
     """The outermost regions (a path no other region contains), in order, at most `limit`."""
     paths = [r for r in projection.regions if r]
     outer = [r for r in paths if not any(r != o and r.startswith(o + "/") and o in paths for o in paths)]
@@ -35,7 +37,7 @@ def _speedup(x: float) -> str:
 def projection_table_html(projection) -> str:
     """A sortable table: one row per target GPU with the predicted total, its outer regions,
     the speedup over the source (timed profiles) and the label holding most of the time."""
-    regions = _regions(projection)
+    regions = outer_regions(projection)
     head = ["GPU", "predicted total"] + [f"region {r}" for r in regions]
     if projection.timed:
         head.append(f"vs {projection.source}")
@@ -71,31 +73,20 @@ def projection_table_html(projection) -> str:
 def _points(projection, target) -> list[Point]:
     """One point per op group (the same op at the same place of every layer): intensity from the
     counts, FLOP/s = FLOPs / predicted seconds on the target."""
-    from ..analysis import module_template
-
     prof = projection.profile
     if prof is None:
         return []
-    groups: dict[tuple, list] = {}
-    for o in prof.ops:
-        if o.total_flops <= 0 or o.bytes <= 0:
-            continue
-        key = (module_template(o.module), o.short_op, o.math_class)
-        groups.setdefault(key, []).append(o)
     pts = []
-    for (module, op, cls), ops in groups.items():
-        seconds = sum(target.op(o.index).seconds for o in ops)
+    for g in group_ops(prof, by=("module", "op", "math_class"), keep=lambda o: o.total_flops > 0 and o.bytes > 0):
+        seconds = sum(target.op(i).seconds for i in g.indices)
         if seconds <= 0:
             continue
-        flops = sum(o.total_flops for o in ops)
-        nbytes = sum(o.bytes for o in ops)
         by_label: dict[str, float] = {}
-        for o in ops:
-            p = target.op(o.index)
+        for i in g.indices:
+            p = target.op(i)
             by_label[p.label] = by_label.get(p.label, 0.0) + p.seconds
-        name = f"{module + ' ' if module else ''}{op}" + (f" ×{len(ops)}" if len(ops) > 1 else "")
-        pts.append(Point(_chart_text(name), flops / nbytes, flops / seconds, seconds,
-                         max(by_label, key=by_label.get), cls))
+        pts.append(Point(_chart_text(g.name), g.flops / g.bytes, g.flops / seconds, seconds,
+                         max(by_label, key=by_label.get), g.math_class))
     return pts
 
 
@@ -130,12 +121,10 @@ def projection_roofline(projection, target, *, label_top: int = 8) -> Figure:
 def projection_html(projection, *, charts: bool | Sequence[str] = True) -> str:
     """The table and, when `charts` (True: every target; or a list of names), a roofline per
     target, as one HTML section for report_html(..., extra_sections=[("Projection", ...)])."""
-    from .html import _img
-
     parts = [projection_table_html(projection)]
     if charts:
         chosen = projection.targets if charts is True else [projection.target(n) for n in charts]
-        imgs = [_img(projection_roofline(projection, t), f"roofline projected on {t.name}") for t in chosen]
+        imgs = [img(projection_roofline(projection, t), f"roofline projected on {t.name}") for t in chosen]
         parts.append(f"<div class=charts>{''.join(imgs)}</div>")
     return "".join(parts)
 
@@ -144,11 +133,7 @@ def projection_html(projection, *, charts: bool | Sequence[str] = True) -> str:
 def llm_roofline(estimate) -> Figure:
     """The GPU's roofline with the model's decode step at each batch (a path as the batch grows),
     its prefill at each batch, and the decode step at the largest batch that fits."""
-    from ..ceilings import from_spec
-    from ..hardware import load_database
-    from .charts import CLASS_COLORS
-
-    ceil = from_spec(load_database().get(estimate.gpu_key))
+    ceil = estimate.ceilings
     roofs = [Roof("memory", "memory", ceil.memory_bytes_per_s, False),
              Roof(estimate.ridge_class, "compute", ceil.peak(estimate.ridge_class), False)]
     pts = []

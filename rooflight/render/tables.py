@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from rich.markup import escape as esc
 from rich.table import Table
 
-from ..hardware import HardwareSpec, ridge_point, resolve_class
+from ..hardware import HardwareSpec
 from ..math_class import MathClass
-from ..units import fmt_bandwidth, fmt_bytes, fmt_flops_rate, fmt_hz
+from ..roofline import resolve_class, ridge_point
+from ..units import fmt_bandwidth, fmt_bytes, fmt_flops, fmt_flops_rate, fmt_hz, fmt_seconds
 
 
 def _fmt_figure(dotted: str, value) -> str:
@@ -55,7 +57,6 @@ def sources_table(spec: HardwareSpec) -> Table:
 
 
 def fmt_quantity(value: float | None, unit: str) -> str:
-    from ..units import fmt_seconds
 
     if value is None:
         return ""
@@ -73,4 +74,16 @@ def calibration_table(rows: list[dict], title: str) -> Table:
     for r in rows:
         ratio = f"{r['ratio']:.0%}" if r["ratio"] else ""
         t.add_row(r["figure"], fmt_quantity(r["value"], r["unit"]), fmt_quantity(r["datasheet"], r["unit"]), ratio, r["how"])
+    return t
+
+
+def groups_table(a, n: int = 5) -> Table:
+    """The heaviest op groups of an Analysis: time, FLOPs, bytes, intensity, attained rate, label."""
+    t = Table(show_edge=False, pad_edge=False, box=None)
+    for col in ("op group", "time" if a.timed else "roofline time", "FLOPs", "bytes", "FLOP/B", "attained", "label"):
+        t.add_column(col, no_wrap=True)
+    for g in a.groups[:n]:
+        att = fmt_flops_rate(g.flops_per_s) if a.timed and g.flops_per_s == g.flops_per_s else "–"
+        t.add_row(esc(g.name[:60]), fmt_seconds(g.seconds), fmt_flops(g.flops), fmt_bytes(g.bytes),
+                  f"{g.intensity:.3g}", att, g.label)
     return t

@@ -51,8 +51,8 @@ host) is left OUT of every total: it belongs to the host, not the GPU, and a hos
 host-bound on a faster GPU (its idle time grows by what the GPU saves).  It is reported beside
 the totals as `Projection.source_idle_s`, so a reader can add it back for the same host.
 
-Everything here is a function of a profile, the hardware database and constants: it prints and
-writes nothing.
+Everything here is a function of a profile, the target specs, the source's roofs and constants:
+it reads no database, prints and writes nothing (rooflight.api.project looks the GPUs up).
 """
 
 from __future__ import annotations
@@ -60,14 +60,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from .ceilings import Ceilings, from_spec
-from .classify import EXPLAINED_FRACTION, Label, floors
-from .errors import UnknownHardwareError, UsageError
-from .hardware import HardwareDB, HardwareSpec, load_database
+from .classify import EXPLAINED_FRACTION, Label
+from .errors import UsageError
+from .hardware import HardwareDB, HardwareSpec, _norm
 from .math_class import MathClass
-from .profile import Profile, region_and_ancestors
+from .profile_data import Profile
+from .roofline import Ceilings, floors, from_spec
 
 # ---------------------------------------------------------------------------- constants
 
@@ -150,7 +150,7 @@ def fallbacks(op: Any, ceilings: Ceilings) -> list[tuple[str, str]]:
     return out
 
 
-def predict(op: Any, ceilings: Ceilings, *, kernels: int | None = None, efficiency: float | None = None,
+def predict_seconds(op: Any, ceilings: Ceilings, *, kernels: int | None = None, efficiency: float | None = None,
             kernel_fixed_s: float | None = None,
             default_efficiency: Mapping[str, float] = DEFAULT_EFFICIENCY) -> OpPrediction:
     """Predicted seconds of one op on these ceilings from its counts alone: the fixed part plus
@@ -277,6 +277,7 @@ class Projection:
     kernel_fixed: str = ""  # the fixed-cost model in words
     notes: tuple[str, ...] = ()
     profile: Profile | None = field(default=None, compare=False, repr=False)
+    specs: tuple[HardwareSpec, ...] = field(default=(), compare=False, repr=False)  # the targets'
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source_regions", MappingProxyType(dict(self.source_regions)))
@@ -286,15 +287,13 @@ class Projection:
         for t in self.targets:
             if name in (t.key, t.name):
                 return t
-        try:  # the database's forgiving names: "h100" is the H100 SXM
-            key = load_database().get(name).key
+        try:  # the database's forgiving names among the targets: "h100" is the H100 SXM
+            key = HardwareDB(self.specs).get(name).key
             hit = next((t for t in self.targets if t.key == key), None)
             if hit is not None:
                 return hit
         except UsageError:
             pass
-        from .hardware import _norm
-
         q = _norm(name)
         hits = [t for t in self.targets if q and (q in _norm(t.key) or q in _norm(t.name))]
         if len(hits) == 1:
@@ -334,74 +333,20 @@ class Projection:
         }
 
 
-def _region_paths(profile: Profile) -> list[str]:
-    out = [""]
-    for name in list(profile.regions) + [o.region for o in profile.ops]:
-        for path in region_and_ancestors(name, profile.regions):
-            if path not in out:
-                out.append(path)
-    return out
-
-
-def resolve_targets(targets: str | HardwareSpec | Iterable[str | HardwareSpec] | None,
-                    db: HardwareDB) -> list[HardwareSpec]:
-    """Specs for "all" (or None), one name, a comma-separated list, or a list of names/specs."""
-    if targets is None or (isinstance(targets, str) and targets.strip().lower() in ("", "all")):
-        return list(db)
-    if isinstance(targets, (str, HardwareSpec)):
-        targets = [targets]
-    specs: list[HardwareSpec] = []
-    for t in targets:
-        if isinstance(t, HardwareSpec):
-            found = [t]
-        elif t.strip().lower() == "all":
-            found = list(db)
-        else:
-            found = [db.get(n.strip()) for n in t.split(",") if n.strip()]
-        for s in found:
-            if s.key not in [x.key for x in specs]:
-                specs.append(s)
-    if not specs:
-        raise UsageError("no target GPU given: name some (--hw a10,4090) or 'all'")
-    return specs
-
-
-def source_ceilings_of(profile: Profile, db: HardwareDB) -> tuple[Ceilings | None, str]:
-    """The datasheet ceilings of the GPU a profile was timed on, and a note when there are none."""
-    t = profile.timing
-    if t is None:
-        return None, ""
-    if t.device_kind != "cuda":
-        return None, ("the profile was timed on the CPU: CPU wall times say nothing about a GPU's efficiency, "
-                      "so default efficiencies are used")
-    try:
-        return from_spec(db.get(t.device_name)), ""
-    except UnknownHardwareError:
-        return None, (f"{t.device_name} (where the profile was timed) is not in the hardware database: default "
-                      "efficiencies are used; add a spec file for it to carry its measured efficiencies over")
-
-
-def project(profile: Profile, targets: str | HardwareSpec | Iterable[str | HardwareSpec] | None = "all",
-            source_ceilings: Ceilings | None = None, *, db: HardwareDB | None = None,
-            kernel_fixed_s: float | None = None, use_measured: bool = True,
+def project(profile: Profile, specs: Sequence[HardwareSpec], source_ceilings: Ceilings | None = None, *,
+            source_note: str = "", kernel_fixed_s: float | None = None, use_measured: bool = True,
             default_efficiency: Mapping[str, float] = DEFAULT_EFFICIENCY) -> Projection:
-    """Predict `profile` on each target GPU (see the module doc for the model).
+    """Predict `profile` on each target GPU in `specs` (see the module doc for the model).
 
-    targets: "all" (default), a name, "a10,4090", or a list of names / HardwareSpecs.
-    source_ceilings: the roofs the profile's times were measured against (default: the datasheet
-    of the GPU named in its timing).  use_measured=False ignores the times (default efficiencies).
-    kernel_fixed_s: seconds per kernel for every op (default: KERNEL_FIXED_S / MATMUL_KERNEL_FIXED_S;
-    0 leaves the fixed part out).
+    source_ceilings: the datasheet roofs of the GPU the profile's times were measured on (None:
+    none known, so default efficiencies; `source_note` says why; rooflight.api.project finds
+    them in the database).  use_measured=False ignores the times (default efficiencies).
+    kernel_fixed_s: seconds per kernel for every op (default: KERNEL_FIXED_S /
+    MATMUL_KERNEL_FIXED_S; 0 leaves the fixed part out).
     """
-    db = db or load_database()
-    specs = resolve_targets(targets, db)
-    notes: list[str] = []
+    notes: list[str] = [source_note] if source_note and use_measured else []
     timing = profile.timing
-    src = source_ceilings
-    if src is None and use_measured:
-        src, why = source_ceilings_of(profile, db)
-        if why:
-            notes.append(why)
+    src = source_ceilings if use_measured else None
     measured = use_measured and timing is not None and src is not None and (
         timing.device_kind == src.device_kind)
     if use_measured and timing is not None and src is not None and timing.device_kind != src.device_kind:
@@ -451,7 +396,7 @@ def project(profile: Profile, targets: str | HardwareSpec | Iterable[str | Hardw
         notes.append("ops with no cost formula are predicted as free: "
                      + ", ".join(f"{k} x{v}" for k, v in sorted(uncounted.items())))
 
-    paths = _region_paths(profile)
+    paths = profile.region_paths()
     members = {p: [o.index for o in profile.select(region=p)] for p in paths}
     source_regions: dict[str, float] = {}
     source_total = math.nan
@@ -467,7 +412,7 @@ def project(profile: Profile, targets: str | HardwareSpec | Iterable[str | Hardw
     for spec in specs:
         out.append(_project_one(profile, spec, per_op, paths, members, kernel_fixed_s, default_efficiency))
     return Projection(profile.workload, model, source_name, measured, source_total, source_regions, idle,
-                      tuple(paths), tuple(out), fixed_text, tuple(notes), profile)
+                      tuple(paths), tuple(out), fixed_text, tuple(notes), profile, tuple(specs))
 
 
 def _project_one(profile: Profile, spec: HardwareSpec, per_op, paths, members, kernel_fixed_s,
@@ -491,7 +436,7 @@ def _project_one(profile: Profile, spec: HardwareSpec, per_op, paths, members, k
                                 _label(f.max_s, seconds, f.dominant), f.roof_class, _fallback_text(o, ceil), eff,
                                 how, fixed)
         else:
-            pred = predict(o, ceil, kernels=k, kernel_fixed_s=kernel_fixed_s, default_efficiency=default_efficiency)
+            pred = predict_seconds(o, ceil, kernels=k, kernel_fixed_s=kernel_fixed_s, default_efficiency=default_efficiency)
         for a, b in fallbacks(o, ceil):
             fallback_flops[(a, b)] = fallback_flops.get((a, b), 0.0) + sum(
                 v for c, v in o.flops.items() if str(getattr(c, "value", c)) == a)
@@ -515,4 +460,4 @@ def _short(cls: str) -> str:
 
 __all__ = ["DEFAULT_EFFICIENCY", "EFFICIENCY_RANGE", "KERNEL_FIXED_S", "MATMUL_KERNEL_FIXED_S", "OpPrediction",
            "OpProjection", "Projection", "TargetProjection", "default_kernels", "fallbacks", "fixed_seconds",
-           "is_matmul", "measured_efficiency", "predict", "project", "resolve_targets", "source_ceilings_of"]
+           "is_matmul", "measured_efficiency", "predict_seconds", "project"]

@@ -1,8 +1,12 @@
-"""The profile: plain frozen data about one run of a workload, with a JSON round-trip.
+"""The profile: plain frozen data about one run of a workload, with a JSON round-trip and `.df`.
 
 A Profile holds one OpRecord per operation (its aten op, shapes, module path, region, and cost),
-the region paths, and what produced it (device, torch version, mode).  It knows nothing about
-any GPU's roofline: classifying, advising and projecting are functions of a profile and a spec.
+the region paths, what produced it (device, torch version, mode) and, when timed, its Timing.
+It knows nothing about any GPU's roofline and imports no analysis and no renderer: classifying,
+advising and projecting are functions of a profile and its roofs (rooflight.analysis,
+rooflight.projection), rendering reads their results (rooflight.render), and the notebook
+conveniences (`prof.plot()`, `prof.to_html()`, display in Jupyter) live in the facade
+(rooflight.api.Profile, what `rooflight.count` and `rooflight.profile` return).
 """
 
 from __future__ import annotations
@@ -10,14 +14,16 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 from .costs.model import Settings, TensorMeta, Traffic
 from .errors import RooflightError
+from .files import read_text, write_text_atomic
 from .math_class import MathClass
+from .roofline import intensity
 
 SCHEMA = "rooflight.profile"
 SCHEMA_VERSION = 1
@@ -179,8 +185,7 @@ class Profile:
 
     @property
     def intensity(self) -> float:
-        b = self.total_bytes
-        return self.total_flops / b if b else (math.inf if self.total_flops else 0.0)
+        return intensity(self.total_flops, self.total_bytes)
 
     def flops_by_class(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -199,6 +204,19 @@ class Profile:
         for o in self.ops:
             if not o.counted:
                 out[o.op] = out.get(o.op, 0) + 1
+        return out
+
+    def region_paths(self) -> list[str]:
+        """"" (the whole run) first, then every region path and its parents, in order of first
+        appearance: in the region list, in the ops, in the timing."""
+        out = [""]
+        names = list(self.regions) + [o.region for o in self.ops]
+        if self.timing is not None:
+            names += [r.region for r in self.timing.regions]
+        for name in names:
+            for path in region_and_ancestors(name, self.regions):
+                if path not in out:
+                    out.append(path)
         return out
 
     def select(self, *, region: str | None = None, module: str | None = None) -> tuple[OpRecord, ...]:
@@ -255,8 +273,6 @@ class Profile:
 
     def save(self, path: str | Path) -> Path:
         """Write the profile as JSON, atomically (a half-written file never replaces a good one)."""
-        from .io import write_text_atomic
-
         return write_text_atomic(path, self.to_json())
 
     @classmethod
@@ -292,54 +308,12 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
-        from .io import read_text
-
         p = Path(path)
         text = read_text(p, ProfileFormatError)
         try:
             return cls.from_json(text)
         except ProfileFormatError as err:
             raise ProfileFormatError(f"{p}: {err}") from None
-
-    # ------------------------------------------------------------------ notebook facade
-    # Thin delegations: the analysis and the renderers live in rooflight.analysis / .render.
-
-    def analyze(self, hw: Any = None, *, calibrated: bool = True):
-        """Classify and advise this profile against a GPU's roofs (default: where it ran, or this
-        machine's GPU, or an H100 SXM for a count-only profile)."""
-        from .analysis import analyze
-
-        return analyze(self, hw, calibrated=calibrated)
-
-    def plot(self, hw: Any = None):
-        """The roofline chart as a matplotlib Figure (nothing is shown or printed)."""
-        from .render.charts import roofline_of
-
-        return roofline_of(self.analyze(hw))
-
-    def savefig(self, path: str | Path, hw: Any = None) -> Path:
-        """Write the roofline chart as PNG or SVG (by the file suffix)."""
-        from .render.charts import save_figure
-
-        return save_figure(self.plot(hw), path)
-
-    def to_html(self, path: str | Path | None = None, hw: Any = None) -> str:
-        """The self-contained HTML report; written to `path` (atomically) when one is given."""
-        from .io import write_text_atomic
-        from .render.html import report_html
-
-        text = report_html(self.analyze(hw))
-        if path is not None:
-            write_text_atomic(path, text)
-        return text
-
-    def _repr_html_(self) -> str:
-        from .render.html import summary_html
-
-        return summary_html(self.analyze())
-
-    def with_params(self, **params: Any) -> "Profile":
-        return replace(self, params={**self.params, **params})
 
 
 def region_and_ancestors(path: str, known: Iterable[str]) -> list[str]:
@@ -414,10 +388,3 @@ def _timing_from_dict(d: Mapping[str, Any]) -> Timing:
     d["regions"] = tuple(RegionTiming(**r) for r in d.get("regions", ()))
     d["notes"] = tuple(d.get("notes", ()))
     return Timing(**d)
-
-
-def concat_ops(profiles: Iterable[Profile]) -> tuple[OpRecord, ...]:
-    out: list[OpRecord] = []
-    for p in profiles:
-        out.extend(replace(o, index=len(out) + i) for i, o in enumerate(p.ops))
-    return tuple(out)

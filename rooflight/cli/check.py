@@ -1,0 +1,74 @@
+"""`rooflight baseline` and `rooflight check`: the CI guard on arithmetic intensity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape as esc
+
+from ..check import Tolerances, check_model, count_model, parse_fraction
+from ..errors import UsageError
+from ..files import check_files, write_files
+from ..workloads import declares_workloads, parse_assignments
+from .common import ForceOption, NoSweepOption, ParamOption, SweepOption, console, handles_errors
+
+commands = typer.Typer()
+
+
+@commands.command("baseline")
+@handles_errors
+def baseline_cmd(
+    file: Path = typer.Argument(..., metavar="MODEL.py", help="A model file declaring @rooflight.workload."),
+    out: Path = typer.Option(Path("rooflight-baseline.json"), "-o", "--out", help="Baseline file to write."),
+    device: str = typer.Option("cpu", "--device", help="Where to count: cpu (default) or meta."),
+    param: Optional[List[str]] = ParamOption,
+    sweep: Optional[List[str]] = SweepOption,
+    no_sweep: bool = NoSweepOption,
+    force: bool = ForceOption,
+) -> None:
+    """Count a model file's workloads and save their intensity, FLOPs and bytes per region and op group."""
+    _require_model_file(file)
+    check_files([out], force=force)  # refuse now, before counting, to replace a file rooflight did not write
+    data = count_model(file, device=device, params=parse_assignments(param or [], many=False),
+                       sweeps=parse_assignments(sweep or [], many=True), default_sweep=not no_sweep)
+    write_files({out: json.dumps(data, indent=1)}, force=force)
+    con = console()
+    for key, p in data["points"].items():
+        t = p["total"]
+        con.print(esc(f"{key}: {t['flops']:.4g} FLOPs, {t['bytes']:.4g} bytes, intensity {t['intensity']:.4g} FLOP/B"))
+    con.print(f"wrote {esc(str(out))}")
+
+
+@commands.command("check")
+@handles_errors
+def check_cmd(
+    file: Path = typer.Argument(..., metavar="MODEL.py", help="The model file the baseline was made from."),
+    baseline: Path = typer.Option(Path("rooflight-baseline.json"), "--baseline", "-b", help="Baseline to compare with."),
+    max_intensity_drop: str = typer.Option("5%", "--max-intensity-drop", help="Allowed fall of intensity."),
+    max_flops_growth: str = typer.Option("5%", "--max-flops-growth", help="Allowed growth of FLOPs."),
+    max_bytes_growth: str = typer.Option("5%", "--max-bytes-growth", help="Allowed growth of bytes."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where to count (default: the baseline's)."),
+    param: Optional[List[str]] = ParamOption,
+    sweep: Optional[List[str]] = SweepOption,
+    no_sweep: bool = NoSweepOption,
+) -> None:
+    """Count again and fail (exit 1) when intensity fell, or FLOPs or bytes grew, beyond the tolerances."""
+    _require_model_file(file)
+    tol = Tolerances(parse_fraction(max_intensity_drop, "--max-intensity-drop"),
+                     parse_fraction(max_flops_growth, "--max-flops-growth"),
+                     parse_fraction(max_bytes_growth, "--max-bytes-growth"))
+    result = check_model(file, baseline, tol, device=device, params=parse_assignments(param or [], many=False),
+                         sweeps=parse_assignments(sweep or [], many=True), default_sweep=not no_sweep)
+    print(result.text())
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _require_model_file(file: Path) -> None:
+    if not file.is_file():
+        raise UsageError(f"{file}: no such file")
+    if not declares_workloads(file):
+        raise UsageError(f"{file} declares no @rooflight.workload; baseline and check need workloads to count")

@@ -1,0 +1,173 @@
+"""`rooflight profile` (a model file's workloads, or any script) and `rooflight report` (a saved
+profile rendered again, no GPU needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape as esc
+
+from .. import api
+from ..classify import summary
+from ..errors import RooflightError, UsageError
+from ..files import check_files, parse_formats, write_files
+from ..render.charts import figure_bytes, roofline_of
+from ..render.html import report_html
+from ..render.projection import projection_html
+from ..render.tables import groups_table
+from ..runner import Options, default_device, profile_script, profile_workloads
+from ..workloads import declares_workloads, load_model_file, parse_assignments, parse_dtype
+from .common import (ForceOption, HwDirOption, NoSweepOption, ParamOption, SweepOption, console, database,
+                     handles_errors, progress)
+
+commands = typer.Typer()
+
+
+OutOption = typer.Option(Path("rooflight-out"), "-o", "--out", help="Directory for the reports (created).")
+
+
+@commands.command("profile")
+@handles_errors
+def profile_cmd(
+    file: Path = typer.Argument(..., metavar="FILE.py", help="A model file declaring @rooflight.workload, or any "
+                                                               "script (run as __main__)."),
+    script_args: Optional[List[str]] = typer.Argument(None, metavar="[-- SCRIPT ARGS]",
+                                                      help="Arguments for a script, after --."),
+    hw: Optional[str] = typer.Option(None, "--hw", help="GPU to compare against (default: the one detected; "
+                                                        "count-only on a CPU machine: H100 SXM)."),
+    out: Path = OutOption,
+    fmt: str = typer.Option("html,json,png", "--format", help="Comma-separated: html, json, png, svg, csv."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, cpu or meta (meta: count-only). "
+                                                                "Default: cuda if present, else cpu."),
+    count_only: bool = typer.Option(False, "--count-only", help="Count FLOPs and bytes only; no timing, no GPU."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up runs (default 3; scripts 0)."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed runs (default 10; scripts 1)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16, fp32 ... for workloads taking a dtype."),
+    param: Optional[List[str]] = ParamOption,
+    sweep: Optional[List[str]] = SweepOption,
+    no_sweep: bool = NoSweepOption,
+    workload: Optional[List[str]] = typer.Option(None, "--workload", "-w", help="Only these workloads."),
+    flush_l2: bool = typer.Option(False, "--flush-l2", help="Flush L2 before each timed run (cold cache)."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="Time the workload replayed as a CUDA graph."),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the workloads' correctness checks."),
+    force: bool = ForceOption,
+    hw_dir: Optional[List[Path]] = HwDirOption,
+) -> None:
+    """Profile a model file's workloads (with sweeps), or run any script under rooflight.
+
+    \b
+    rooflight profile kernels/llama.py                         # declared workloads, default sweeps
+    rooflight profile kernels/gemm.py --sweep m=1,64,4096      # choose the points
+    rooflight profile kernels/llama.py --param config=llama-2-7b --device meta --count-only
+    rooflight profile train.py -- --steps 10                   # a plain script, its arguments after --
+    """
+    if not file.is_file():
+        raise UsageError(f"{file}: no such file")
+    formats = parse_formats(fmt)
+    db = database(hw_dir)
+    if hw:
+        db.get(hw)  # an unknown GPU name is an error before anything runs
+    dev = device or default_device()
+    is_model = declares_workloads(file)
+    opts = Options(device=dev, count_only=count_only or dev == "meta",
+                   warmup=warmup if warmup is not None else (3 if is_model else 0),
+                   repeats=repeats if repeats is not None else (10 if is_model else 1),
+                   dtype=parse_dtype(dtype), flush_l2=flush_l2, cuda_graph=cuda_graph, check=not no_check)
+    con = console()
+    if is_model:
+        if script_args:
+            raise UsageError("arguments after -- are for scripts; a model file takes --param NAME=VALUE and --sweep")
+        workloads = load_model_file(file)
+        if workload:
+            known = {w.name for w in workloads}
+            unknown = [w for w in workload if w not in known]
+            if unknown:
+                raise UsageError(f"{file.name} has no workload {', '.join(unknown)} (workloads: {', '.join(sorted(known))})")
+            workloads = [w for w in workloads if w.name in workload]
+        params, sweeps = parse_assignments(param or [], many=False), parse_assignments(sweep or [], many=True)
+        with progress("profiling") as bar:
+            task = bar.add_task("", total=None)
+            results = profile_workloads(
+                file, workloads, opts, params=params, sweeps=sweeps, default_sweep=not no_sweep,
+                progress=lambda name, i, n: bar.update(task, total=n, completed=i, description=name))
+    else:
+        for flag, value in (("--param", param), ("--sweep", sweep), ("--workload", workload), ("--dtype", dtype)):
+            if value:
+                raise UsageError(f"{flag} applies to model files with @rooflight.workload; {file.name} is a script")
+        with progress("running") as bar:
+            bar.add_task(file.name, total=None)
+            results = [profile_script(file, script_args or [], opts)]
+    run = api.render_run(results, formats=formats, hw=hw, db=db, source=file.name, measure=True)
+    for r, a in zip(run.results, run.analyses):
+        print_summary(con, r, a)
+    for p in run.write(out, force=force):
+        con.print(f"wrote {esc(str(p))}")
+    failed = [r for r in results if r.check_passed is False]
+    if failed:
+        raise RooflightError("correctness check failed for " + ", ".join(
+            f"{r.workload}{' [' + r.label + ']' if r.label else ''}" for r in failed)
+            + ": the profiled kernels compute the wrong result (see above)")
+
+
+def print_summary(con, r, a) -> None:
+    """One workload point in the terminal: its summaries, heaviest groups, first advice, check, notes."""
+    head = f"[bold]{esc(r.workload)}[/bold]{esc(' [' + r.label + ']') if r.label else ''}"
+    con.print(f"\n{head} on {esc(a.spec.name if a.spec else a.ceilings.name)}")
+    for region in a.diagnosis.regions:
+        con.print("  " + esc(summary(a.diagnosis, region)))
+    con.print(groups_table(a))
+    if a.advice:
+        con.print(f"  advice: [bold]{esc(a.advice[0].recommendation)}[/bold] — {esc(a.advice[0].effect)}")
+    if r.check is not None:
+        ok = r.check[0] <= r.check[1]
+        con.print(f"  correctness: {'[green]pass[/green]' if ok else '[red]FAIL[/red]'} (relative error "
+                  f"{r.check[0]:.2e}, tolerance {r.check[1]:.0e})")
+    for n in (*r.notes, *a.notes):
+        con.print(f"  [dim]note: {esc(n)}[/dim]")
+
+
+@commands.command("report")
+@handles_errors
+def report_cmd(
+    profile_json: Path = typer.Argument(..., metavar="PROFILE.json", help="A profile saved by rooflight."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report file (default: PROFILE.html beside it)."),
+    hw: Optional[str] = typer.Option(None, "--hw", help="GPU to hold it against (default: where it ran; "
+                                                        "count-only: this machine's GPU, else H100 SXM)."),
+    png: bool = typer.Option(False, "--png", help="Also write the roofline chart as PNG."),
+    svg: bool = typer.Option(False, "--svg", help="Also write the roofline chart as SVG."),
+    force: bool = ForceOption,
+    no_calibration: bool = typer.Option(False, "--datasheet", help="Use datasheet roofs even if calibrated ones "
+                                                                   "are cached."),
+    project_to: Optional[str] = typer.Option(None, "--project", metavar="GPUS",
+                                             help="Add a projection onto other GPUs: comma-separated names, or "
+                                                  "'all' for every GPU in the database."),
+    hw_dir: Optional[List[Path]] = HwDirOption,
+) -> None:
+    """Render a saved profile again (no GPU needed): HTML report, and the chart as PNG/SVG."""
+    db = database(hw_dir)
+    prof = api.load(profile_json)
+    a = api.analyze(prof, hw, calibrated=not no_calibration, db=db)
+    target = out or profile_json.with_suffix(".html")
+    if target.resolve() == profile_json.resolve():
+        raise UsageError(f"the report would overwrite the profile {profile_json}; give another -o")
+    check_files([target] + [target.with_suffix(f".{f}") for f, wanted in (("png", png), ("svg", svg)) if wanted],
+                force=force)
+    extra = []
+    if project_to:
+        extra.append(("Projected onto other GPUs", projection_html(api.project(prof, project_to, db=db))))
+    files = {target: report_html(a, extra_sections=extra)}
+    charts = [fmt for fmt, wanted in (("png", png), ("svg", svg)) if wanted]
+    if charts:
+        fig = roofline_of(a)
+        for fmt in charts:
+            files[target.with_suffix(f".{fmt}")] = figure_bytes(fig, fmt)
+    written = write_files(files, force=force)
+    con = console()
+    for region in a.diagnosis.regions:
+        con.print(esc(summary(a.diagnosis, region)))
+    for n in a.notes:
+        con.print(f"[dim]note: {esc(n)}[/dim]")
+    for p in written:
+        con.print(f"wrote {esc(str(p))}")

@@ -1,0 +1,264 @@
+"""The one grouping of ops: layer templates, op groups, op kinds, fusible chains.
+
+A 32-layer model runs the same ops at the same place of every layer; rooflight shows them as one
+group (`layers.*.attention.wq mm ×32`): `module_template` turns a module path into its layer
+template and `group_ops` buckets ops by template, op, math class, dtype and outermost region
+(or a coarser key: `by=("module", "op")` is what a baseline keeps).  The analysis, the baseline
+check, the projection chart and the advice all group through here.
+
+`kind_of`/`op_kinds` name what an op is (matmul, attention, norm, ...) from its name, with the
+context a name cannot give (a materialized attention's bmm-softmax-bmm, a decomposed norm), and
+`fusible_chains` finds runs of fusible ops.  Pure functions of a profile (and, for groups'
+labels and times, its diagnosis).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Mapping, Sequence
+
+from .classify import Diagnosis
+from .math_class import MathClass
+from .profile_data import OpRecord, Profile, region_and_ancestors
+from .roofline import intensity
+
+# ---------------------------------------------------------------------------- layer templates
+
+_LAYER = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)")
+
+
+def module_template(path: str) -> str:
+    """`layers.3.attention.wq` -> `layers.*.attention.wq`."""
+    return _LAYER.sub("*", path)
+
+
+# ---------------------------------------------------------------------------- op groups
+
+
+@dataclass(frozen=True)
+class OpGroup:
+    """Ops that are the same work at the same place of each layer: `layers.*.attention.wq mm`."""
+
+    name: str
+    module: str  # module path with layer indexes as '*'
+    op: str  # short op name
+    indices: tuple[int, ...]
+    flops: float
+    bytes: float
+    comm_bytes: float
+    seconds: float  # measured (sum), or the largest floor (sum) for a count-only profile
+    label: str  # the label holding most of the group's time
+    math_class: str
+    dtype: str
+    shapes: str  # of the first member
+
+    @property
+    def count(self) -> int:
+        return len(self.indices)
+
+    @property
+    def intensity(self) -> float:
+        return intensity(self.flops, self.bytes)
+
+    @property
+    def flops_per_s(self) -> float:
+        return self.flops / self.seconds if self.seconds > 0 else math.nan
+
+
+KEY_FIELDS = ("module", "op", "math_class", "dtype", "region")
+
+
+def has_work(o: OpRecord) -> bool:
+    """Counted and moving or computing something: views and other free ops are left out."""
+    return o.counted and not (o.total_flops == 0 and o.bytes == 0 and o.comm_bytes == 0)
+
+
+def group_ops(profile: Profile, diagnosis: Diagnosis | None = None, *, by: Sequence[str] = KEY_FIELDS,
+              keep: Callable[[OpRecord], bool] = has_work) -> tuple[OpGroup, ...]:
+    """Merge ops that repeat across layers, heaviest first.
+
+    by: which of KEY_FIELDS make a group (module template, short op name, math class, dtype,
+    outermost region).  keep: which ops take part (default: counted ops that do some work).
+    With a diagnosis, a group's seconds are its ops' measured times (or largest floors for a
+    count-only profile) and its label the one holding most of that time; without, 0 and "".
+    """
+    unknown = [f for f in by if f not in KEY_FIELDS]
+    if unknown:
+        raise ValueError(f"group_ops: unknown key fields {unknown}; choose from {KEY_FIELDS}")
+    buckets: dict[tuple, list[OpRecord]] = {}
+    for o in profile.ops:
+        if not keep(o):
+            continue
+        outer = region_and_ancestors(o.region, profile.regions)
+        full = {"module": module_template(o.module), "op": o.short_op, "math_class": o.math_class,
+                "dtype": o.dtype, "region": outer[0] if outer else ""}
+        buckets.setdefault(tuple(full[f] for f in by), []).append(o)
+    tops = {dict(zip(by, k)).get("region", "") for k in buckets}
+    groups = []
+    for key, ops in buckets.items():
+        k = dict(zip(by, key))
+        module, op, region = k.get("module", ""), k.get("op", ""), k.get("region", "")
+        seconds: dict[str, float] = {}
+        label = ""
+        if diagnosis is not None:
+            for o in ops:
+                v = diagnosis.verdicts[o.index]
+                w = v.weight_s if not math.isnan(v.weight_s) else 0.0
+                seconds[str(v.label)] = seconds.get(str(v.label), 0.0) + w
+            label = max(seconds, key=seconds.get) if sum(seconds.values()) > 0 \
+                else str(diagnosis.verdicts[ops[0].index].label)
+        total = sum(seconds.values())
+        where = f"{region}: " if region and len(tops) > 1 else ""
+        name = f"{where}{module + ' ' if module else ''}{op}" + (f" ×{len(ops)}" if len(ops) > 1 else "")
+        groups.append(OpGroup(name, module, op, tuple(o.index for o in ops), sum(o.total_flops for o in ops),
+                              sum(o.bytes for o in ops), sum(o.comm_bytes for o in ops), total, label,
+                              k.get("math_class", ops[0].math_class), k.get("dtype", ops[0].dtype), ops[0].shapes))
+    groups.sort(key=lambda g: (-g.seconds, -g.bytes))
+    return tuple(groups)
+
+
+# ---------------------------------------------------------------------------- op kinds
+
+
+class Kind(str, Enum):
+    MATMUL = "matmul"
+    ATTENTION = "attention"
+    ELEMENTWISE = "elementwise"  # pointwise ops and reductions
+    NORM = "norm"
+    SOFTMAX = "softmax"
+    EMBEDDING = "embedding"  # embedding lookups and indexing (gather, scatter, index_copy)
+    COPY = "copy"  # copies, casts, concatenation, factories on the device
+    TRANSFER = "transfer"  # host<->device over PCIe
+    COLLECTIVE = "collective"  # GPU<->GPU
+    OTHER = "other"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FUSIBLE = frozenset({Kind.ELEMENTWISE, Kind.NORM, Kind.SOFTMAX, Kind.COPY})
+
+MATMUL_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "mv", "addmv", "dot", "_addmm_activation",
+                         "_scaled_mm", "_int_mm", "_weight_int8pack_mm", "_weight_int4pack_mm",
+                         "_weight_int4pack_mm_for_cpu"})
+BATCHED_MATMUL_OPS = frozenset({"bmm", "baddbmm", "matmul"})  # both operands are activations
+SOFTMAX_OPS = frozenset({"softmax", "_softmax", "_safe_softmax", "log_softmax", "_log_softmax"})
+NORM_OPS = frozenset({"layer_norm", "native_layer_norm", "rms_norm", "_fused_rms_norm", "group_norm",
+                       "native_group_norm", "batch_norm", "native_batch_norm", "_native_batch_norm_legit",
+                       "_native_batch_norm_legit_no_training", "_batch_norm_with_update", "_batch_norm_no_update"})
+EMBEDDING_OPS = frozenset({"embedding", "embedding_bag", "_embedding_bag", "index_select", "gather", "index",
+                            "index_put", "index_put_", "_index_put_impl_", "scatter", "scatter_", "scatter_add",
+                            "scatter_add_", "scatter_reduce", "index_copy", "index_copy_", "index_add",
+                            "index_add_", "take"})
+ATTENTION_MATH_OPS = frozenset({"_scaled_dot_product_attention_math"})
+
+
+
+
+def kind_of(op: OpRecord) -> Kind:
+    """An op's kind from its name, link and cost alone (no context)."""
+    name = op.short_op
+    if op.link == "pcie":
+        return Kind.TRANSFER
+    if op.link == "peer" or op.comm_bytes:
+        return Kind.COLLECTIVE
+    if name in MATMUL_OPS:
+        return Kind.MATMUL
+    if "attention" in name:
+        return Kind.ATTENTION
+    if name in SOFTMAX_OPS:
+        return Kind.SOFTMAX
+    if name in NORM_OPS:
+        return Kind.NORM
+    if name in EMBEDDING_OPS:
+        return Kind.EMBEDDING
+    if op.flops and not any(_is_tensor_class(c) for c in op.flops):
+        return Kind.ELEMENTWISE
+    if not op.flops and op.bytes > 0:
+        return Kind.COPY
+    return Kind.OTHER
+
+
+def _is_tensor_class(cls: str) -> bool:
+    try:
+        return MathClass(cls).is_tensor
+    except ValueError:
+        return False
+
+
+def materialized_attention(profile: Profile, window: int = 24) -> list[tuple[int, ...]]:
+    """Groups of op indexes that compute attention with a score matrix in memory: a softmax over
+    a [.., Sq, Sk] tensor, the nearest earlier matmul of the same module that produced [.., Sq, Sk]
+    (QKᵀ) and the nearest later one that consumes it (PV), within `window` ops; with everything
+    of that module between them (scaling, masking, casts)."""
+    ops = profile.ops
+    groups: list[tuple[int, ...]] = []
+    claimed: set[int] = set()
+    for pos, op in enumerate(ops):
+        if op.short_op not in SOFTMAX_OPS or not op.inputs or op.inputs[0].ndim < 2 or pos in claimed:
+            continue
+        sq_sk = op.inputs[0].shape[-2:]
+        if sq_sk[-1] <= 1:
+            continue
+
+        def same(o: OpRecord) -> bool:
+            return o.module == op.module and o.region == op.region
+
+        start = next((p for p in range(pos - 1, max(pos - window, -1), -1)
+                      if same(ops[p]) and ops[p].short_op in MATMUL_OPS and ops[p].outputs
+                      and ops[p].outputs[0].shape[-2:] == sq_sk), None)
+        end = next((p for p in range(pos + 1, min(pos + window, len(ops)))
+                    if same(ops[p]) and ops[p].short_op in MATMUL_OPS and ops[p].inputs
+                    and ops[p].inputs[0].shape[-2:] == sq_sk), None)
+        if start is None or end is None:
+            continue
+        members = tuple(p for p in range(start, end + 1) if same(ops[p]))
+        claimed.update(members)
+        groups.append(tuple(ops[p].index for p in members))
+    return groups
+
+
+def op_kinds(profile: Profile) -> dict[int, Kind]:
+    """Every op's kind, with context: ops of a materialized attention are ATTENTION, elementwise
+    ops inside a module whose type ends in "Norm" (a decomposed RMSNorm) are NORM."""
+    kinds = {op.index: kind_of(op) for op in profile.ops}
+    for op in profile.ops:
+        if kinds[op.index] is Kind.ELEMENTWISE and op.module_type.endswith("Norm"):
+            kinds[op.index] = Kind.NORM
+    for group in materialized_attention(profile):
+        for i in group:
+            kinds[i] = Kind.ATTENTION
+    return kinds
+
+
+def fusible_chains(profile: Profile, kinds: Mapping[int, Kind], used: set[int], min_ops: int) -> list[tuple[int, ...]]:
+    """Runs of `min_ops` or more consecutive fusible ops in one region; ops that move and
+    compute nothing (views) neither join nor break a run."""
+    chains: list[tuple[int, ...]] = []
+    run: list[int] = []
+    region = None
+
+    def close() -> None:
+        if len(run) >= min_ops:
+            chains.append(tuple(run))
+        run.clear()
+
+    for op in profile.ops:
+        if not op.flops and not op.bytes and not op.comm_bytes:
+            continue  # a view: no kernel
+        fusible = kinds[op.index] in FUSIBLE and op.index not in used
+        if not fusible or op.region != region:
+            close()
+        region = op.region
+        if fusible:
+            run.append(op.index)
+    close()
+    return chains
+
+
+__all__ = ["ATTENTION_MATH_OPS", "BATCHED_MATMUL_OPS", "EMBEDDING_OPS", "FUSIBLE", "KEY_FIELDS", "Kind", "MATMUL_OPS",
+           "NORM_OPS", "OpGroup", "SOFTMAX_OPS", "fusible_chains", "group_ops", "has_work", "kind_of",
+           "materialized_attention", "module_template", "op_kinds"]
