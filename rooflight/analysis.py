@@ -10,14 +10,15 @@ renderers (tables, charts, HTML) and the CLI read; nothing here measures, prints
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .advice import advise
-from .classify import Diagnosis, Verdict, breakdown
-from .groups import OpGroup, group_ops
+from .classify import Diagnosis, Label, RegionBreakdown, Verdict, breakdown
+from .groups import OpGroup, group_ops, has_work
 from .hardware import HardwareSpec
-from .profile_data import Profile
+from .profile_data import Profile, RegionTiming
 from .roofline import Ceilings, Roofs
+from .steps import STEADY
 
 
 @dataclass(frozen=True)
@@ -64,15 +65,59 @@ def cache_note(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, spec:
             "profile with --flush-l2 for device-memory numbers")
 
 
+def steady_state(profile: Profile, diagnosis: Diagnosis) -> tuple[Diagnosis, Profile, Diagnosis, dict[int, str]]:
+    """For a script cut into steps: the diagnosis with the headline's steps summed as the region
+    "steady state" (and, when several kinds of step are in it, one region per kind), the profile
+    and diagnosis of those steps alone (what advice reads), and each of their ops' step kind."""
+    chosen = [s for s in profile.steps if s.headline and s.name in diagnosis.regions]
+    kind_of: dict[int, str] = {}
+    for s in chosen:
+        for o in profile.step_ops(s):
+            kind_of[o.index] = s.kind
+
+    def summed(name: str, steps) -> RegionBreakdown:
+        rbs = [diagnosis.regions[s.name] for s in steps]
+        seconds = {label: sum(r.seconds_by_label[label] for r in rbs) for label in Label}
+        return RegionBreakdown(name, seconds, sum(r.idle_seconds for r in rbs),
+                               sum(r.wall_seconds for r in rbs), tuple(sorted(i for r in rbs for i in r.ops)))
+
+    steady = summed(STEADY, chosen)
+    extra = {STEADY: steady}
+    kinds = list(dict.fromkeys(s.kind for s in chosen))
+    if len(kinds) > 1:
+        for k in kinds:
+            extra[f"{STEADY}: {k}"] = summed(f"{STEADY}: {k}", [s for s in chosen if s.kind == k])
+    full = replace(diagnosis, regions={**extra, **diagnosis.regions}, headline_region=STEADY)
+    whole = None
+    if profile.timing is not None:
+        rows = [profile.timing.region(s.name) for s in chosen]
+        rows = [r for r in rows if r is not None]
+        whole = RegionTiming("", sum(r.wall_seconds for r in rows), sum(r.busy_seconds for r in rows),
+                             sum(r.cpu_seconds for r in rows))
+    scope = profile.subset(kind_of, whole=whole)
+    scope_diag = Diagnosis(diagnosis.verdicts, {"": replace(steady, region=""), **{
+        p: diagnosis.regions[p] for p in scope.region_paths() if p and p in diagnosis.regions}},
+        diagnosis.ceilings_name, diagnosis.device_kind, diagnosis.timed)
+    return full, scope, scope_diag, kind_of
+
+
 def analyze(profile: Profile, roofs: Roofs | Ceilings, *, advice_top: int = 5) -> Analysis:
-    """Classify, group and advise a profile against `roofs` (a Roofs, or bare Ceilings)."""
+    """Classify, group and advise a profile against `roofs` (a Roofs, or bare Ceilings).  A script
+    cut into steps is headlined, grouped and advised on its steady-state steps (rooflight.steps);
+    every op, step, the setup and the teardown keep their verdicts and regions."""
     if isinstance(roofs, Ceilings):
         roofs = Roofs(roofs)
     ceilings, spec = roofs.ceilings, roofs.spec
-    notes = list(roofs.notes)
+    notes = list(roofs.notes) + list(profile.notes)
     diagnosis = breakdown(profile, ceilings)
-    groups = group_ops(profile, diagnosis)
-    tips = tuple(advise(profile, diagnosis, ceilings, top=advice_top))
+    if any(s.headline for s in profile.steps):
+        diagnosis, scope, scope_diag, kind_of = steady_state(profile, diagnosis)
+        groups = group_ops(profile, diagnosis, keep=lambda o: has_work(o) and o.index in kind_of,
+                           region_of=lambda o: kind_of[o.index])
+        tips = tuple(advise(scope, scope_diag, ceilings, top=advice_top))
+    else:
+        groups = group_ops(profile, diagnosis)
+        tips = tuple(advise(profile, diagnosis, ceilings, top=advice_top))
     if profile.timing is not None:
         notes.extend(profile.timing.notes)
         cache = cache_note(profile, diagnosis, ceilings, spec)
@@ -85,4 +130,4 @@ def analyze(profile: Profile, roofs: Roofs | Ceilings, *, advice_top: int = 5) -
     return Analysis(profile, ceilings, roofs.datasheet, spec, diagnosis, groups, tips, tuple(notes))
 
 
-__all__ = ["Analysis", "CACHE_RESIDENT_FRACTION", "analyze", "cache_note"]
+__all__ = ["Analysis", "CACHE_RESIDENT_FRACTION", "analyze", "cache_note", "steady_state"]

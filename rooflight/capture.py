@@ -45,6 +45,7 @@ from .costs.registry import lookup, op_key
 from .detect import describe_cpu
 from .errors import CountError
 from .profile_data import OpRecord, Profile, now_iso
+from .steps import TopCall, segment
 
 OP_LABEL_PREFIX = "rooflight.op:"
 
@@ -192,10 +193,15 @@ class Recorder:
         self.inner: list[str] = []
         self.frames: list[_Frame] = []
         self._names: dict[int, dict[int, str]] = {}
+        self.calls: list[TopCall] = []  # outermost module calls (rooflight.steps)
+        self._call_start: tuple[int, str, int] | None = None
+        self.ranges: list[tuple[int, int | None]] = []  # torch.cuda.profiler start/stop, as op indexes
+        self.optimizer_depth = 0  # inside an optimizer's step()
 
     # -- module hooks
     def enter_module(self, module: torch.nn.Module, *_: Any) -> None:
         if not self.frames:
+            self._call_start = (id(module), type(module).__name__, len(self.records))
             names = self._names.get(id(module))
             if names is None:
                 names = {id(m): n for n, m in module.named_modules(remove_duplicate=False)}
@@ -214,6 +220,25 @@ class Recorder:
             if self.frames[i].module_id == id(module):
                 del self.frames[i:]
                 break
+        if not self.frames and self._call_start is not None and self._call_start[0] == id(module):
+            mid, mtype, start = self._call_start
+            self.calls.append(TopCall(mid, mtype, start, len(self.records)))
+            self._call_start = None
+
+    # -- torch.cuda.profiler's capture range, an optimizer's step
+    def profiler_start(self) -> None:
+        if not self.ranges or self.ranges[-1][1] is not None:
+            self.ranges.append((len(self.records), None))
+
+    def profiler_stop(self) -> None:
+        if self.ranges and self.ranges[-1][1] is None:
+            self.ranges[-1] = (self.ranges[-1][0], len(self.records))
+
+    def optimizer_enter(self, *_: Any) -> None:
+        self.optimizer_depth += 1
+
+    def optimizer_exit(self, *_: Any) -> None:
+        self.optimizer_depth = max(self.optimizer_depth - 1, 0)
 
     # -- recording
     def next_index(self) -> int:
@@ -243,7 +268,9 @@ class Recorder:
         if self.frames and not in_backward:
             f = self.frames[-1]
             return f.path, f.type_name, region, "forward"
-        return "", "", region, "backward" if in_backward else "forward"
+        if in_backward:
+            return "", "", region, "backward"
+        return "", "", region, "optimizer" if self.optimizer_depth else "forward"
 
     def add(self, op: str, inputs: list[TensorMeta], outputs: list[TensorMeta], cost: OpCost | None,
             note: str = "") -> OpRecord:
@@ -479,6 +506,32 @@ def _refuse_flex_on_meta(stack: contextlib.ExitStack) -> None:
 # ---------------------------------------------------------------------------- the capture
 
 
+def _watch_steps(stack: contextlib.ExitStack, rec: Recorder) -> None:
+    """What rooflight.steps reads besides the module calls: torch.cuda.profiler.start()/stop()
+    (recorded, then passed on where CUDA exists) and optimizers' steps."""
+    import torch.cuda.profiler as cuda_profiler
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    start, stop = cuda_profiler.start, cuda_profiler.stop
+
+    def marked_start() -> None:
+        rec.profiler_start()
+        if torch.cuda.is_available():
+            start()
+
+    def marked_stop() -> None:
+        rec.profiler_stop()
+        if torch.cuda.is_available():
+            stop()
+
+    cuda_profiler.start, cuda_profiler.stop = marked_start, marked_stop
+    stack.callback(setattr, cuda_profiler, "start", start)
+    stack.callback(setattr, cuda_profiler, "stop", stop)
+    stack.callback(register_optimizer_step_pre_hook(rec.optimizer_enter).remove)
+    stack.callback(register_optimizer_step_post_hook(rec.optimizer_exit).remove)
+
+
+
 class Capture:
     """Context manager: record every op run inside it.  `profile()` turns the records into a Profile.
 
@@ -487,8 +540,11 @@ class Capture:
         prof = cap.profile(workload="my model")
     """
 
-    def __init__(self, *, settings: Settings | None = None, label_ops: bool = False, time_ops: bool = False):
+    def __init__(self, *, settings: Settings | None = None, label_ops: bool = False, time_ops: bool = False,
+                 steps: bool = False, select_steps: tuple[int, int | None] | None = None):
         self.recorder = Recorder(settings or snapshot_settings(), label_ops=label_ops, time_ops=time_ops)
+        self.steps = steps  # cut the run into setup, steps and teardown (rooflight.steps)
+        self.select_steps = select_steps
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "Capture":
@@ -501,6 +557,8 @@ class Capture:
         st.callback(pre.remove)
         post = _m.register_module_forward_hook(rec.exit_module, always_call=True)
         st.callback(post.remove)
+        if self.steps:
+            _watch_steps(st, rec)
         if hasattr(torch.compiler, "set_stance"):
             st.enter_context(torch.compiler.set_stance("force_eager"))
         _refuse_flex_on_meta(st)
@@ -516,15 +574,19 @@ class Capture:
         return self.recorder.records
 
     def profile(self, *, workload: str = "", mode: str = "count", params: dict | None = None) -> Profile:
-        ops = tuple(self.recorder.records)
+        rec = self.recorder
+        ops, regions, steps, self.notes = tuple(rec.records), tuple(rec.regions), (), ()
+        if self.steps:
+            seg = segment(ops, regions, rec.calls, rec.ranges, select=self.select_steps)
+            ops, regions, steps, self.notes = seg.ops, seg.regions, seg.steps, seg.notes
         device = Counter(o.device for o in ops if o.device).most_common(1)
         device = device[0][0] if device else "cpu"
         return Profile(
             ops=ops, workload=workload, device=device,
-            device_name=f"fake {device} (shapes only, no device)" if self.recorder.saw_fake else device_name(device),
+            device_name=f"fake {device} (shapes only, no device)" if rec.saw_fake else device_name(device),
             mode=mode,
             torch_version=torch.__version__, rooflight_version=__version__, created=now_iso(),
-            settings=self.recorder.settings, regions=tuple(self.recorder.regions), params=dict(params or {}),
+            settings=rec.settings, regions=regions, params=dict(params or {}), steps=steps, notes=tuple(self.notes),
         )
 
 
@@ -541,13 +603,15 @@ def device_name(device: str) -> str:
     return device
 
 
-def count(fn: Callable[..., Any], *args: Any, workload: str = "", **kwargs: Any) -> Profile:
+def count(fn: Callable[..., Any], *args: Any, workload: str = "", steps: bool = False,
+          select_steps: tuple[int, int | None] | None = None, **kwargs: Any) -> Profile:
     """Run `fn(*args, **kwargs)` once and return the costs of every op it ran (no timing).
 
     Works on CPU, CUDA, meta and fake tensors; on meta tensors nothing is computed, so a 70B
-    model's step can be counted on a laptop.
+    model's step can be counted on a laptop.  steps=True cuts the run into setup, steps and
+    teardown (rooflight.steps), as for a script.
     """
-    with Capture() as cap:
+    with Capture(steps=steps, select_steps=select_steps) as cap:
         fn(*args, **kwargs)
     return cap.profile(workload=workload or getattr(fn, "__qualname__", type(fn).__name__), mode="count")
 

@@ -295,6 +295,7 @@ class Diagnosis:
     ceilings_name: str = ""
     device_kind: str = "cuda"  # "cpu": CPU wall times against CPU ceilings
     timed: bool = True  # False: labels predicted from counts, weighted by floors
+    headline_region: str = ""  # the region the headline describes: "" (the whole run) or a script's steady state
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "verdicts", MappingProxyType(dict(self.verdicts)))
@@ -309,7 +310,7 @@ class Diagnosis:
 
     @property
     def headline(self) -> Label:
-        return self.region("").headline
+        return self.region(self.headline_region).headline
 
 
 def breakdown(profile: Profile, ceilings: Ceilings) -> Diagnosis:
@@ -364,8 +365,10 @@ def _weightless(v: Verdict) -> Verdict:
     return replace(v, predicted=False, seconds=0.0, evidence=v.evidence + " (op not timed: counts no time)")
 
 
-def summary(diagnosis: Diagnosis, region: str = "") -> str:
-    """One sentence: "decode: 78% of time memory-bound, 15% overhead-bound (GPU idle 9%), 7% compute-bound; 1.23 ms"."""
+def summary(diagnosis: Diagnosis, region: str | None = None) -> str:
+    """One sentence: "decode: 78% of time memory-bound, 15% overhead-bound (GPU idle 9%), 7% compute-bound; 1.23 ms".
+    region None: the headline's (the whole run, or a script's steady state)."""
+    region = diagnosis.headline_region if region is None else region
     r = diagnosis.region(region)
     name = region or "whole run"
     total = r.total_seconds
@@ -378,7 +381,8 @@ def summary(diagnosis: Diagnosis, region: str = "") -> str:
             continue
         text = f"{share:.0%} {label}"
         if label is Label.OVERHEAD and r.idle_seconds > 0:
-            text += f" (GPU idle {r.idle_seconds / total:.0%})"
+            idle = "idle between ops" if diagnosis.device_kind == "cpu" else "GPU idle"
+            text += f" ({idle} {r.idle_seconds / total:.0%})"
         parts.append(text)
     if parts:
         parts[0] = parts[0].replace("% ", "% of time " if diagnosis.timed else "% of roofline time ", 1)

@@ -77,11 +77,13 @@ def has_work(o: OpRecord) -> bool:
 
 
 def group_ops(profile: Profile, diagnosis: Diagnosis | None = None, *, by: Sequence[str] = KEY_FIELDS,
-              keep: Callable[[OpRecord], bool] = has_work) -> tuple[OpGroup, ...]:
+              keep: Callable[[OpRecord], bool] = has_work,
+              region_of: Callable[[OpRecord], str] | None = None) -> tuple[OpGroup, ...]:
     """Merge ops that repeat across layers, heaviest first.
 
     by: which of KEY_FIELDS make a group (module template, short op name, math class, dtype,
-    outermost region).  keep: which ops take part (default: counted ops that do some work).
+    outermost region, or what `region_of` says: a script's step kind).  keep: which ops take part
+    (default: counted ops that do some work).
     With a diagnosis, a group's seconds are its ops' measured times (or largest floors for a
     count-only profile) and its label the one holding most of that time; without, 0 and "".
     """
@@ -92,9 +94,13 @@ def group_ops(profile: Profile, diagnosis: Diagnosis | None = None, *, by: Seque
     for o in profile.ops:
         if not keep(o):
             continue
-        outer = region_and_ancestors(o.region, profile.regions)
+        if region_of is not None:
+            where = region_of(o)
+        else:
+            outer = region_and_ancestors(o.region, profile.regions)
+            where = outer[0] if outer else ""
         full = {"module": module_template(o.module), "op": o.short_op, "math_class": o.math_class,
-                "dtype": o.dtype, "region": outer[0] if outer else ""}
+                "dtype": o.dtype, "region": where}
         buckets.setdefault(tuple(full[f] for f in by), []).append(o)
     tops = {dict(zip(by, k)).get("region", "") for k in buckets}
     groups = []

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
@@ -40,7 +40,7 @@ class OpRecord(Traffic):
     module: str = ""  # "layers.3.attn.wo"; "" for the root module or no module
     module_type: str = ""  # "Linear"
     region: str = ""  # "decode/attn"
-    phase: str = "forward"  # or "backward"
+    phase: str = "forward"  # or "backward" (autograd's), "optimizer" (inside an optimizer's step)
     device: str = ""
     inputs: tuple[TensorMeta, ...] = ()
     outputs: tuple[TensorMeta, ...] = ()
@@ -74,6 +74,29 @@ class OpRecord(Traffic):
     @property
     def shapes(self) -> str:
         return " ".join(t.short() for t in self.inputs)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a script's run (rooflight.steps): a model call with what it pulled along, or a
+    region the script marked.  Its ops are those of the region `name` (and its sub-regions)."""
+
+    index: int  # 1-based
+    name: str  # the region holding it: "step 3" (or the script's own region, for a marked step)
+    kind: str  # "prefill", "decode", "train", "forward" or "marked"
+    warmup: bool = False  # the first of its kind, with later ones of the same kind
+    headline: bool = True  # counted in the headline (steady state): not a warm-up, or chosen by --steps
+    module: str = ""  # type of the outermost module called ("LlamaForCausalLM")
+    batch: int | None = None  # sequences
+    query_len: int | None = None  # new tokens per sequence (decode: 1)
+    kv_len: int | None = None  # keys each query attends (decode: the context), when known
+    first_op: int = 0
+    last_op: int = 0
+    call_last_op: int = -1  # the last op inside the model call itself (what follows joined the step); -1: marked
+
+    @property
+    def tokens(self) -> int | None:
+        return self.batch * self.query_len if self.batch and self.query_len else None
 
 
 @dataclass(frozen=True)
@@ -172,6 +195,8 @@ class Profile:
     regions: tuple[str, ...] = ()  # region paths in order of first appearance
     params: Mapping[str, Any] = field(default_factory=dict)  # workload parameters (sweep point ...)
     timing: Timing | None = None  # set when mode == "timed"
+    steps: tuple[Step, ...] = ()  # a script's steps (rooflight.steps); () when none were found or looked for
+    notes: tuple[str, ...] = ()  # how it was made, e.g. how the steps were found
 
     # ------------------------------------------------------------------ totals
 
@@ -218,6 +243,24 @@ class Profile:
                 if path not in out:
                     out.append(path)
         return out
+
+    def step_ops(self, step: Step) -> tuple[OpRecord, ...]:
+        return self.select(region=step.name)
+
+    def subset(self, indices: Iterable[int], whole: RegionTiming | None = None) -> "Profile":
+        """The same profile with only the ops `indices` (their indexes kept), the regions they use,
+        and their timing rows; `whole` is the timing row for "" (the subset's whole)."""
+        keep = set(indices)
+        ops = tuple(o for o in self.ops if o.index in keep)
+        used = {o.region for o in ops}
+        regions = tuple(r for r in self.regions if any(u == r or u.startswith(r + "/") for u in used))
+        timing = self.timing
+        if timing is not None:
+            rows = tuple(r for r in timing.regions if r.region in regions)
+            timing = replace(timing, ops=tuple(t for t in timing.ops if t.op_index in keep),
+                             kernels=tuple(k for k in timing.kernels if k.op_index in keep),
+                             regions=((whole,) if whole is not None else ()) + rows)
+        return replace(self, ops=ops, regions=regions, timing=timing, steps=(), notes=())
 
     def select(self, *, region: str | None = None, module: str | None = None) -> tuple[OpRecord, ...]:
         """Ops in a region (and its sub-regions) or a module (and its children)."""
@@ -266,6 +309,7 @@ class Profile:
             "settings": asdict(self.settings), "regions": list(self.regions), "params": dict(self.params),
             "ops": [_op_to_dict(o) for o in self.ops],
             "timing": _timing_to_dict(self.timing) if self.timing is not None else None,
+            "steps": [asdict(st) for st in self.steps], "notes": list(self.notes),
         }
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -293,6 +337,7 @@ class Profile:
                 created=d.get("created", ""), settings=settings, regions=tuple(d.get("regions", ())),
                 params=dict(d.get("params", {})),
                 timing=_timing_from_dict(d["timing"]) if d.get("timing") else None,
+                steps=tuple(Step(**st) for st in d.get("steps", ())), notes=tuple(d.get("notes", ())),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ProfileFormatError(f"profile is corrupt ({type(err).__name__}: {err}); re-create it") from None

@@ -43,6 +43,8 @@ class Options:
     flush_l2: bool = False
     cuda_graph: bool = False
     check: bool = True  # run the workload's correctness check when it has a reference
+    select_steps: tuple[int, int | None] | None = None  # scripts: the steps the headline describes ("2:")
+    single_pass: bool = False  # scripts: run the body once, counted and timed together
 
 
 @dataclass(frozen=True)
@@ -160,17 +162,22 @@ def _run_script(path: Path, argv: Sequence[str]) -> Callable[[], None]:
 
 
 def profile_script(path: Path, argv: Sequence[str], options: Options) -> Result:
-    """Run a script as __main__ under rooflight (its NVTX ranges become regions)."""
+    """Run a script as __main__ under rooflight (its NVTX ranges become regions), cut into setup,
+    steps and teardown (rooflight.steps).  Its body runs once to count (count-only), else
+    warmup + 1 counted + repeats timed times on a GPU (warmup + 2 x repeats on the CPU), or once
+    with single_pass."""
     validate(options)
     if options.device == "meta":
         raise UsageError("a script chooses its own devices: --device meta applies to model files only")
     run = _run_script(path, argv)
+    seg = dict(steps=True, select_steps=options.select_steps)
     with user_code([str(path)], path.name), _regions.nvtx_as_regions():
         if options.count_only:
-            prof = count(run, workload=path.stem)
+            prof = count(run, workload=path.stem, **seg)
         else:
             prof = time_profile(run, warmup=options.warmup, repeats=options.repeats, flush_l2=options.flush_l2,
-                                cuda_graph=options.cuda_graph, workload=path.stem)
+                                cuda_graph=options.cuda_graph, workload=path.stem, single_pass=options.single_pass,
+                                **seg)
     return Result(path.stem, "", {}, replace(prof, params={"argv": " ".join(argv)} if argv else {}))
 
 

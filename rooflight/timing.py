@@ -48,32 +48,59 @@ def _stats(xs: list[float]) -> tuple[float, float, float]:
 
 def profile(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 10, flush_l2: bool = False,
             cuda_graph: bool = False, device: str | None = None, workload: str = "",
-            params: dict | None = None, **kwargs: Any) -> Profile:
+            params: dict | None = None, steps: bool = False, select_steps: tuple[int, int | None] | None = None,
+            single_pass: bool = False, **kwargs: Any) -> Profile:
     """Count and time `fn(*args, **kwargs)`: a Profile whose ops carry measured times.
 
     device: "cuda" or "cpu" says where to take times from; by default the device the workload's
     ops ran on (a workload on CPU tensors is timed on the CPU even where a GPU exists).
+    steps: cut the run into setup, steps and teardown (rooflight.steps).  single_pass: run `fn`
+    once: kernel times from the counted pass itself (host-side times then include the capture's
+    cost, and say so); otherwise it runs warmup + 1 counted + repeats timed times on a GPU,
+    warmup + 2 x repeats on a CPU.
     """
     if repeats < 1 or warmup < 0:
         raise UsageError(f"repeats must be >= 1 and warmup >= 0 (got repeats={repeats}, warmup={warmup})")
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         raise NoGPUError("timing on 'cuda' was asked for, but this machine has no CUDA GPU; "
                          "time on the CPU (--device cpu) or count only (--count-only)")
+    if single_pass and (warmup or cuda_graph or flush_l2):
+        raise UsageError("a single pass runs the workload once: no warm-up runs, no CUDA graph, no L2 flush")
     name = workload or getattr(fn, "__qualname__", type(fn).__name__)
+    seg = dict(steps=steps, select_steps=select_steps)
     for _ in range(warmup):
         fn(*args, **kwargs)
     _sync()
     on_gpu = torch.cuda.is_available() and device != "cpu"
     if on_gpu:
-        counted, trace_labelled = _labelled_pass(fn, args, kwargs)
+        counted, trace_labelled = _labelled_pass(fn, args, kwargs, seg)
         if not counted.device.startswith("cuda") and device is None:
             on_gpu = False  # the workload runs on CPU tensors: time it there
+            if single_pass:
+                raise UsageError("a single pass on the CPU needs device='cpu' from the start (the workload ran "
+                                 "on CPU tensors)")
     if not on_gpu:
         if cuda_graph:
             raise UsageError("cuda_graph needs a workload on a CUDA GPU")
-        return _profile_cpu(fn, args, kwargs, warmup, repeats, name, params)
-    timing = _time_gpu(fn, args, kwargs, counted, trace_labelled, warmup, repeats, flush_l2, cuda_graph)
+        return _profile_cpu(fn, args, kwargs, warmup, 1 if single_pass else repeats, name, params, seg,
+                            single_pass=single_pass)
+    if single_pass:
+        timing = _time_single_pass(counted, trace_labelled)
+    else:
+        timing = _time_gpu(fn, args, kwargs, counted, trace_labelled, warmup, repeats, flush_l2, cuda_graph)
     return replace(counted, workload=name, mode="timed", timing=timing, params=dict(params or {}))
+
+
+SINGLE_PASS_NOTE = ("single pass: the workload ran once, counted and timed together; kernel times are the GPU's "
+                    "own, but host-side times (wall, GPU idle, CPU dispatch) include the capture's per-op cost")
+
+
+def _time_single_pass(counted: Profile, labelled_raw: dict) -> Timing:
+    """Kernel times from the counted pass's own trace (its kernels are labelled with their ops)."""
+    labelled = _trace.parse(labelled_raw)
+    ref = [d for d in labelled.device_events if d.repeat == 0]
+    return aggregate_gpu(labelled, [d.name for d in ref], [d.op_index for d in ref], counted, repeats=1, warmup=0,
+                         notes=[SINGLE_PASS_NOTE], device_name=torch.cuda.get_device_name(torch.cuda.current_device()))
 
 
 def _sync() -> None:
@@ -98,8 +125,8 @@ def _run_profiler(body: Callable[[], None], *, cuda: bool) -> dict:
         os.unlink(path)
 
 
-def _labelled_pass(fn, args, kwargs) -> tuple[Profile, dict]:
-    cap = Capture(label_ops=True)
+def _labelled_pass(fn, args, kwargs, seg: dict) -> tuple[Profile, dict]:
+    cap = Capture(label_ops=True, **seg)
 
     def body():
         with cap, torch.profiler.record_function(f"{_trace.REPEAT_PREFIX}0"):
@@ -171,6 +198,18 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
             "run's idle time uses the plain figure; regions' wall and idle times and CPU dispatch times "
             "include the profiler's per-op cost",))
     return replace(result, plain_wall_seconds=wall)
+
+
+def tile_steps(steps, bounds: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Each step's wall time as the span from its first activity to the next step's first (the
+    last step: to its own last): steps tile the run, so the host's work between two model calls
+    (a decode loop's sampling, an optimizer's bookkeeping) belongs to the step it follows."""
+    timed = [st for st in steps if st.name in bounds]
+    out = {}
+    for st, nxt in zip(timed, timed[1:] + [None]):
+        start, end = bounds[st.name]
+        out[st.name] = (bounds[nxt.name][0] if nxt is not None else end) - start
+    return out
 
 
 def from_traces(counted: Profile, labelled: _trace.Trace, plain: _trace.Trace, *, repeats: int, warmup: int,
@@ -248,6 +287,7 @@ def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int],
             for path in region_and_ancestors(region, counted.regions):
                 groups.setdefault(path, []).append((d.start_us, d.end_us))
         rr = repeat_ranges.get(i)
+        bounds: dict[str, tuple[float, float]] = {}
         for region, spans in groups.items():
             row = region_rows.setdefault(region, {"wall": [], "busy": [], "cpu": []})
             busy = _trace.union_seconds(spans)
@@ -263,8 +303,11 @@ def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int],
                 start, end = min(starts), max(ends)
                 if ann:
                     row["cpu"].append(sum(a.seconds for a in ann))
+            bounds[region] = (start, end)
             row["wall"].append((end - start) * 1e-6)
             row["busy"].append(busy)
+        for name, wall in tile_steps(counted.steps, bounds).items():
+            region_rows[name]["wall"][-1] = wall * 1e-6
     if substituted:
         notes.append(f"{substituted} kernel launches over {repeats} repeats differ from the labelled run's (a "
                      "compiled kernel, or another algorithm, in place of the op's kernels there) and were joined to "
@@ -305,12 +348,31 @@ def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int],
 # ---------------------------------------------------------------------------- CPU
 
 
-def _plain_cpu_walls(fn, args, kwargs, repeats: int) -> dict[str, list[float]]:
-    """Wall time of the whole run and of each region (summed over its entries), without capture."""
+def _plain_cpu_walls(fn, args, kwargs, repeats: int, steps=(), tails: dict[str, float] | None = None
+                     ) -> dict[str, list[float]]:
+    """Wall time of the whole run and of each region (summed over its entries), without capture.
+    With a script's steps, each step's too: two light module hooks time the outermost calls, and a
+    step runs from its call's start to the next step's (the last: its call, plus its tail's op time
+    measured under the capture, `tails`)."""
+    from torch.nn.modules import module as _m
+
     walls: dict[str, list[float]] = {}
+    auto = [st for st in steps if st.kind != "marked" and st.module]
     for _ in range(repeats):
         open_at: dict[str, float] = {}
         spent: dict[str, float] = {}
+        calls: list[tuple[str, float, float]] = []
+        depth = [0]
+
+        def pre(module, *_a) -> None:
+            if depth[0] == 0:
+                calls.append((type(module).__name__, time.perf_counter(), 0.0))
+            depth[0] += 1
+
+        def post(module, *_a) -> None:
+            depth[0] -= 1
+            if depth[0] == 0 and calls:
+                calls[-1] = (calls[-1][0], calls[-1][1], time.perf_counter())
 
         def listener(path: str, enter: bool) -> None:
             now = time.perf_counter()
@@ -320,18 +382,28 @@ def _plain_cpu_walls(fn, args, kwargs, repeats: int) -> dict[str, list[float]]:
                 spent[path] = spent.get(path, 0.0) + now - open_at.pop(path, now)
 
         _regions.LISTENERS.append(listener)
+        hooks = [_m.register_module_forward_pre_hook(pre), _m.register_module_forward_hook(post, always_call=True)] \
+            if auto else []
         try:
             t0 = time.perf_counter()
             fn(*args, **kwargs)
             spent[""] = time.perf_counter() - t0
         finally:
             _regions.LISTENERS.remove(listener)
+            for h in hooks:
+                h.remove()
+        mine = [c for c in calls if c[0] == auto[0].module] if auto else []
+        if auto and len(mine) == len(auto):
+            for k, (st, c) in enumerate(zip(auto, mine)):
+                nxt = mine[k + 1][1] if k + 1 < len(mine) else None
+                spent[st.name] = (nxt - c[1]) if nxt is not None else (c[2] - c[1]) + (tails or {}).get(st.name, 0.0)
         for path, sec in spent.items():
             walls.setdefault(path, []).append(sec)
     return walls
 
 
-def _profile_cpu(fn, args, kwargs, warmup: int, repeats: int, name: str, params: dict | None) -> Profile:
+def _profile_cpu(fn, args, kwargs, warmup: int, repeats: int, name: str, params: dict | None, seg: dict,
+                 single_pass: bool = False) -> Profile:
     """Each repeat runs under a capture that times every op's wall time (its own bookkeeping
     stays outside the timed spans), so times and costs line up op for op."""
     counted: Profile | None = None
@@ -340,7 +412,7 @@ def _profile_cpu(fn, args, kwargs, warmup: int, repeats: int, name: str, params:
     notes: list[str] = ["CPU results: wall time of each op on the host CPU, not GPU kernel time"]
     skipped = 0
     for _ in range(repeats):
-        cap = Capture(time_ops=True)
+        cap = Capture(time_ops=True, **seg)
         t0 = time.perf_counter()
         with cap:
             fn(*args, **kwargs)
@@ -361,14 +433,25 @@ def _profile_cpu(fn, args, kwargs, warmup: int, repeats: int, name: str, params:
             groups[""].append((s, e))
             for path in region_and_ancestors(o.region, prof.regions):
                 groups.setdefault(path, []).append((s, e))
+        bounds = {}
         for region, spans in groups.items():
             row = region_rows.setdefault(region, {"wall": [], "busy": []})
-            row["wall"].append(wall if region == "" else max(e for _, e in spans) - min(s for s, _ in spans))
+            bounds[region] = (min(s for s, _ in spans), max(e for _, e in spans)) if spans else (t0, t0)
+            row["wall"].append(wall if region == "" else bounds[region][1] - bounds[region][0])
             row["busy"].append(sum(e - s for s, e in spans))
+        for name, step_wall in tile_steps(prof.steps, bounds).items():
+            region_rows[name]["wall"][-1] = step_wall
     if skipped:
         notes.append(f"the op sequence changed in {skipped} of {repeats} repeats; those are left out")
     # wall times from plain runs (no capture): the capture's own work must not look like idle time
-    plain = _plain_cpu_walls(fn, args, kwargs, repeats)
+    tails = {}
+    if counted.steps:  # the last step's ops after its model call returned (its backward, optimizer ...)
+        last = counted.steps[-1]
+        tails[last.name] = sum(statistics.median(per_op[o.index]) for o in counted.ops
+                               if last.call_last_op < o.index <= last.last_op and o.index in per_op)
+    plain = {} if single_pass else _plain_cpu_walls(fn, args, kwargs, repeats, counted.steps, tails)
+    if single_pass:
+        notes.append(SINGLE_PASS_NOTE.replace("kernel times are the GPU's own", "op times are timed one by one"))
     for region, walls in plain.items():
         if region in region_rows:
             region_rows[region]["wall"] = walls

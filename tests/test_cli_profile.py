@@ -61,7 +61,10 @@ def test_profile_plain_script_with_arguments_regions_and_nvtx(tmp_path):
                   "--", "--size", "48", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     prof = json.loads((tmp_path / "out" / "plain_script.json").read_text())
-    assert prof["regions"] == ["matmul", "activation"]  # rooflight.region and an NVTX range
+    # rooflight.region and an NVTX range are the script's own marks, its steps; what ran before them
+    # (building the input) is its setup (rooflight.steps)
+    assert prof["regions"] == ["setup", "matmul", "activation"]
+    assert [(s["name"], s["kind"]) for s in prof["steps"]] == [("matmul", "marked"), ("activation", "marked")]
     mm = [o for o in prof["ops"] if o["op"].startswith("aten::mm")]
     assert mm and mm[0]["inputs"][0][0] == [48, 48]  # the script saw its own argument
     assert prof["params"] == {"argv": "--size 48"}

@@ -10,14 +10,15 @@ import typer
 from rich.markup import escape as esc
 
 from .. import api
-from ..classify import summary
 from ..errors import RooflightError, UsageError
 from ..files import check_files, parse_formats, write_files
 from ..render.charts import figure_bytes, roofline_of
 from ..render.html import report_html
 from ..render.projection import projection_html
+from ..render.steps import headline_text, phase_summary, steps_table, summary_lines
 from ..render.tables import groups_table
 from ..runner import Options, default_device, profile_script, profile_workloads
+from ..steps import parse_select
 from ..workloads import declares_workloads, load_model_file, parse_assignments, parse_dtype
 from .common import (ForceOption, HwDirOption, NoSweepOption, ParamOption, SweepOption, console, database,
                      handles_errors, progress)
@@ -52,6 +53,11 @@ def profile_cmd(
     flush_l2: bool = typer.Option(False, "--flush-l2", help="Flush L2 before each timed run (cold cache)."),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="Time the workload replayed as a CUDA graph."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the workloads' correctness checks."),
+    steps: Optional[str] = typer.Option(None, "--steps", metavar="N|A:B|A:",
+                                        help="Scripts: the steps the headline describes, 1-based and inclusive "
+                                             "(default: all but the first of each kind, the warm-up)."),
+    single_pass: bool = typer.Option(False, "--single-pass", help="Scripts: run the body once, counted and timed "
+                                                                  "together (for scripts with side effects)."),
     force: bool = ForceOption,
     hw_dir: Optional[List[Path]] = HwDirOption,
 ) -> None:
@@ -62,6 +68,14 @@ def profile_cmd(
     rooflight profile kernels/gemm.py --sweep m=1,64,4096      # choose the points
     rooflight profile kernels/llama.py --param config=llama-2-7b --device meta --count-only
     rooflight profile train.py -- --steps 10                   # a plain script, its arguments after --
+    rooflight profile generate.py --steps 3:                   # the headline: steps 3 onward
+
+    A script's body runs once to count it (--count-only); timed, it runs 1 + --repeats times
+    (1 counted pass, then timed passes; default --repeats 1, so twice) on a GPU, 2 x --repeats on
+    the CPU, plus any --warmup runs; --single-pass runs it once (kernel times from that pass, host
+    times inflated by the capture, and said so).  Its run is cut into setup, steps (each call of
+    the model, with what follows it: loss, backward, optimizer) and teardown; the headline
+    describes the steps, not the setup.
     """
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
@@ -74,11 +88,15 @@ def profile_cmd(
     opts = Options(device=dev, count_only=count_only or dev == "meta",
                    warmup=warmup if warmup is not None else (3 if is_model else 0),
                    repeats=repeats if repeats is not None else (10 if is_model else 1),
-                   dtype=parse_dtype(dtype), flush_l2=flush_l2, cuda_graph=cuda_graph, check=not no_check)
+                   dtype=parse_dtype(dtype), flush_l2=flush_l2, cuda_graph=cuda_graph, check=not no_check,
+                   select_steps=parse_select(steps) if steps else None, single_pass=single_pass)
     con = console()
     if is_model:
         if script_args:
             raise UsageError("arguments after -- are for scripts; a model file takes --param NAME=VALUE and --sweep")
+        if steps or single_pass:
+            raise UsageError("--steps and --single-pass apply to scripts; each workload point of a model file is "
+                             "one step already")
         workloads = load_model_file(file)
         if workload:
             known = {w.name for w in workloads}
@@ -96,6 +114,8 @@ def profile_cmd(
         for flag, value in (("--param", param), ("--sweep", sweep), ("--workload", workload), ("--dtype", dtype)):
             if value:
                 raise UsageError(f"{flag} applies to model files with @rooflight.workload; {file.name} is a script")
+        if single_pass and (warmup or repeats not in (None, 1)):
+            raise UsageError("--single-pass runs the script once: drop --warmup and --repeats")
         with progress("running") as bar:
             bar.add_task(file.name, total=None)
             results = [profile_script(file, script_args or [], opts)]
@@ -115,8 +135,15 @@ def print_summary(con, r, a) -> None:
     """One workload point in the terminal: its summaries, heaviest groups, first advice, check, notes."""
     head = f"[bold]{esc(r.workload)}[/bold]{esc(' [' + r.label + ']') if r.label else ''}"
     con.print(f"\n{head} on {esc(a.spec.name if a.spec else a.ceilings.name)}")
-    for region in a.diagnosis.regions:
-        con.print("  " + esc(summary(a.diagnosis, region)))
+    scope = headline_text(a)
+    if scope:
+        con.print(f"  [dim]{esc(scope)}[/dim]")
+    for line in summary_lines(a):
+        con.print("  " + esc(line))
+    if a.profile.steps:
+        for line in phase_summary(a):
+            con.print("  " + esc(line))
+        con.print(steps_table(a))
     con.print(groups_table(a))
     if a.advice:
         con.print(f"  advice: [bold]{esc(a.advice[0].recommendation)}[/bold] — {esc(a.advice[0].effect)}")
@@ -165,8 +192,8 @@ def report_cmd(
             files[target.with_suffix(f".{fmt}")] = figure_bytes(fig, fmt)
     written = write_files(files, force=force)
     con = console()
-    for region in a.diagnosis.regions:
-        con.print(esc(summary(a.diagnosis, region)))
+    for line in summary_lines(a):
+        con.print(esc(line))
     for n in a.notes:
         con.print(f"[dim]note: {esc(n)}[/dim]")
     for p in written:

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from ..errors import UsageError
 from ..math_class import MathClass
+from ..steps import summary_regions
 from ..units import fmt_bandwidth, fmt_flops_rate
 
 # one colour per label, readable for the common colour-vision deficiencies (Okabe-Ito)
@@ -293,7 +294,8 @@ def time_by_label_of(analysis, *, top_regions: int = 12) -> Figure:
     """Stacked bars of time by label: the whole run, then each region."""
     d = analysis.diagnosis
     rows = []
-    for name, r in list(d.regions.items())[: top_regions + 1]:
+    for name in summary_regions(analysis.profile, d)[: top_regions + 1]:
+        r = d.regions[name]
         vals = {str(k): v for k, v in r.seconds_by_label.items() if v > 0}
         if r.idle_seconds > 0:  # show idle apart from the overhead-bound ops it is counted with
             vals["overhead-bound"] = max(vals.get("overhead-bound", 0.0) - r.idle_seconds, 0.0)

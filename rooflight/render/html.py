@@ -14,9 +14,11 @@ import math
 from typing import Iterable, Sequence
 
 from .._version import __version__
-from ..classify import Label, summary
+from ..classify import Label
 from ..units import fmt_bandwidth, fmt_bytes, fmt_flops, fmt_flops_rate, fmt_seconds
 from .charts import figure_bytes, roofline_of, time_by_label_of
+from .steps import (headline_text, phase_summary, setup_html, steps_figure, steps_table_html, summary_lines,
+                    summary_regions)
 
 e = html.escape
 
@@ -62,6 +64,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .controls{margin:6px 0;display:flex;gap:10px;align-items:center} input,select{font:inherit;padding:3px 6px}
 code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;word-break:break-all}
 .scroll{max-height:720px;overflow:auto;border:1px solid #eee}
+tr.dim td{color:#888}
 """
 
 _JS = """
@@ -128,11 +131,26 @@ def _ceilings_rows(a) -> str:
             f"<th class=n>ratio</th></tr></thead><tbody>{out}</tbody></table>")
 
 
+def _steps_sections(a) -> list[str]:
+    """The steps of a script: their table and chart, prefill against decode, setup and teardown."""
+    if not a.profile.steps:
+        return []
+    fig = steps_figure(a)
+    phases = "".join(f"<li>{e(x)}</li>" for x in phase_summary(a))
+    out = ["<h2>Steps</h2>", f"<ul>{phases}</ul>" if phases else "",
+           f"<div class=charts>{img(fig, 'time per step')}</div>" if fig is not None else "", steps_table_html(a)]
+    setup = setup_html(a)
+    if setup:
+        out += ["<h2>Setup and teardown</h2>", setup]
+    return out
+
+
 def _label_table(a) -> str:
     d = a.diagnosis
     head = "".join(f"<th class=n>{e(str(lab))}</th>" for lab in Label)
     rows = []
-    for name, r in d.regions.items():
+    for name in summary_regions(a):
+        r = d.regions[name]
         total = r.total_seconds
         cells = "".join(f"<td class=n data-v='{_num(r.seconds_by_label[lab])}'>"
                         f"{e(fmt_seconds(r.seconds_by_label[lab]))} ({_pct(r.fraction(lab))})</td>" for lab in Label)
@@ -237,7 +255,7 @@ def report_html(a, *, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
     else:
         mode = f"counted only on {p.device_name or p.device}: no timing, labels predicted from the roofline"
     params = ", ".join(f"{k}={v}" for k, v in p.params.items())
-    sentences = "".join(f"<li>{e(summary(a.diagnosis, r))}</li>" for r in a.diagnosis.regions)
+    sentences = "".join(f"<li>{e(line)}</li>" for line in summary_lines(a))
     hw = a.spec.name if a.spec is not None else a.ceilings.name
     head = (f"<h1>rooflight report: {e(p.workload or 'workload')}</h1>"
             f"<div class=meta>{e(mode)}<br>held against: <b>{e(hw)}</b> ({e(a.ceilings.source)} roofs)"
@@ -245,12 +263,14 @@ def report_html(a, *, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
             f"{e(fmt_flops(p.total_flops))}, {e(fmt_bytes(p.total_bytes))} of device-memory traffic, "
             f"intensity {e(_intensity(p.intensity))} FLOP/B · torch {e(p.torch_version)} · "
             f"rooflight {e(p.rooflight_version or __version__)} · {e(p.created)}</div>")
+    scope = headline_text(a)
     body = [
         head, _notes(a.notes),
-        "<h2>Summary</h2>", f"<ul>{sentences}</ul>", _label_table(a),
+        "<h2>Summary</h2>", f"<p class=meta>{e(scope)}</p>" if scope else "", f"<ul>{sentences}</ul>", _label_table(a),
         "<h2>Hardware</h2>", _ceilings_rows(a),
         "<h2>Roofline</h2>", f"<div class=charts>{img(roofline_of(a), 'roofline chart')}"
                              f"{img(time_by_label_of(a), 'time by label and region')}</div>",
+        *_steps_sections(a),
         "<h2>Advice for the heaviest ops</h2>", _advice(a),
         "<h2>Op groups (the same op at the same place of every layer)</h2>", _groups_table(a),
     ]
@@ -271,7 +291,7 @@ def page(title: str, body: str, *, script: bool = False) -> str:
 
 def summary_html(a, *, chart: bool = True) -> str:
     """A compact summary for notebooks: the sentences, the label table and the roofline."""
-    sentences = "".join(f"<li>{e(summary(a.diagnosis, r))}</li>" for r in a.diagnosis.regions)
+    sentences = "".join(f"<li>{e(line)}</li>" for line in summary_lines(a))
     chart_img = img(roofline_of(a), "roofline chart") if chart else ""
     notes = _notes(a.notes)
     return (f"<div class=rooflight><style>{CSS.replace('body{', '.rooflight{')}</style>"

@@ -1,0 +1,274 @@
+"""Steps: a script's run cut into setup, steps and teardown, so that the headline describes the work.
+
+A script builds a model (setup: weight initialisation, host-to-device copies), then runs it a few
+times (the steps), then prints or saves (teardown).  The capture records where each outermost
+`nn.Module` call (one not made from inside another module's forward) starts and ends, the
+`torch.cuda.profiler.start()/stop()` marks (the capture range nsys and ncu users already put in
+scripts), and which ops ran under autograd's backward or an optimizer's step.  `segment` turns
+that into steps, by these rules, in order:
+
+1. explicit marks win: ops outside the profiler's start/stop ranges are setup (before the first
+   range), teardown (after the last) or "outside the capture range"; user regions
+   (`rooflight.region`, NVTX ranges) inside the scope are the steps themselves (kind "marked",
+   each outermost region one step, its ops keep their regions);
+2. otherwise the steps are the calls of the step module, the module called most often at the
+   outermost level (the first of them on a tie): a Hugging Face `generate()` calls the model once
+   per token, a training loop once per iteration.  Everything between two calls joins the step it
+   follows (the loss, `backward()`, the optimizer's step, a decode loop's sampling), so a
+   training iteration is one step; after the last call, its backward and optimizer ops and as many
+   ops as the longest gap between earlier calls join it, the rest is teardown;
+3. a step is "train" when it runs backward or optimizer ops; else, by its attention (or its
+   embedding lookup), "decode" when its query length is 1, "prefill" when longer and later steps
+   decode, "forward" otherwise; "marked" for marked steps and capture ranges with no module call;
+4. the first step of each kind is warm-up (compile, autotune, library initialisation) when a later
+   step of the same kind exists; a step alone of its kind stays in.  `select` (e.g. "2:") chooses
+   the headline's steps instead.
+
+Ops of auto steps, setup and teardown get a region prefix (`step 3`, `setup`, `teardown`), so
+every region table, timing row and chart downstream sees them as regions.  Pure: no torch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+from .errors import UsageError
+from .profile_data import OpRecord, Step, region_and_ancestors
+
+SETUP = "setup"
+TEARDOWN = "teardown"
+OUTSIDE = "outside the capture range"
+UNMARKED = "unmarked"
+STEADY = "steady state"  # the headline region of a run with steps (rooflight.analysis)
+
+_ATTENTION = ("scaled_dot_product", "flash_attention", "efficient_attention", "cudnn_attention", "flex_attention")
+
+
+@dataclass(frozen=True)
+class TopCall:
+    """One outermost module call, as the capture saw it: ops [start, end)."""
+
+    module_id: int
+    module_type: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    ops: tuple[OpRecord, ...]
+    regions: tuple[str, ...]
+    steps: tuple[Step, ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def summary_regions(profile, diagnosis) -> list[str]:
+    """The regions a summary lists: without steps, every region in order; with steps, the headline
+    (and one per kind of step in it), the whole run, setup and teardown, the user's own regions;
+    never every step one by one (they have their own table)."""
+    if not profile.steps:
+        return list(diagnosis.regions)
+    names = {s.name for s in profile.steps}
+    apart = (SETUP, TEARDOWN, OUTSIDE, UNMARKED)
+    out = [r for r in diagnosis.regions if r == STEADY or r.startswith(STEADY + ": ")] + [""]
+    out += [r for r in apart if r in diagnosis.regions]
+    out += [r for r in diagnosis.regions if r not in out and r not in names
+            and not any(r.startswith(n + "/") for n in names) and not r.startswith(tuple(p + "/" for p in apart))]
+    return out
+
+
+def parse_select(text: str) -> tuple[int, int | None]:
+    """"3" -> steps 3..3; "2:" -> 2 onward; "2:5" -> 2..5; ":4" -> 1..4 (1-based, inclusive)."""
+    t = str(text).strip()
+    m = re.fullmatch(r"(\d*)(:?)(\d*)", t)
+    if not t or not m or (not m.group(2) and not m.group(1)):
+        raise UsageError(f"--steps {text!r}: give a step or a range, e.g. 3, 2: or 2:5 (1-based, inclusive)")
+    lo = int(m.group(1)) if m.group(1) else 1
+    hi = (int(m.group(3)) if m.group(3) else None) if m.group(2) else lo
+    if lo < 1 or (hi is not None and hi < lo):
+        raise UsageError(f"--steps {text!r}: steps count from 1 and a range runs upward, e.g. 2:5")
+    return lo, hi
+
+
+def _prefixed(prefix: str, region: str) -> str:
+    return f"{prefix}/{region}" if region else prefix
+
+
+def _shape_facts(ops: Sequence[OpRecord]) -> tuple[int | None, int | None, int | None]:
+    """(batch, query length, KV length) of a step: from its first attention op, else its first
+    embedding lookup (no KV length then)."""
+    for o in ops:
+        if any(a in o.op for a in _ATTENTION) and len(o.inputs) >= 2 and o.inputs[0].ndim >= 3:
+            q, k = o.inputs[0], o.inputs[1]
+            if "_flash_attention_forward" in o.op and q.ndim == 4:  # [B, S, H, D]
+                return q.shape[0], q.shape[1], k.shape[1]
+            return math.prod(q.shape[:-3]) if q.ndim >= 4 else 1, q.shape[-2], k.shape[-2]
+    # a materialized attention: the softmax over [B, H, Sq, Sk] scores
+    scores = next((o.inputs[0] for o in ops if o.short_op in ("softmax", "_softmax", "_safe_softmax")
+                   and o.inputs and o.inputs[0].ndim >= 4), None)
+    for o in ops:
+        if o.short_op in ("embedding", "embedding_bag") and len(o.inputs) >= 2 and o.inputs[1].ndim >= 1:
+            ids = o.inputs[1]
+            kv = scores.shape[-1] if scores is not None and scores.shape[-2] == ids.shape[-1] else None
+            return math.prod(ids.shape[:-1]) if ids.ndim >= 2 else 1, ids.shape[-1], kv
+    if scores is not None:
+        return math.prod(scores.shape[:-3]), scores.shape[-2], scores.shape[-1]
+    return None, None, None
+
+
+def _kinds(groups: Sequence[Sequence[OpRecord]]) -> list[tuple[str, int | None, int | None, int | None]]:
+    facts = []
+    for ops in groups:
+        train = any(o.phase in ("backward", "optimizer") for o in ops)
+        facts.append((train, *_shape_facts(ops)))
+    out = []
+    for i, (train, b, q, kv) in enumerate(facts):
+        if train:
+            kind = "train"
+        elif q == 1:
+            kind = "decode"
+        elif q is not None and any(f[2] == 1 and not f[0] for f in facts[i + 1:]):
+            kind = "prefill"
+        else:
+            kind = "forward"
+        out.append((kind, b, q, kv))
+    return out
+
+
+def _warmups(kinds: Sequence[str]) -> list[bool]:
+    seen: dict[str, int] = {}
+    total = Counter(kinds)
+    out = []
+    for k in kinds:
+        seen[k] = seen.get(k, 0) + 1
+        out.append(seen[k] == 1 and total[k] > 1)
+    return out
+
+
+def _in_ranges(n: int, ranges: Sequence[tuple[int, int | None]]) -> list[bool]:
+    inside = [not ranges] * n
+    for a, b in ranges:
+        for i in range(max(a, 0), min(n if b is None else b, n)):
+            inside[i] = True
+    return inside
+
+
+def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[TopCall],
+            ranges: Sequence[tuple[int, int | None]] = (), *, select: tuple[int, int | None] | None = None
+            ) -> Segmentation:
+    """Cut a script's ops into setup, steps and teardown (rules in the module doc)."""
+    n = len(ops)
+    if n == 0:
+        return Segmentation(tuple(ops), tuple(regions), (), ("no op ran: nothing to segment",))
+    inside = _in_ranges(n, ranges)
+    first_in = next((i for i in range(n) if inside[i]), None)
+    if first_in is None:
+        return Segmentation(tuple(ops), tuple(regions), (), (
+            "the script's torch.cuda.profiler.start()/stop() range holds no op: the whole run is shown",))
+    last_in = max(i for i in range(n) if inside[i])
+    label: list[str | None] = [None] * n  # the segment prefix of each op (None: a marked step's own region)
+    steps: list[Step] = []
+    notes: list[str] = []
+
+    marked = [r for r in dict.fromkeys(ops[i].region for i in range(n) if inside[i] and ops[i].region)]
+    outer = [r for r in marked if not any(r != o and r.startswith(o + "/") for o in marked)]
+    if outer:
+        # explicit user regions are the steps; unmarked ops in scope are set apart
+        seen_first = min(i for i in range(n) if inside[i] and ops[i].region)
+        seen_last = max(i for i in range(n) if inside[i] and ops[i].region)
+        for i in range(n):
+            if inside[i] and ops[i].region:
+                continue
+            label[i] = SETUP if i < seen_first else TEARDOWN if i > seen_last else (
+                UNMARKED if inside[i] else OUTSIDE)
+        for k, r in enumerate(outer, 1):
+            members = [o for o in ops if o.region == r or o.region.startswith(r + "/")]
+            b, q, kv = _shape_facts(members)
+            steps.append(Step(k, r, "marked", False, True, "", b, q, kv, members[0].index, members[-1].index))
+        notes.append(f"steps are the script's own marks ({', '.join(outer[:4])}{' ...' if len(outer) > 4 else ''})")
+    else:
+        cand = [c for c in calls if c.end > c.start and inside[c.start] and inside[c.end - 1]]
+        if cand:
+            counts = Counter(c.module_id for c in cand)
+            top = max(counts.values())
+            module_id = next(c.module_id for c in cand if counts[c.module_id] == top)
+            chosen = [c for c in cand if c.module_id == module_id]
+            bounds: list[tuple[int, int]] = []
+            gaps = [b.start - a.end for a, b in zip(chosen, chosen[1:])]
+            for a, b in zip(chosen, chosen[1:]):
+                bounds.append((a.start, b.start))
+            last = chosen[-1]
+            tail = list(range(last.end, last_in + 1))
+            keep = min(len(tail), max(gaps, default=0))
+            joined = [i for i in tail if ops[i].phase in ("backward", "optimizer")]
+            end = max([last.end + keep] + [i + 1 for i in joined])
+            bounds.append((last.start, end))
+            for k, (a, b) in enumerate(bounds, 1):
+                for i in range(a, b):
+                    label[i] = f"step {k}"
+            for i in range(n):
+                if label[i] is None:
+                    label[i] = (SETUP if i < chosen[0].start else TEARDOWN if i >= end else OUTSIDE)
+            groups = [[ops[i] for i in range(a, b)] for a, b in bounds]
+            for k, ((a, b), (kind, bt, q, kv), c) in enumerate(zip(bounds, _kinds(groups), chosen), 1):
+                steps.append(Step(k, f"step {k}", kind, False, True, chosen[0].module_type, bt, q, kv, a, b - 1,
+                                  c.end - 1))
+            if len(cand) > len(chosen):
+                others = sorted({c.module_type for c in cand if c.module_id != module_id})
+                notes.append(f"steps are the {len(chosen)} calls of {chosen[0].module_type}; the outermost calls of "
+                             f"{', '.join(others)} between them join the step they follow")
+        elif ranges:
+            for i in range(n):
+                label[i] = (SETUP if i < first_in else TEARDOWN if i > last_in else None if inside[i] else OUTSIDE)
+            k = 0
+            i = first_in
+            while i <= last_in:
+                if not inside[i]:
+                    i += 1
+                    continue
+                j = i
+                while j + 1 <= last_in and inside[j + 1]:
+                    j += 1
+                k += 1
+                for x in range(i, j + 1):
+                    label[x] = f"step {k}"
+                b, q, kv = _shape_facts(ops[i:j + 1])
+                steps.append(Step(k, f"step {k}", "marked", False, True, "", b, q, kv, i, j))
+                i = j + 1
+        else:
+            return Segmentation(tuple(ops), tuple(regions), (), (
+                "no steps found (no nn.Module was called, and no torch.cuda.profiler.start()/stop() or "
+                "rooflight.region marks): the headline describes the whole run, setup included",))
+
+    # warm-up and the headline's steps
+    warm = _warmups([s.kind for s in steps])
+    sel = None
+    if select is not None:
+        lo, hi = select
+        if lo > len(steps):
+            raise UsageError(f"--steps {lo}{':' if hi != lo else ''}{hi or '' if hi != lo else ''}: the run has "
+                             f"{len(steps)} step{'s' if len(steps) != 1 else ''}")
+        sel = [lo <= s.index <= (hi if hi is not None else len(steps)) for s in steps]
+    steps = [replace(s, warmup=w, headline=(sel[i] if sel is not None else not w))
+             for i, (s, w) in enumerate(zip(steps, warm))]
+
+    new_ops = tuple(o if label[i] is None else replace(o, region=_prefixed(label[i], o.region))
+                    for i, o in enumerate(ops))
+    new_regions: list[str] = []
+    for i, o in enumerate(ops):
+        if label[i] is None:
+            chain = region_and_ancestors(o.region, regions)
+        else:
+            chain = [label[i]] + [_prefixed(label[i], r) for r in region_and_ancestors(o.region, regions)]
+        for r in chain:
+            if r not in new_regions:
+                new_regions.append(r)
+    return Segmentation(new_ops, tuple(new_regions), tuple(steps), tuple(notes))
+
+
+__all__ = ["OUTSIDE", "SETUP", "STEADY", "Segmentation", "TEARDOWN", "TopCall", "UNMARKED", "parse_select", "segment",
+           "summary_regions"]

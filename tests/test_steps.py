@@ -1,0 +1,222 @@
+"""A script's run cut into setup, steps and teardown (rooflight.steps): the rules on made-up op
+sequences, then `rooflight profile` driven as a subprocess on scripts written the way users write
+them, Hugging Face models built from small configs (no downloads) among them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rooflight.costs.model import TensorMeta
+from rooflight.errors import UsageError
+from rooflight.profile_data import OpRecord, Profile
+from rooflight.steps import SETUP, STEADY, TEARDOWN, TopCall, parse_select, segment
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "tests" / "examples"
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+needs_transformers = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers is not installed (test extra)")
+
+
+def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "rooflight", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def ops(spec: str) -> list[OpRecord]:
+    """One op per letter: m = a matmul, b = a backward op, o = an optimizer op, a = attention."""
+    out = []
+    for i, ch in enumerate(spec):
+        phase = {"b": "backward", "o": "optimizer"}.get(ch, "forward")
+        out.append(OpRecord(i, "aten::mm.default", phase=phase, flops={"fp32": 1.0}, bytes_read=1.0))
+    return out
+
+
+def attention(i: int, q: int, k: int) -> OpRecord:
+    # q: [B=2, H=4, q, 16], k: [2, 4, k, 16]
+    return OpRecord(i, "aten::scaled_dot_product_attention", inputs=(
+        TensorMeta.contiguous((2, 4, q, 16), "bfloat16"), TensorMeta.contiguous((2, 4, k, 16), "bfloat16")))
+
+
+# ---------------------------------------------------------------------------- the rules
+
+
+def test_a_training_loop_is_one_step_per_iteration():
+    # setup (2 ops), then 3 x [model call: 2 ops, loss module: 1 op, backward 2, optimizer 1], then teardown 1
+    seq = ops("mm" + "mmmbbo" * 3 + "m")
+    calls = []
+    for it in range(3):
+        s = 2 + 6 * it
+        calls += [TopCall(1, "Model", s, s + 2), TopCall(2, "CrossEntropyLoss", s + 2, s + 3)]
+    seg = segment(seq, (), calls)
+    assert [s.kind for s in seg.steps] == ["train"] * 3
+    regions = [o.region for o in seg.ops]
+    assert regions[:2] == [SETUP] * 2 and regions[-1] == TEARDOWN
+    assert regions[2:8] == ["step 1"] * 6 and regions[14:20] == ["step 3"] * 6  # backward and optimizer joined
+    assert [s.warmup for s in seg.steps] == [True, False, False] and [s.headline for s in seg.steps] == [False, True, True]
+    assert seg.regions == (SETUP, "step 1", "step 2", "step 3", TEARDOWN)
+    assert "CrossEntropyLoss" in seg.notes[0]  # the other module's calls joined the model's steps
+
+
+def test_generate_is_a_prefill_then_decodes_with_their_kv_length():
+    # a prompt of 8 tokens, then 3 decode steps attending 9, 10, 11 keys; 1 sampling op between calls
+    seq = [attention(0, 8, 8), OpRecord(1, "aten::argmax.default"), attention(2, 1, 9),
+           OpRecord(3, "aten::argmax.default"), attention(4, 1, 10), OpRecord(5, "aten::argmax.default"),
+           attention(6, 1, 11), OpRecord(7, "aten::argmax.default"), OpRecord(8, "aten::cat.default"),
+           OpRecord(9, "aten::print")]
+    calls = [TopCall(7, "LlamaForCausalLM", i, i + 1) for i in (0, 2, 4, 6)]
+    seg = segment(seq, (), calls)
+    kinds = [(s.kind, s.batch, s.query_len, s.kv_len) for s in seg.steps]
+    assert kinds == [("prefill", 2, 8, 8), ("decode", 2, 1, 9), ("decode", 2, 1, 10), ("decode", 2, 1, 11)]
+    assert seg.steps[0].tokens == 16 and seg.steps[1].tokens == 2
+    # the prefill is alone of its kind: it stays in; the first decode is the warm-up
+    assert [s.headline for s in seg.steps] == [True, False, True, True]
+    # after the last call, as many ops as the longest gap (1) join it; the rest is teardown
+    assert [o.region for o in seg.ops][7:] == ["step 4", TEARDOWN, TEARDOWN]
+
+
+def test_choosing_the_headline_steps():
+    seq = ops("m" * 6)
+    calls = [TopCall(1, "M", i, i + 1) for i in range(6)]
+    seg = segment(seq, (), calls, select=parse_select("2:4"))
+    assert [s.index for s in seg.steps if s.headline] == [2, 3, 4]
+    assert parse_select("3") == (3, 3) and parse_select("2:") == (2, None) and parse_select(":4") == (1, 4)
+    for bad in ("", "x", "0", "5:2", "1:2:3"):
+        with pytest.raises(UsageError, match="--steps"):
+            parse_select(bad)
+    with pytest.raises(UsageError, match="has 6 steps"):
+        segment(seq, (), calls, select=(9, None))
+
+
+def test_explicit_marks_win():
+    # torch.cuda.profiler.start() before op 2, stop() before op 5: one marked step, no module called
+    seq = ops("mmmmmmm")
+    seg = segment(seq, (), (), ranges=[(2, 5)])
+    assert [o.region for o in seg.ops] == [SETUP] * 2 + ["step 1"] * 3 + [TEARDOWN] * 2
+    assert seg.steps[0].kind == "marked"
+    # the user's own regions are the steps; unmarked ops before and after are setup and teardown
+    marked = [OpRecord(i, "aten::mm.default", region=r) for i, r in enumerate(["", "decode", "decode", "", "save"])]
+    seg = segment(marked, ("decode", "save"), [TopCall(1, "M", 1, 3)])
+    assert [s.name for s in seg.steps] == ["decode", "save"] and all(s.kind == "marked" for s in seg.steps)
+    assert [o.region for o in seg.ops] == [SETUP, "decode", "decode", "unmarked", "save"]
+
+
+def test_no_steps_says_so_and_keeps_the_whole_run():
+    seq = ops("mmm")
+    seg = segment(seq, (), ())
+    assert seg.steps == () and [o.region for o in seg.ops] == ["", "", ""]
+    assert "no steps found" in seg.notes[0]
+
+
+def test_steps_round_trip_through_json():
+    seg = segment(ops("mmmm"), (), [TopCall(1, "M", 1, 2), TopCall(1, "M", 2, 3)])
+    p = Profile(seg.ops, regions=seg.regions, steps=seg.steps, notes=seg.notes)
+    q = Profile.from_json(p.to_json())
+    assert q.steps == p.steps and q.notes == p.notes and q.regions == p.regions
+
+
+# ---------------------------------------------------------------------------- scripts as users write them
+
+
+@needs_transformers
+def test_hf_generate_finds_one_prefill_and_the_decodes(tmp_path):
+    r = cli("profile", str(EXAMPLES / "hf_generate.py"), "--count-only", "--format", "json", "-o", "out", "--",
+            "--new-tokens", "5", "--prompt", "12", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads((tmp_path / "out" / "hf_generate.json").read_text())
+    steps = prof["steps"]
+    assert [s["kind"] for s in steps] == ["prefill"] + ["decode"] * 4
+    assert [s["query_len"] for s in steps] == [12, 1, 1, 1, 1]
+    assert [s["kv_len"] for s in steps] == [12, 13, 14, 15, 16]  # the new token attends the cache and itself
+    assert all(s["module"] == "LlamaForCausalLM" for s in steps)
+    setup = [o for o in prof["ops"] if o["region"] == "setup"]
+    assert setup and all(o["region"] != "setup" for o in prof["ops"] if o["module"].startswith("model.layers"))
+    assert "steady state:" in r.stdout and "prefill (12 tokens)" in r.stdout and "per output token" in r.stdout
+
+
+@needs_transformers
+def test_hf_training_loop_is_three_train_steps_timed_on_the_cpu(tmp_path):
+    r = cli("profile", str(EXAMPLES / "hf_train.py"), "--device", "cpu", "--format", "json,html", "-o", "out",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads((tmp_path / "out" / "hf_train.json").read_text())
+    assert [s["kind"] for s in prof["steps"]] == ["train"] * 3
+    assert [s["headline"] for s in prof["steps"]] == [False, True, True]  # the first iteration is the warm-up
+    phases = {o["phase"] for o in prof["ops"] if o["region"] == "step 2"}
+    assert phases == {"forward", "backward", "optimizer"}
+    rows = {r["region"]: r for r in prof["timing"]["regions"]}
+    for name in ("setup", "step 1", "step 2", "step 3"):
+        assert rows[name]["wall_seconds"] > 0 and rows[name]["busy_seconds"] <= rows[name]["wall_seconds"]
+    html = (tmp_path / "out" / "hf_train.html").read_text()
+    assert "<h2>Steps</h2>" in html and "<h2>Setup and teardown</h2>" in html
+
+
+def test_heavy_setup_is_set_apart_from_the_headline(tmp_path):
+    r = cli("profile", str(EXAMPLES / "heavy_setup.py"), "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads((tmp_path / "out" / "heavy_setup.json").read_text())
+    setup = [o for o in prof["ops"] if o["region"] == "setup"]
+    # the initialisation (trunc_normal_ of 4 tensors) and the input are setup; the steps are the 3 forwards
+    assert sum(1 for o in setup if "normal_" in o["op"] or "uniform_" in o["op"]) >= 4
+    assert [s["kind"] for s in prof["steps"]] == ["forward"] * 3
+    steady = next(line for line in r.stdout.splitlines() if "steady state:" in line)
+    assert "compute-bound" in steady.split(";")[0].split(",")[0]  # the headline is the GEMMs, not the setup
+
+
+def test_profiler_marks_are_the_capture_range(tmp_path):
+    r = cli("profile", str(EXAMPLES / "profiler_marks.py"), "--count-only", "--format", "json", "-o", "out",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads((tmp_path / "out" / "profiler_marks.json").read_text())
+    assert [s["kind"] for s in prof["steps"]] == ["marked"]
+    inside = [o["op"] for o in prof["ops"] if o["region"] == "step 1"]
+    assert inside.count("aten::mm.default") == 2 and inside.count("aten::relu.default") == 2
+    assert sum(1 for o in prof["ops"] if o["region"] == "setup" and o["op"] == "aten::mm.default") == 1
+
+
+def test_a_script_with_no_steps_falls_back_with_a_note(tmp_path):
+    r = cli("profile", str(EXAMPLES / "no_steps.py"), "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "no steps found" in r.stdout and "steady state" not in r.stdout
+    prof = json.loads((tmp_path / "out" / "no_steps.json").read_text())
+    assert prof["steps"] == [] and any("no steps found" in n for n in prof["notes"])
+
+
+def test_single_pass_runs_the_script_once(tmp_path):
+    script = tmp_path / "counted_runs.py"
+    script.write_text("import pathlib, torch\n"
+                      "p = pathlib.Path('runs.txt'); p.write_text(p.read_text() + 'x' if p.exists() else 'x')\n"
+                      "m = torch.nn.Linear(8, 8)\n"
+                      "for _ in range(2):\n    m(torch.randn(4, 8))\n")
+    r = cli("profile", str(script), "--device", "cpu", "--single-pass", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "runs.txt").read_text() == "x"  # once, not twice
+    assert "single pass" in r.stdout
+    (tmp_path / "runs.txt").unlink()
+    r = cli("profile", str(script), "--device", "cpu", "--format", "json", "-o", "out2", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "runs.txt").read_text() == "xx"  # the default: counted + timed
+    r = cli("profile", str(script), "--single-pass", "--repeats", "3", cwd=tmp_path)
+    assert r.returncode == 2 and "--single-pass runs the script once" in r.stderr
+    r = cli("profile", str(EXAMPLES / "tiny_model.py"), "--steps", "2:", cwd=tmp_path)
+    assert r.returncode == 2 and "apply to scripts" in r.stderr
+
+
+def test_the_headline_region_is_the_steady_state(tmp_path):
+    from rooflight import api
+
+    r = cli("profile", str(EXAMPLES / "heavy_setup.py"), "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    a = api.load(tmp_path / "out" / "heavy_setup.json").analyze("h100", calibrated=False)
+    assert a.diagnosis.headline_region == STEADY
+    steady = a.diagnosis.region(STEADY)
+    # steps 2 and 3, the same forward each: the steady state is twice one step's roofline time
+    one = a.diagnosis.region("step 2").total_seconds
+    assert steady.total_seconds == pytest.approx(2 * one)
+    assert all(o.region in ("step 2", "step 3") for g in a.groups for o in a.profile.ops if o.index in g.indices)
