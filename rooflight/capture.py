@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import time
 from collections import Counter
+from types import MappingProxyType
 from typing import Any, Callable, Iterator
 
 import torch
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from torch.overrides import TorchFunctionMode
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 try:
@@ -108,8 +110,6 @@ def snapshot_settings() -> Settings:
 
 
 def _is_fake(t: Any) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
     return isinstance(t, FakeTensor)
 
 
@@ -120,6 +120,14 @@ def _meta(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return type(x)(_meta(v) for v in x) if not hasattr(x, "_fields") else tuple(_meta(v) for v in x)
     return x
+
+
+def _most_common_device(inputs: list[TensorMeta], outputs: list[TensorMeta]) -> str:
+    """The device most of an op's tensors are on (the first seen on a tie); "" for none."""
+    first = inputs[0].device if inputs else outputs[0].device if outputs else ""
+    if all(t.device == first for t in inputs) and all(t.device == first for t in outputs):
+        return first
+    return Counter(t.device for t in (*inputs, *outputs)).most_common(1)[0][0]
 
 
 def _flat_tensors(x: Any) -> list[TensorMeta]:
@@ -197,6 +205,7 @@ class Recorder:
         self._call_start: tuple[int, str, int] | None = None
         self.ranges: list[tuple[int, int | None]] = []  # torch.cuda.profiler start/stop, as op indexes
         self.optimizer_depth = 0  # inside an optimizer's step()
+        self._memo: dict[Any, tuple] = {}  # a call's signature -> (op, inputs, outputs, cost, note)
 
     # -- module hooks
     def enter_module(self, module: torch.nn.Module, *_: Any) -> None:
@@ -275,43 +284,113 @@ class Recorder:
     def add(self, op: str, inputs: list[TensorMeta], outputs: list[TensorMeta], cost: OpCost | None,
             note: str = "") -> OpRecord:
         module, module_type, region, phase = self._where()
-        devices = [t.device for t in (*inputs, *outputs)]
-        device = Counter(devices).most_common(1)[0][0] if devices else ""
-        if cost is None:
-            rec = OpRecord(len(self.records), op, module, module_type, region, phase, device, tuple(inputs),
-                           tuple(outputs), {}, 0.0, 0.0, counted=False, note=note or "no cost formula")
-        else:
-            rec = OpRecord(len(self.records), op, module, module_type, region, phase, device, tuple(inputs),
-                           tuple(outputs), {k.value: v for k, v in cost.flops.items()}, cost.bytes_read,
-                           cost.bytes_written, cost.comm_bytes, cost.link, True,
-                           "; ".join(x for x in (cost.note, note) if x))
+        op, inputs, outputs, device, flops, read, written, comm, link, counted, note = _payload(
+            op, inputs, outputs, cost, note)
+        rec = OpRecord(len(self.records), op, module, module_type, region, phase, device, inputs, outputs, flops, read,
+                       written, comm, link, counted, note)
         self.records.append(rec)
         return rec
 
     def record_aten(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """Record one aten op with its cost.  The cost is a pure function of the op, its formula,
+        its arguments' metadata and the settings, so it is computed once per distinct call and
+        reused (a 32-layer model repeats each call 32 times; a decode loop, once per token)."""
+        key, arg_names, out_args, formula = _schema_facts(func)
+        try:
+            sig = (func, formula, _signature(args), _signature(kwargs) if kwargs else None, _signature(out))
+            fp32 = _has_fp32(sig[2])
+            if fp32:
+                sig += (tf32_matmul_now(),)
+            hit = self._memo.get(sig)
+        except TypeError:  # an argument that cannot be hashed: compute the cost every time
+            sig, fp32, hit = None, True, None
+        if hit is None:
+            op, inputs, outputs, cost, note = self._cost(func, key, arg_names, out_args, formula, args, kwargs, out,
+                                                         fp32)
+            hit = _payload(op, inputs, outputs, cost, note)
+            if sig is not None:
+                self._memo[sig] = hit
+        module, module_type, region, phase = self._where()
+        op, inputs, outputs, device, flops, read, written, comm, link, counted, note = hit
+        self.records.append(OpRecord(len(self.records), op, module, module_type, region, phase, device, inputs,
+                                     outputs, flops, read, written, comm, link, counted, note))
+
+    def _cost(self, func, key, arg_names, out_args, formula, args, kwargs, out, fp32: bool):
+        outputs = _flat_tensors(out)
+        margs, mkwargs = _meta(tuple(args)), {k: _meta(v) for k, v in kwargs.items()} if kwargs else {}
+        settings = self.settings
+        if fp32 and tf32_matmul_now() != settings.allow_tf32_matmul:  # only fp32 matmuls read it
+            settings = dataclasses.replace(settings, allow_tf32_matmul=not settings.allow_tf32_matmul)
+        grouped = "c10d" in key or key in _GROUPED or any(k in _GROUP_ARGS for k in kwargs)
+        call = OpCall(key, margs, mkwargs, tuple(outputs), settings, out_args, arg_names,
+                      _group_size(args, kwargs, arg_names) if grouped else None)
+        inputs = call.tensor_inputs()
+        if formula is None:
+            return call.op, inputs, outputs, None, ""
+        try:
+            return call.op, inputs, outputs, formula(call), ""
+        except Exception as err:  # a formula that cannot read these arguments: say so, never zero
+            return call.op, inputs, outputs, None, f"formula {formula.__name__} failed: {type(err).__name__}: {err}"
+
+
+def _payload(op: str, inputs, outputs, cost: OpCost | None, note: str) -> tuple:
+    """What an OpRecord holds of its call, apart from where it ran (module, region, phase)."""
+    device = _most_common_device(inputs, outputs)
+    if cost is None:
+        return (op, tuple(inputs), tuple(outputs), device, MappingProxyType({}), 0.0, 0.0, 0.0, "", False,
+                note or "no cost formula")
+    flops = MappingProxyType({k.value: float(v) for k, v in cost.flops.items()})
+    return (op, tuple(inputs), tuple(outputs), device, flops, cost.bytes_read, cost.bytes_written, cost.comm_bytes,
+            cost.link, True, "; ".join(x for x in (cost.note, note) if x))
+
+
+def _signature(x: Any) -> Any:
+    """A hashable stand-in for an argument: a tensor by its metadata (never its data)."""
+    if isinstance(x, torch.Tensor):
+        if x.is_sparse or x.is_nested or _is_fake(x):
+            raise TypeError("no signature")  # costed every time (rare, and shapes may be symbolic)
+        return (_TENSOR, tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x.device,
+                x.untyped_storage().nbytes())
+    if isinstance(x, (list, tuple)):
+        return tuple(_signature(v) for v in x)
+    if isinstance(x, dict):
+        return tuple((k, _signature(v)) for k, v in x.items())
+    hash(x)
+    return x
+
+
+_TENSOR = object()
+
+
+def _has_fp32(sig: Any) -> bool:
+    if isinstance(sig, tuple):
+        if sig and sig[0] is _TENSOR:
+            return sig[4] is torch.float32
+        return any(_has_fp32(v) for v in sig)
+    return False
+
+
+_NO_TORCH_FUNCTION = torch._C.DisableTorchFunction
+_SCHEMA_FACTS: dict[Any, tuple[str, tuple[str, ...], tuple[str, ...], Any]] = {}
+_GROUP_ARGS = ("group_size", "process_group", "group", "group_name")
+_GROUPED: set[str] = set()  # ops outside c10d whose schema names a group
+
+
+def _schema_facts(func: Any) -> tuple[str, tuple[str, ...], tuple[str, ...], Any]:
+    """(op key, positional argument names, out= argument names, cost formula) of an op, read from
+    its schema once (the formula is looked up each time: a user may register one mid-run)."""
+    facts = _SCHEMA_FACTS.get(func)
+    if facts is None:
         schema = func._schema
         arg_names = tuple(a.name for a in schema.arguments if not a.kwarg_only)
         out_args = tuple(a.name for a in schema.arguments
                          if a.kwarg_only and a.alias_info is not None and a.alias_info.is_write)
-        outputs = _flat_tensors(out)
-        margs, mkwargs = _meta(tuple(args)), {k: _meta(v) for k, v in kwargs.items()}
-        settings = self.settings
-        if tf32_matmul_now() != settings.allow_tf32_matmul:
-            settings = dataclasses.replace(settings, allow_tf32_matmul=not settings.allow_tf32_matmul)
-        call = OpCall(op_key(func), margs, mkwargs, tuple(outputs), settings, out_args, arg_names,
-                      _group_size(args, kwargs, arg_names))
-        inputs = call.tensor_inputs()
-        formula = lookup(func)
-        if formula is None:
-            self.add(call.op, inputs, outputs, None)
-            return
-        try:
-            cost = formula(call)
-        except Exception as err:  # a formula that cannot read these arguments: say so, never zero
-            self.add(call.op, inputs, outputs, None,
-                     note=f"formula {formula.__name__} failed: {type(err).__name__}: {err}")
-            return
-        self.add(call.op, inputs, outputs, cost)
+        key = op_key(func)
+        if any(n in _GROUP_ARGS for n in arg_names) and "c10d" not in key:
+            key_note = key  # a collective outside c10d's namespaces: read its group from the arguments
+            _GROUPED.add(key_note)
+        facts = _SCHEMA_FACTS[func] = (key, arg_names, out_args, None)
+    return facts[0], facts[1], facts[2], lookup(func)
 
 
 # ---------------------------------------------------------------------------- the modes
@@ -334,7 +413,10 @@ class _DispatchMode(TorchDispatchMode):
             rec.saw_fake = True
         index = rec.next_index()
         try:
-            with rec.label(index):
+            if rec.label_ops or rec.time_ops:
+                with rec.label(index):
+                    out = func(*args, **kwargs)
+            else:
                 out = func(*args, **kwargs)
         except Exception as err:
             if _data_dependent(func, err, args, kwargs):
@@ -343,7 +425,8 @@ class _DispatchMode(TorchDispatchMode):
                     "contents), which meta/fake tensors do not have: count this workload on real tensors "
                     "(e.g. on the CPU, device='cpu') instead") from None
             raise
-        rec.record_aten(func, args, kwargs, out)
+        with _NO_TORCH_FUNCTION():  # metadata reads (t.shape, t.stride() ...) skip the function mode
+            rec.record_aten(func, args, kwargs, out)
         return out
 
 

@@ -53,7 +53,8 @@ class OpRecord(Traffic):
     note: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "flops", MappingProxyType({str(k): float(v) for k, v in dict(self.flops).items()}))
+        if type(self.flops) is not MappingProxyType:  # the capture hands in a ready (str -> float) proxy
+            object.__setattr__(self, "flops", MappingProxyType({str(k): float(v) for k, v in dict(self.flops).items()}))
 
     @property
     def math_class(self) -> str:

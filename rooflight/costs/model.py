@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -68,9 +69,17 @@ DTYPES: dict[str, tuple[float, MathClass, MathClass]] = {
 }
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+_DEVICE_NAMES: dict[Any, str] = {}
+
+
 def dtype_name(dtype: Any) -> str:
     """'bfloat16' for torch.bfloat16 (and for the string itself)."""
-    return str(dtype).replace("torch.", "")
+    try:
+        return _DTYPE_NAMES[dtype]
+    except KeyError:
+        name = _DTYPE_NAMES[dtype] = str(dtype).replace("torch.", "")
+        return name
 
 
 @dataclass(frozen=True)
@@ -87,11 +96,15 @@ class TensorMeta:
     @classmethod
     def of(cls, t: Any) -> "TensorMeta":
         """From a torch.Tensor (real, meta or fake); reads shapes and strides only."""
-        shape = tuple(int(s) for s in t.shape)
         try:
-            stride = tuple(int(s) for s in t.stride())
-            offset = int(t.storage_offset())
+            shape = tuple(t.shape)
+            stride = tuple(t.stride())
+            offset = t.storage_offset()
+            if not (all(type(s) is int for s in shape) and all(type(s) is int for s in stride)
+                    and type(offset) is int):  # symbolic sizes (fake tensors under a shape env)
+                shape, stride, offset = tuple(int(s) for s in shape), tuple(int(s) for s in stride), int(offset)
         except (RuntimeError, NotImplementedError):  # sparse / nested / opaque layouts
+            shape = tuple(int(s) for s in t.shape)
             stride, offset = _contiguous_stride(shape), 0
         storage_numel = None
         try:
@@ -99,14 +112,18 @@ class TensorMeta:
             storage_numel = int(t.untyped_storage().nbytes() // itemsize) if itemsize else None
         except (RuntimeError, NotImplementedError, AttributeError, TypeError):
             pass
-        return cls(shape, stride, dtype_name(t.dtype), str(t.device), offset, storage_numel)
+        device = t.device
+        name = _DEVICE_NAMES.get(device)
+        if name is None:
+            name = _DEVICE_NAMES[device] = str(device)
+        return cls(shape, stride, dtype_name(t.dtype), name, offset, storage_numel)
 
     @classmethod
     def contiguous(cls, shape: tuple[int, ...], dtype: str = "float32", device: str = "cpu") -> "TensorMeta":
         shape = tuple(int(s) for s in shape)
         return cls(shape, _contiguous_stride(shape), dtype_name(dtype), device, 0, math.prod(shape))
 
-    @property
+    @cached_property
     def numel(self) -> int:
         return math.prod(self.shape)
 
@@ -118,7 +135,7 @@ class TensorMeta:
     def ndim(self) -> int:
         return len(self.shape)
 
-    @property
+    @cached_property
     def touched_elements(self) -> int:
         """Distinct elements the view addresses: stride-0 dims count once (bytes model, rule 2)."""
         if any(s == 0 for s in self.shape):
@@ -130,7 +147,7 @@ class TensorMeta:
             n = min(n, max(self.storage_numel - self.storage_offset, 0))
         return n
 
-    @property
+    @cached_property
     def bytes(self) -> float:
         """Bytes this view touches in device memory."""
         return self.touched_elements * self.itemsize

@@ -86,6 +86,7 @@ def register_cost(*ops: Any, override: bool = False) -> Callable[[Formula], Form
                                  f"({_FORMULAS[key].__module__}.{_FORMULAS[key].__name__}); "
                                  "pass override=True to replace it")
             _FORMULAS[key] = fn
+        _MEMO.clear()
         return fn
 
     return deco
@@ -93,6 +94,7 @@ def register_cost(*ops: Any, override: bool = False) -> Callable[[Formula], Form
 
 def unregister_cost(op: Any) -> None:
     _FORMULAS.pop(op_key(op), None)
+    _MEMO.clear()
 
 
 def register_generic(name: str, matches: Callable[[Any], bool]) -> Callable[[Formula], Formula]:
@@ -100,13 +102,33 @@ def register_generic(name: str, matches: Callable[[Any], bool]) -> Callable[[For
 
     def deco(fn: Formula) -> Formula:
         _GENERIC.append((matches, fn, name))
+        _MEMO.clear()
         return fn
 
     return deco
 
 
+# op object -> its formula (or None), filled by `lookup`; cleared whenever a formula is registered
+_MEMO: dict[Any, Formula | None] = {}
+
+
 def lookup(op: Any) -> Formula | None:
     """The formula for an op object (OpOverload) or key string, or None if it is uncounted."""
+    if not isinstance(op, str):
+        try:
+            return _MEMO[op]
+        except (KeyError, TypeError):
+            pass
+        found = _lookup(op)
+        try:
+            _MEMO[op] = found
+        except TypeError:  # an unhashable op object: look it up each time
+            pass
+        return found
+    return _lookup(op)
+
+
+def _lookup(op: Any) -> Formula | None:
     if isinstance(op, str):
         key = op_key(op)
         return _FORMULAS.get(key) or _FORMULAS.get(key.rsplit(".", 1)[0])
