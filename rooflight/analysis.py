@@ -95,9 +95,9 @@ def steady_state(profile: Profile, diagnosis: Diagnosis) -> tuple[Diagnosis, Pro
         whole = RegionTiming("", sum(r.wall_seconds for r in rows), sum(r.busy_seconds for r in rows),
                              sum(r.cpu_seconds for r in rows))
     scope = profile.subset(kind_of, whole=whole)
-    scope_diag = Diagnosis(diagnosis.verdicts, {"": replace(steady, region=""), **{
-        p: diagnosis.regions[p] for p in scope.region_paths() if p and p in diagnosis.regions}},
-        diagnosis.ceilings_name, diagnosis.device_kind, diagnosis.timed)
+    # advice judges the steady state as one region: not once per step (steps are alike by design)
+    scope_diag = Diagnosis(diagnosis.verdicts, {"": steady}, diagnosis.ceilings_name,
+                           diagnosis.device_kind, diagnosis.timed)
     return full, scope, scope_diag, kind_of
 
 

@@ -370,7 +370,7 @@ def summary(diagnosis: Diagnosis, region: str | None = None) -> str:
     region None: the headline's (the whole run, or a script's steady state)."""
     region = diagnosis.headline_region if region is None else region
     r = diagnosis.region(region)
-    name = region or "whole run"
+    name = r.region or "whole run"  # a region stands under its own name (advice's "" can be a steady state)
     total = r.total_seconds
     if total <= 0:
         return f"{name}: no time to classify"

@@ -36,6 +36,7 @@ from . import regions as _regions
 from . import trace as _trace
 from .capture import Capture
 from .errors import NoGPUError, UsageError
+from .steps import TEARDOWN
 from .units import fmt_seconds
 from .profile_data import KernelRecord, OpTiming, Profile, RegionTiming, Timing, region_and_ancestors
 
@@ -177,11 +178,17 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
 
     timed = _trace.parse(_run_profiler(body, cuda=True))
     plain = []
+    step_walls: dict[str, list[float]] = {}
+    auto = [st for st in counted.steps if st.kind != "marked" and st.module] if not cuda_graph else []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        torch.cuda.synchronize()
-        plain.append(time.perf_counter() - t0)
+        with _StepEvents(auto) as marks:
+            t0 = time.perf_counter()
+            run()
+            marks.end()
+            torch.cuda.synchronize()
+            plain.append(time.perf_counter() - t0)
+        for name, sec in marks.walls().items():
+            step_walls.setdefault(name, []).append(sec)
     result = aggregate_gpu(timed, ref_names, ref_ops, counted, repeats=repeats, warmup=warmup, flush_l2=flush_l2,
                            cuda_graph=cuda_graph, notes=notes,
                            device_name=torch.cuda.get_device_name(torch.cuda.current_device()))
@@ -197,7 +204,65 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
             f"under the profiler a run took {fmt_seconds(profiled)}, without it {fmt_seconds(wall)}: the whole "
             "run's idle time uses the plain figure; regions' wall and idle times and CPU dispatch times "
             "include the profiler's per-op cost",))
+    if step_walls and len(step_walls) == len(auto):
+        # steps timed on the GPU's own timeline in the plain runs: a CUDA event at each model call,
+        # no profiler stretching the host side; the last step runs to the end of the run, less the
+        # teardown the profiled runs measured
+        tear = result.region(TEARDOWN)
+        walls = {n: statistics.median(v) for n, v in step_walls.items()}
+        if tear is not None and auto:
+            walls[auto[-1].name] = max(walls[auto[-1].name] - tear.wall_seconds, 0.0)
+        regions = tuple(replace(r, wall_seconds=max(walls[r.region], r.busy_seconds)) if r.region in walls else r
+                        for r in result.regions)
+        result = replace(result, regions=regions, notes=result.notes + (
+            "steps' wall times come from CUDA events at each model call in the runs without the profiler "
+            "(the GPU's own timeline); their busy times from the profiled runs' kernels",))
     return replace(result, plain_wall_seconds=wall)
+
+
+class _StepEvents:
+    """CUDA events recorded at the start of each outermost call of the step module (two light
+    module hooks), and one at the end of the run: each step's time on the GPU's timeline."""
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.events: list = []
+        self.depth = 0
+        self.hooks: list = []
+        self.last = None
+
+    def __enter__(self) -> "_StepEvents":
+        if self.steps:
+            from torch.nn.modules import module as _m
+
+            self.hooks = [_m.register_module_forward_pre_hook(self._pre),
+                          _m.register_module_forward_hook(self._post, always_call=True)]
+        return self
+
+    def _pre(self, module, *_a) -> None:
+        if self.depth == 0 and type(module).__name__ == self.steps[0].module:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.events.append(ev)
+        self.depth += 1
+
+    def _post(self, module, *_a) -> None:
+        self.depth -= 1
+
+    def end(self) -> None:
+        if self.steps:
+            self.last = torch.cuda.Event(enable_timing=True)
+            self.last.record()
+
+    def __exit__(self, *exc) -> None:
+        for h in self.hooks:
+            h.remove()
+
+    def walls(self) -> dict[str, float]:
+        if not self.steps or len(self.events) != len(self.steps) or self.last is None:
+            return {}
+        ends = self.events[1:] + [self.last]
+        return {st.name: a.elapsed_time(b) * 1e-3 for st, a, b in zip(self.steps, self.events, ends)}
 
 
 def tile_steps(steps, bounds: dict[str, tuple[float, float]]) -> dict[str, float]:

@@ -220,3 +220,24 @@ def test_the_headline_region_is_the_steady_state(tmp_path):
     one = a.diagnosis.region("step 2").total_seconds
     assert steady.total_seconds == pytest.approx(2 * one)
     assert all(o.region in ("step 2", "step 3") for g in a.groups for o in a.profile.ops if o.index in g.indices)
+
+
+def test_steps_tile_the_run():
+    from rooflight.timing import tile_steps
+
+    class S:
+        def __init__(self, name):
+            self.name = name
+
+    # step 1 runs 0-3, then the host works until step 2 starts at 5; step 2 runs 5-9: the gap is step 1's
+    walls = tile_steps([S("step 1"), S("step 2")], {"step 1": (0.0, 3.0), "step 2": (5.0, 9.0), "setup": (-9, 0)})
+    assert walls == {"step 1": 5.0, "step 2": 4.0}
+
+
+def test_a_long_op_table_is_cut_to_the_heaviest(monkeypatch, h100_decode):
+    from rooflight.render import html
+
+    monkeypatch.setattr(html, "MAX_OP_ROWS", 10)
+    page = html.report_html(h100_decode.analyze("h100", calibrated=False))
+    assert f"10 of {len(h100_decode.ops)} ops shown" in page
+    assert page.count("<tr data-label=") <= 10 + 40  # the cut op table, and the op-group table's rows

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from ..errors import UsageError
 from ..math_class import MathClass
-from ..steps import summary_regions
+from ..steps import STEADY, summary_regions
 from ..units import fmt_bandwidth, fmt_flops_rate
 
 # one colour per label, readable for the common colour-vision deficiencies (Okabe-Ito)
@@ -294,7 +294,10 @@ def time_by_label_of(analysis, *, top_regions: int = 12) -> Figure:
     """Stacked bars of time by label: the whole run, then each region."""
     d = analysis.diagnosis
     rows = []
-    for name in summary_regions(analysis.profile, d)[: top_regions + 1]:
+    names = summary_regions(analysis.profile, d)
+    if analysis.profile.steps:  # the steady state on its own scale: the setup can be 100x longer
+        names = [n for n in names if n == STEADY or n.startswith(STEADY + ": ")] or names
+    for name in names[: top_regions + 1]:
         r = d.regions[name]
         vals = {str(k): v for k, v in r.seconds_by_label.items() if v > 0}
         if r.idle_seconds > 0:  # show idle apart from the overhead-bound ops it is counted with

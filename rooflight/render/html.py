@@ -192,11 +192,21 @@ def _groups_table(a, limit: int = 40) -> str:
             + "</th><th class=n>attained</th><th>label</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
+# A report lists at most this many ops one by one (a 1B model's generate() runs ~40,000): the
+# heaviest by time (or roofline time), in run order; the profile's JSON and CSV keep every op.
+MAX_OP_ROWS = 5000
+
+
 def _ops_table(a) -> str:
     p = a.profile
     timing = p.timing
     rows = []
-    for o in p.ops:
+    shown = p.ops
+    if len(p.ops) > MAX_OP_ROWS:
+        weight = {i: (v.weight_s if v.weight_s == v.weight_s else 0.0) for i, v in a.diagnosis.verdicts.items()}
+        keep = set(sorted(weight, key=lambda i: -weight[i])[:MAX_OP_ROWS])
+        shown = [o for o in p.ops if o.index in keep]
+    for o in shown:
         v = a.diagnosis.verdicts.get(o.index)
         t = timing.op(o.index) if timing is not None else None
         secs = t.seconds if t else math.nan
@@ -215,7 +225,9 @@ def _ops_table(a) -> str:
             f"<td title='{e(ev)}'>{_label(label) if label else ''}</td>"
             f"<td>{e(o.note) if o.counted else '<b>uncounted</b> ' + e(o.note)}</td></tr>")
     opts = "".join(f"<option value='{e(str(lab))}'>{e(str(lab))}</option>" for lab in Label)
-    return ("<div class=controls><input id=op-filter placeholder='filter ops (module, op, region, shape…)' size=40>"
+    cut = (f"<p class=meta>{len(shown)} of {len(p.ops)} ops shown: the heaviest, in run order; the profile's JSON "
+           "and CSV hold every op.</p>") if len(shown) < len(p.ops) else ""
+    return (cut + "<div class=controls><input id=op-filter placeholder='filter ops (module, op, region, shape…)' size=40>"
             f"<select id=label-filter><option value=''>all labels</option>{opts}</select><span id=op-count></span></div>"
             "<div class=scroll><table id=ops class=sortable><thead><tr><th class=n>#</th><th>module</th><th>region</th>"
             "<th>op</th><th>shapes</th><th>dtype</th><th class=n>FLOPs</th><th class=n>bytes</th><th class=n>FLOP/B</th>"

@@ -13,6 +13,7 @@ import statistics
 from dataclasses import dataclass
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from rich.markup import escape as esc
 from rich.table import Table
 
@@ -170,6 +171,8 @@ def steps_figure(a) -> Figure | None:
     for r in rows:
         if r.status != "headline":
             ax.axvspan(r.index - 0.4, r.index + 0.4, color="#dddddd", zorder=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, max(xs) + 0.5)
     ax.set_xlabel("step (shaded: warm-up or left out)")
     ax.set_ylabel("ms")
     ax.set_title("time per step", fontsize=10)
@@ -178,6 +181,7 @@ def steps_figure(a) -> Figure | None:
     if len(dec) > 1:
         bx = axes[1]
         bx.plot([r.kv_len for r in dec], [r.seconds * 1e3 for r in dec], "-o", ms=3, color="#222222")
+        bx.xaxis.set_major_locator(MaxNLocator(integer=True))
         bx.set_xlabel("KV length (keys attended)")
         bx.set_ylabel("ms per decode step")
         bx.set_title("decode steps against the KV length", fontsize=10)
