@@ -296,14 +296,15 @@ class Recorder:
         its arguments' metadata and the settings, so it is computed once per distinct call and
         reused (a 32-layer model repeats each call 32 times; a decode loop, once per token)."""
         key, arg_names, out_args, formula = _schema_facts(func)
+        matmul_like = _matmul_like(key)
         try:
             sig = (func, formula, _signature(args), _signature(kwargs) if kwargs else None, _signature(out))
-            fp32 = _has_fp32(sig[2])
+            fp32 = matmul_like and _has_fp32(sig[2])  # only matrix work reads the TF32 switch
             if fp32:
                 sig += (tf32_matmul_now(),)
             hit = self._memo.get(sig)
         except TypeError:  # an argument that cannot be hashed: compute the cost every time
-            sig, fp32, hit = None, True, None
+            sig, fp32, hit = None, matmul_like, None
         if hit is None:
             op, inputs, outputs, cost, note = self._cost(func, key, arg_names, out_args, formula, args, kwargs, out,
                                                          fp32)
@@ -344,22 +345,49 @@ def _payload(op: str, inputs, outputs, cost: OpCost | None, note: str) -> tuple:
             cost.link, True, "; ".join(x for x in (cost.note, note) if x))
 
 
+_PLAIN = (int, float, bool, str, type(None))
+_STRIDED = torch.strided
+
+
+def _tensor_signature(x: torch.Tensor) -> tuple:
+    if x.layout is not _STRIDED or x.is_nested or isinstance(x, FakeTensor):
+        raise TypeError("no signature")  # costed every time (rare, and shapes may be symbolic)
+    return (_TENSOR, tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x.device, x.untyped_storage().nbytes())
+
+
 def _signature(x: Any) -> Any:
     """A hashable stand-in for an argument: a tensor by its metadata (never its data)."""
+    t = type(x)
+    if t in _PLAIN:
+        return x
     if isinstance(x, torch.Tensor):
-        if x.is_sparse or x.is_nested or _is_fake(x):
-            raise TypeError("no signature")  # costed every time (rare, and shapes may be symbolic)
-        return (_TENSOR, tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x.device,
-                x.untyped_storage().nbytes())
+        return _tensor_signature(x)
+    if t is tuple or t is list:
+        if all(type(v) is int for v in x):  # sizes, dims: the common case
+            return tuple(x)
+        return tuple(_signature(v) for v in x)
+    if t is dict:
+        return tuple((k, _signature(v)) for k, v in x.items())
     if isinstance(x, (list, tuple)):
         return tuple(_signature(v) for v in x)
-    if isinstance(x, dict):
-        return tuple((k, _signature(v)) for k, v in x.items())
     hash(x)
     return x
 
 
 _TENSOR = object()
+
+
+_MATMUL_WORDS = ("mm", "matmul", "linear", "conv", "attention", "einsum", "addmv", "dot", "mv")
+_MATMUL_LIKE: dict[str, bool] = {}
+
+
+def _matmul_like(key: str) -> bool:
+    """Whether an op may do matrix work (and so read the TF32 switch): by its name, once."""
+    hit = _MATMUL_LIKE.get(key)
+    if hit is None:
+        name = key.split("::")[-1].split(".")[0]
+        hit = _MATMUL_LIKE[key] = any(w in name for w in _MATMUL_WORDS)
+    return hit
 
 
 def _has_fp32(sig: Any) -> bool:
@@ -370,7 +398,6 @@ def _has_fp32(sig: Any) -> bool:
     return False
 
 
-_NO_TORCH_FUNCTION = torch._C.DisableTorchFunction
 _SCHEMA_FACTS: dict[Any, tuple[str, tuple[str, ...], tuple[str, ...], Any]] = {}
 _GROUP_ARGS = ("group_size", "process_group", "group", "group_name")
 _GROUPED: set[str] = set()  # ops outside c10d whose schema names a group
@@ -425,8 +452,7 @@ class _DispatchMode(TorchDispatchMode):
                     "contents), which meta/fake tensors do not have: count this workload on real tensors "
                     "(e.g. on the CPU, device='cpu') instead") from None
             raise
-        with _NO_TORCH_FUNCTION():  # metadata reads (t.shape, t.stride() ...) skip the function mode
-            rec.record_aten(func, args, kwargs, out)
+        rec.record_aten(func, args, kwargs, out)
         return out
 
 
