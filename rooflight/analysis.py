@@ -65,6 +65,33 @@ def cache_note(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, spec:
             "profile with --flush-l2 for device-memory numbers")
 
 
+# Uncounted ops holding more than this share of the measured time make the headline a lower bound.
+UNCOUNTED_MATERIAL_SHARE = 0.03
+_MATRIX_WORDS = ("mm", "matmul", "linear", "conv", "attention", "einsum", "grouped")
+
+
+def uncounted_share(profile: Profile, diagnosis: Diagnosis) -> str:
+    """A warning when uncounted ops could hold real work: a matrix-like op with no formula, or
+    uncounted ops with more than UNCOUNTED_MATERIAL_SHARE of the measured time ("" otherwise)."""
+    ops = [o for o in profile.ops if not o.counted]
+    matrix = sorted({o.short_op for o in ops if any(w in o.short_op for w in _MATRIX_WORDS)})
+    share = 0.0
+    if profile.timing is not None:
+        total = sum(v.seconds for v in diagnosis.verdicts.values() if v.seconds == v.seconds and v.seconds > 0)
+        held = sum(diagnosis.verdicts[o.index].seconds for o in ops
+                   if diagnosis.verdicts[o.index].seconds == diagnosis.verdicts[o.index].seconds)
+        share = held / total if total > 0 else 0.0
+    if not matrix and share <= UNCOUNTED_MATERIAL_SHARE:
+        return ""
+    why = []
+    if matrix:
+        why.append(f"matrix work with no cost formula ({', '.join(matrix)})")
+    if share > UNCOUNTED_MATERIAL_SHARE:
+        why.append(f"uncounted ops hold {share:.0%} of the measured op time")
+    return ("the intensity, FLOPs and bytes are lower bounds and the labels may be off: " + "; ".join(why)
+            + " (register a formula with rooflight.register_cost)")
+
+
 def steady_state(profile: Profile, diagnosis: Diagnosis) -> tuple[Diagnosis, Profile, Diagnosis, dict[int, str]]:
     """For a script cut into steps: the diagnosis with the headline's steps summed as the region
     "steady state" (and, when several kinds of step are in it, one region per kind), the profile
@@ -125,9 +152,13 @@ def analyze(profile: Profile, roofs: Roofs | Ceilings, *, advice_top: int = 5) -
             notes.append(cache)
     uncounted = profile.uncounted()
     if uncounted:
+        material = uncounted_share(profile, diagnosis)
+        if material:
+            notes.insert(0, material)
         notes.append("ops with no cost formula (counted as uncounted, not zero): "
                      + ", ".join(f"{k} x{v}" for k, v in sorted(uncounted.items())))
     return Analysis(profile, ceilings, roofs.datasheet, spec, diagnosis, groups, tips, tuple(notes))
 
 
-__all__ = ["Analysis", "CACHE_RESIDENT_FRACTION", "analyze", "cache_note", "steady_state"]
+__all__ = ["Analysis", "CACHE_RESIDENT_FRACTION", "UNCOUNTED_MATERIAL_SHARE", "analyze", "cache_note", "steady_state",
+           "uncounted_share"]

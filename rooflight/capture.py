@@ -297,8 +297,10 @@ class Recorder:
         reused (a 32-layer model repeats each call 32 times; a decode loop, once per token)."""
         key, arg_names, out_args, formula = _schema_facts(func)
         matmul_like = _matmul_like(key)
+        values = _values(key, args, kwargs)
         try:
-            sig = (func, formula, _signature(args), _signature(kwargs) if kwargs else None, _signature(out))
+            sig = (func, formula, _signature(args), _signature(kwargs) if kwargs else None, _signature(out),
+                   tuple(values.items()) if values else None)
             fp32 = matmul_like and _has_fp32(sig[2])  # only matrix work reads the TF32 switch
             if fp32:
                 sig += (tf32_matmul_now(),)
@@ -307,7 +309,7 @@ class Recorder:
             sig, fp32, hit = None, matmul_like, None
         if hit is None:
             op, inputs, outputs, cost, note = self._cost(func, key, arg_names, out_args, formula, args, kwargs, out,
-                                                         fp32)
+                                                         fp32, values)
             hit = _payload(op, inputs, outputs, cost, note)
             if sig is not None:
                 self._memo[sig] = hit
@@ -316,7 +318,7 @@ class Recorder:
         self.records.append(OpRecord(len(self.records), op, module, module_type, region, phase, device, inputs,
                                      outputs, flops, read, written, comm, link, counted, note))
 
-    def _cost(self, func, key, arg_names, out_args, formula, args, kwargs, out, fp32: bool):
+    def _cost(self, func, key, arg_names, out_args, formula, args, kwargs, out, fp32: bool, values=None):
         outputs = _flat_tensors(out)
         margs, mkwargs = _meta(tuple(args)), {k: _meta(v) for k, v in kwargs.items()} if kwargs else {}
         settings = self.settings
@@ -324,7 +326,7 @@ class Recorder:
             settings = dataclasses.replace(settings, allow_tf32_matmul=not settings.allow_tf32_matmul)
         grouped = "c10d" in key or key in _GROUPED or any(k in _GROUP_ARGS for k in kwargs)
         call = OpCall(key, margs, mkwargs, tuple(outputs), settings, out_args, arg_names,
-                      _group_size(args, kwargs, arg_names) if grouped else None)
+                      _group_size(args, kwargs, arg_names) if grouped else None, values or {})
         inputs = call.tensor_inputs()
         if formula is None:
             return call.op, inputs, outputs, None, ""
@@ -332,6 +334,17 @@ class Recorder:
             return call.op, inputs, outputs, formula(call), ""
         except Exception as err:  # a formula that cannot read these arguments: say so, never zero
             return call.op, inputs, outputs, None, f"formula {formula.__name__} failed: {type(err).__name__}: {err}"
+
+
+def _values(key: str, args: tuple, kwargs: dict) -> dict[str, tuple]:
+    """The few tensor values a formula needs, read from real tensors only: a grouped GEMM's offs
+    (the tokens each expert got; a host read, as the grouped GEMM's own launch needs)."""
+    if not key.startswith("aten::_grouped_mm"):
+        return {}
+    offs = args[2] if len(args) > 2 else kwargs.get("offs")
+    if isinstance(offs, torch.Tensor) and offs.device.type != "meta" and not _is_fake(offs):
+        return {"offs": tuple(int(v) for v in offs.tolist())}
+    return {}
 
 
 def _payload(op: str, inputs, outputs, cost: OpCost | None, note: str) -> tuple:
@@ -553,8 +566,12 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
         if q.device.type == "meta" or _is_fake(q):
             # off-device the math path made a [B, H, S, Dv]-contiguous output; GPU kernels write
             # [B, S, H, Dv] memory (the usual transpose back then costs nothing): match them
+            # (through differentiable ops when a backward will run, so that it still reaches q, k, v)
             b, h, s, dv = out.shape[:-3], out.shape[-3], out.shape[-2], out.shape[-1]
-            out = torch.empty((*b, s, h, dv), dtype=out.dtype, device=out.device).transpose(-3, -2)
+            if out.requires_grad:
+                out = out.transpose(-3, -2).contiguous().transpose(-3, -2)
+            else:
+                out = torch.empty((*b, s, h, dv), dtype=out.dtype, device=out.device).transpose(-3, -2)
     finally:
         rec.suppress -= 1
     cost = _fn.sdpa_cost(plan, qm, km, vm, TensorMeta.of(out), mask=mask_meta, need_lse=need_lse)

@@ -218,6 +218,18 @@ def _bshd_to_bhsd(t: TensorMeta) -> TensorMeta:
     return TensorMeta((b, h, s, d), (sb, sh, ss, sd), t.dtype, t.device, t.storage_offset, t.storage_numel)
 
 
+@register_cost(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+def sdpa_cpu_backward(call: OpCall) -> OpCost:
+    # (grad_out, query, key, value, out, logsumexp, dropout_p, is_causal, *, attn_mask, scale): the
+    # CPU's flash kernel's backward, counted as a fused GPU backward is (the forward was counted as
+    # the GPU's fused kernel too)
+    grad_out, q, k, v, out = (call.arg(i) for i in range(5))
+    mask = call.arg(8, "attn_mask")
+    return attention_backward_cost(q, k, v, out, grad_out, backend="flash",
+                                   causal=_causal(call.arg(7, "is_causal")), settings=call.settings,
+                                   mask=mask if isinstance(mask, TensorMeta) else None)
+
+
 @register_cost(aten._scaled_dot_product_flash_attention_backward, aten._scaled_dot_product_efficient_attention_backward,
                aten._scaled_dot_product_cudnn_attention_backward)
 def sdpa_backward(call: OpCall) -> OpCost:

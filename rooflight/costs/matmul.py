@@ -14,7 +14,6 @@ from .pointwise import vector_class
 from .registry import aten, register_cost
 
 
-
 def _read(*tensors: TensorMeta | None) -> float:
     return sum(t.bytes for t in tensors if isinstance(t, TensorMeta))
 
@@ -74,6 +73,43 @@ def baddbmm(call: OpCall) -> OpCost:
     for c, v in _epilogue(call.out, base, beta).items():
         flops[c] = flops.get(c, 0) + v
     return OpCost(flops, _read(a, b) + (base.bytes if beta != 0 else 0), call.out.bytes)
+
+
+@register_cost(aten._grouped_mm)
+def grouped_mm(call: OpCall) -> OpCost:
+    """One GEMM per group (mixture-of-experts): `_grouped_mm(a, b, offs)`.
+
+    - a: [T, K] tokens sorted by expert, b: [E, K, N] -> [T, N]: expert e multiplies rows
+      offs[e-1]:offs[e]; 2·Σ_e rows_e·K·N FLOPs; reads the rows used and the weights of the experts
+      that got a row.  On real tensors the capture reads `offs` (the tokens each expert really
+      got); on meta or fake ones every row is used and every expert gets its share (balanced
+      routing), and the note says so;
+    - a: [M, K_total], b: [K_total, N] with offs over K (the weight gradient): 2·M·K·N;
+    - a: [E, M, K], b: [E, K, N]: a batched GEMM, 2·E·M·K·N.
+    """
+    a, b = call.arg(0), call.arg(1)
+    offs = call.values.get("offs")
+    cls = a.matrix_class(call.settings.allow_tf32_matmul)
+    out = call.out
+    if a.ndim == 2 and b.ndim == 3:
+        e, k, n = b.shape
+        if offs:
+            counts = [hi - lo for lo, hi in zip((0, *offs[:-1]), offs)]
+            rows, used = sum(counts), sum(1 for c in counts if c > 0)
+            how = f"tokens per expert read from offs: {min(counts)}-{max(counts)} over {e} experts"
+        else:
+            rows, used = a.shape[0], e
+            how = f"routing assumed balanced: every row used, all {e} experts get tokens (counted off-device)"
+        w_bytes = b.bytes * used / e if e else 0.0
+        return OpCost({cls: 2 * rows * k * n}, rows * k * a.itemsize + w_bytes, rows * n * out.itemsize,
+                      note=f"grouped GEMM: {how}")
+    if a.ndim == 2 and b.ndim == 2:  # groups over K
+        m, k = a.shape
+        n = b.shape[1]
+        return OpCost({cls: 2 * m * k * n}, _read(a, b), out.bytes, note="grouped GEMM over K")
+    bsz, m, k = a.shape[-3:] if a.ndim == 3 else (1, *a.shape[-2:])
+    n = b.shape[-1]
+    return OpCost({cls: 2 * bsz * m * k * n}, _read(a, b), out.bytes, note="grouped GEMM, batched")
 
 
 @register_cost(aten._int_mm)

@@ -196,6 +196,8 @@ class OpCall:
     out_args: tuple[str, ...] = ()  # keyword-only arguments the op writes without reading (out=)
     arg_names: tuple[str, ...] = ()  # schema names of positional args, when known
     group_size: int | None = None  # ranks in the process group, for collectives
+    values: Mapping[str, Any] = field(default_factory=dict)  # small integer tensors' values a formula may read
+                                                             # (a grouped GEMM's offs), from real tensors only
 
     def arg(self, i: int, name: str | None = None, default: Any = None) -> Any:
         """Positional argument i, or keyword `name`, or `default`."""

@@ -116,6 +116,12 @@ def reduction(call: OpCall) -> OpCost:
     return reduction_cost(call)
 
 
+@register_cost(aten.floor_divide, aten.floor_divide_, aten.remainder, aten.fmod)
+def floor_divide(call: OpCall) -> OpCost:
+    # divide, then floor (or the remainder's multiply-subtract): 2 per element
+    return elementwise_cost(call, 2)
+
+
 @register_cost(aten.equal, aten.allclose)
 def equal(call: OpCall) -> OpCost:
     # equal(a, b) / allclose(a, b) -> bool: read both tensors; per element equal compares (1),
@@ -132,10 +138,19 @@ def ordered_reduction(call: OpCall) -> OpCost:
     name = _op_name(call)
     x = call.tensor_inputs()[0]
     if name in ("sort", "argsort", "topk", "kthvalue", "median", "mode"):
-        # comparisons of a sort along the dim: n log2 n per row
-        dim_len = x.shape[call.arg(1, "dim", -1)] if x.ndim else 1
-        per = max(1.0, math.log2(max(dim_len, 2)))
+        # the dim is named in the schema (topk(self, k, dim), kthvalue(self, k, dim), sort(self, dim))
+        pos = call.arg_names.index("dim") if "dim" in call.arg_names else 1
+        dim = call.arg(pos, "dim", -1)
+        dim_len = x.shape[dim] if x.ndim else 1
         outs = [o for o in call.outputs if isinstance(o, TensorMeta)]
+        if name == "topk":
+            # selection of the k largest per row: one pass, each element against a k-heap (log2 k)
+            k = int(call.arg(1, "k", 1))
+            per = 1.0 + math.log2(max(k, 2))
+            return OpCost({vector_class(x): per * x.numel}, x.bytes, sum(o.bytes for o in outs),
+                          note="topk: a pass with a k-heap, 1 + log2 k comparisons per element")
+        # comparisons of a sort along the dim: n log2 n per row
+        per = max(1.0, math.log2(max(dim_len, 2)))
         return OpCost({vector_class(x): per * x.numel}, x.bytes, sum(o.bytes for o in outs),
                       note="sort: n log2 n comparisons")
     return reduction_cost(call)

@@ -273,7 +273,9 @@ def report_html(a, *, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
             f"<div class=meta>{e(mode)}<br>held against: <b>{e(hw)}</b> ({e(a.ceilings.source)} roofs)"
             f"{'<br>parameters: ' + e(params) if params else ''}<br>{len(p.ops)} ops, "
             f"{e(fmt_flops(p.total_flops))}, {e(fmt_bytes(p.total_bytes))} of device-memory traffic, "
-            f"intensity {e(_intensity(p.intensity))} FLOP/B · torch {e(p.torch_version)} · "
+            f"intensity {e(_intensity(p.intensity))} FLOP/B"
+            f"{' (a lower bound: ' + str(sum(p.uncounted().values())) + ' ops uncounted)' if p.uncounted() else ''}"
+            f" · torch {e(p.torch_version)} · "
             f"rooflight {e(p.rooflight_version or __version__)} · {e(p.created)}</div>")
     scope = headline_text(a)
     body = [

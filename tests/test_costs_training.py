@@ -1,0 +1,246 @@
+"""What real models run besides inference: the loss, backward passes, optimizers, mixture-of-experts
+routing and grouped GEMMs, each held to a closed form with the arithmetic in a comment; and a model
+zoo of Hugging Face configs (random weights, no downloads) counted on the CPU and on meta."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rooflight.capture import count
+from rooflight.errors import CountError
+
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+needs_transformers = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers is not installed (test extra)")
+
+
+def ops_named(prof, name):
+    return [o for o in prof.ops if o.short_op == name]
+
+
+# ---------------------------------------------------------------------------- the loss and view backwards
+
+
+def test_cross_entropy_reads_one_element_per_row():
+    logits = torch.randn(8, 100, requires_grad=True)
+    target = torch.randint(0, 100, (8,))
+    prof = count(lambda: F.cross_entropy(logits, target).backward())
+    fwd, = ops_named(prof, "nll_loss_forward")
+    # target 8 x int64 = 64 B, and one fp32 element of each of the 8 rows = 32 B; -x and the sum: 2 x 8
+    assert fwd.bytes_read == 64 + 32 and fwd.total_flops == 16
+    bwd, = ops_named(prof, "nll_loss_backward")
+    # writes the whole [8, 100] fp32 gradient once (3200 B); reads grad_output (4 B) and target (64 B)
+    assert bwd.bytes_written == 3200 and bwd.bytes_read == 4 + 64
+    assert not prof.uncounted()
+
+
+def test_slice_backward_reads_the_grad_and_writes_the_input_once():
+    x = torch.randn(16, 32, requires_grad=True)
+    g = torch.randn(16, 8)  # a real gradient (sum()'s would be one expanded scalar: 4 bytes by rule 2)
+    prof = count(lambda: x[:, 4:12].backward(g))
+    sb, = ops_named(prof, "slice_backward")
+    # grad_output [16, 8] fp32 = 512 B read; grad_input [16, 32] fp32 = 2048 B written
+    assert (sb.bytes_read, sb.bytes_written, sb.total_flops) == (512, 2048, 0)
+
+
+def test_linear_backward_is_twice_the_forward():
+    lin = torch.nn.Linear(64, 32, bias=False)
+    x = torch.randn(16, 64, requires_grad=True)
+    prof = count(lambda: lin(x).sum().backward())
+    fwd = sum(o.total_flops for o in prof.ops if o.short_op == "mm" and o.phase == "forward")
+    bwd = sum(o.total_flops for o in prof.ops if o.short_op == "mm" and o.phase == "backward")
+    # forward 2*16*64*32 = 65,536; backward dX (2*16*32*64) + dW (2*32*16*64) = 131,072
+    assert fwd == 65_536 and bwd == 131_072 == 2 * fwd
+
+
+def test_sdpa_backward_is_two_and_a_half_forwards():
+    # q, k, v: [1, 2, 64, 32]: P = 2 heads x 64 x 64 = 8192 scores.  Forward: QK^T and PV, 2P(D + Dv) =
+    # 2*8192*64 = 1,048,576.  Backward (FlashAttention-2 recomputes S): 2P(3D + 2Dv) = 2*8192*160 =
+    # 2,621,440 = 2.5x the forward's matrix FLOPs (D == Dv)
+    q, k, v = (torch.randn(1, 2, 64, 32, requires_grad=True) for _ in range(3))
+    prof = count(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
+    fwd = [o for o in prof.ops if "scaled_dot_product" in o.op and o.phase == "forward"]
+    bwd = [o for o in prof.ops if "attention" in o.op and "backward" in o.op]
+    assert len(fwd) == 1 and len(bwd) == 1
+    tensor_f = 2 * 8192 * (32 + 32)
+    tensor_b = 2 * 8192 * (3 * 32 + 2 * 32)
+    assert tensor_b == 2.5 * tensor_f
+    # on fp32 the matrix work and the softmax share the fp32 class: matrix = total - softmax (5 per score fwd, 10 bwd)
+    assert fwd[0].total_flops == tensor_f + 5 * 8192 and bwd[0].total_flops == tensor_b + 10 * 8192
+
+
+# ---------------------------------------------------------------------------- optimizers
+
+
+def _adamw_step(**kw):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(32))]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.AdamW(params, lr=1e-3, **kw)
+    opt.step()  # the states exist from here on
+    return count(opt.step), sum(p.numel() for p in params)
+
+
+def test_fused_adamw_moves_each_parameter_gradient_and_state_once():
+    prof, n = _adamw_step(fused=True)
+    fused, = ops_named(prof, "_fused_adamw_")
+    # P = 64*32 + 32 = 2080 fp32 elements: reads p, g, m, v (4 x 4 x P), writes p, m, v (3 x 4 x P)
+    assert n == 2080
+    assert fused.bytes_read == 4 * 4 * n and fused.bytes_written == 3 * 4 * n
+    assert fused.total_flops == 15 * n  # the 15 steps per element of costs/training.py
+    assert not prof.uncounted()
+
+
+def test_single_tensor_and_foreach_adamw_count_the_elementwise_ops_they_run():
+    fused, n = _adamw_step(fused=True)
+    loop, _ = _adamw_step(foreach=False)
+    each, _ = _adamw_step(foreach=True)
+    assert not loop.uncounted() and not each.uncounted()
+    minimum = 7 * 4 * n  # the fused kernel's 7 reads and writes of 4-byte elements
+    assert fused.total_bytes == pytest.approx(minimum, abs=64)  # + the step counters
+    # both run the same elementwise ops (lerp, mul, addcmul, sqrt, div, add, addcdiv ...): each reads
+    # and writes its own operands, so both land well above the fused minimum and near each other
+    for p in (loop, each):
+        assert 2 * minimum < p.total_bytes < 5 * minimum
+    assert abs(each.total_bytes - loop.total_bytes) / loop.total_bytes < 0.35
+
+
+# ---------------------------------------------------------------------------- mixture-of-experts
+
+
+def test_grouped_gemm_counts_the_tokens_each_expert_got():
+    torch.manual_seed(0)
+    a = torch.randn(16, 32, dtype=torch.bfloat16)  # 16 routed tokens, K = 32
+    b = torch.randn(4, 32, 16, dtype=torch.bfloat16)  # 4 experts, N = 16
+    offs = torch.tensor([3, 3, 10, 16], dtype=torch.int32)  # expert 1 got no token
+    prof = count(lambda: torch._grouped_mm(a, b, offs))
+    g, = ops_named(prof, "_grouped_mm")
+    # sum over experts 2 * rows_e * K * N = 2 * 16 * 32 * 16 = 16,384 (3 + 0 + 7 + 6 = 16 rows)
+    assert g.flops == {"bf16_tensor": 16_384.0}
+    # reads the 16 rows (16*32*2 = 1024 B) and the 3 experts that got rows (3 * 32*16*2 = 3072 B)
+    assert g.bytes_read == 1024 + 3072 and g.bytes_written == 16 * 16 * 2
+    assert "0-7 over 4 experts" in g.note
+    meta = count(lambda: torch._grouped_mm(a.to("meta"), b.to("meta"), offs.to("meta")))
+    gm, = ops_named(meta, "_grouped_mm")
+    assert gm.total_flops == 16_384 and gm.bytes_read == 1024 + 4096 and "balanced" in gm.note
+
+
+def test_routing_ops_are_counted():
+    x = torch.randn(4, 64)
+    prof = count(lambda: (torch.topk(x, 8, dim=-1), torch.histc(x, bins=8), torch.bincount(torch.arange(10)),
+                          torch.floor_divide(torch.arange(10), 3), torch.sort(x, dim=-1)))
+    assert not prof.uncounted()
+    topk, = ops_named(prof, "topk")
+    # a pass with a k-heap: (1 + log2 8) = 4 comparisons per element x 256 = 1024; reads 1 KB; writes
+    # values 4x8 fp32 (128 B) and indices 4x8 int64 (256 B)
+    assert topk.total_flops == 1024 and topk.bytes_read == 1024 and topk.bytes_written == 384
+    srt, = ops_named(prof, "sort")
+    assert srt.total_flops == 256 * math.log2(64)  # n log2 n along the 64-long rows
+
+
+# ---------------------------------------------------------------------------- the model zoo
+
+
+def _linear_flops(prof) -> float:
+    return sum(o.total_flops for o in prof.ops if o.short_op in ("mm", "addmm", "_grouped_mm"))
+
+
+def _zoo():
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, MixtralConfig
+
+    small = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512)
+    yield "llama", LlamaConfig(**small)
+    yield "mistral (sliding window)", MistralConfig(**small, sliding_window=16)
+    yield "mixtral (grouped_mm)", MixtralConfig(**small, num_local_experts=4, num_experts_per_tok=2)
+    mx = MixtralConfig(**small, num_local_experts=4, num_experts_per_tok=2)
+    mx._experts_implementation = "eager"
+    yield "mixtral (eager experts)", mx
+    yield "gpt-2", GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=512, n_positions=256)
+
+
+def _closed_form(name, cfg, tokens) -> float:
+    """Linear FLOPs of a forward over `tokens` tokens: 2 x tokens x (the layers' matrices + the LM head)."""
+    if name == "gpt-2":
+        h = cfg.n_embd
+        # qkv 3h^2, proj h^2, MLP 8h^2 (Conv1D: addmm), the tied LM head h*V; plus the biases' adds in
+        # the GEMM epilogues: 3h + h + 4h + h = 9h per token and layer
+        return 2 * tokens * (cfg.n_layer * 12 * h * h + h * cfg.vocab_size) + tokens * cfg.n_layer * 9 * h
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    hd = h // cfg.num_attention_heads
+    attn = h * cfg.num_attention_heads * hd + 2 * h * cfg.num_key_value_heads * hd + cfg.num_attention_heads * hd * h
+    mlp = 3 * h * i
+    if "mixtral" in name:  # top-2 of the experts per token, and the router
+        mlp = cfg.num_experts_per_tok * 3 * h * i + h * cfg.num_local_experts
+    return 2 * tokens * (cfg.num_hidden_layers * (attn + mlp) + h * cfg.vocab_size)
+
+
+@needs_transformers
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_model_zoo_prefill_and_decode_are_counted_exactly(device):
+    from transformers import AutoModelForCausalLM
+
+    for name, cfg in _zoo():
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16).eval()  # grouped_mm wants bf16
+            ids = torch.randint(0, 512, (2, 16))
+            nxt = torch.randint(0, 512, (2, 1))
+        if device == "meta" and "eager" in name:
+            # the eager expert loop picks each expert's tokens with torch.where: a data-dependent
+            # shape, which meta tensors do not have; rooflight says so (count it on the CPU instead)
+            with torch.no_grad(), pytest.raises(CountError, match="data-dependent"):
+                count(lambda: model(ids, use_cache=True))
+            continue
+        with torch.no_grad():
+            prefill = count(lambda: model(ids, use_cache=True))
+            cache = model(ids, use_cache=True).past_key_values
+            decode = count(lambda: model(nxt, past_key_values=cache, use_cache=True))
+        for phase, prof, tokens in (("prefill", prefill, 32), ("decode", decode, 2)):
+            assert not prof.uncounted(), (name, device, phase, prof.uncounted())
+            # the linear FLOPs: 2 x tokens x every matrix a token passes through (closed form above);
+            # routed experts on meta are counted as balanced, which is exact for the top-k total
+            assert _linear_flops(prof) == pytest.approx(_closed_form(name, cfg, tokens), rel=1e-9), (name, device, phase)
+
+
+@needs_transformers
+def test_a_training_step_counts_the_same_on_meta_as_on_the_cpu():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=512)
+
+    def totals(device):
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+            ids = torch.randint(0, 512, (2, 32))
+        prof = count(lambda: model(input_ids=ids, labels=ids).loss.backward())
+        backward = sum(o.total_flops for o in prof.ops if o.short_op == "mm" and o.phase == "backward")
+        return prof.total_flops, prof.total_bytes, backward, prof.uncounted()
+
+    cpu, meta = totals("cpu"), totals("meta")
+    assert cpu == meta and not cpu[3]
+    # the backward's matmuls: twice the forward's linear FLOPs except the first layer's input
+    # gradient... here simply: 2 x the linear forward (dX and dW for every linear; the embedding's
+    # input needs no gradient, the LM head's dX flows on)
+    assert cpu[2] == pytest.approx(2 * _closed_form("llama", cfg, 64), rel=1e-9)
+
+
+def test_uncounted_matrix_work_makes_the_headline_a_stated_lower_bound():
+    from rooflight import api
+    from rooflight.profile_data import OpRecord, Profile
+
+    ops = (OpRecord(0, "aten::mm.default", flops={"bf16_tensor": 2e9}, bytes_read=1e6, bytes_written=1e6),
+           OpRecord(1, "mylib::grouped_mm", counted=False, note="no cost formula"))
+    a = api.analyze(Profile(ops), "h100", calibrated=False)
+    assert a.notes[0].startswith("the intensity, FLOPs and bytes are lower bounds") and "grouped_mm" in a.notes[0]
+    # an uncounted op that is no matrix work and (count-only) holds no measured time: just listed
+    ops2 = (ops[0], OpRecord(1, "aten::isin.Tensor_Tensor", counted=False))
+    b = api.analyze(Profile(ops2), "h100", calibrated=False)
+    assert not any("lower bounds" in n for n in b.notes) and any("isin" in n for n in b.notes)
