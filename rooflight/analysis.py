@@ -10,11 +10,12 @@ renderers (tables, charts, HTML) and the CLI read; nothing here measures, prints
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from .advice import advise
 from .classify import Diagnosis, Label, RegionBreakdown, Verdict, breakdown
-from .groups import OpGroup, group_ops, has_work
+from .groups import Kind, OpGroup, group_ops, has_work, kind_of
 from .hardware import HardwareSpec
 from .profile_data import Profile, RegionTiming
 from .roofline import Ceilings, Roofs
@@ -31,6 +32,7 @@ class Analysis:
     groups: tuple[OpGroup, ...]  # heaviest first
     advice: tuple = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    training: "TrainingFacts | None" = None  # when the profile runs a backward pass
 
     @property
     def timed(self) -> bool:
@@ -42,6 +44,93 @@ class Analysis:
 
     def verdict(self, index: int) -> Verdict:
         return self.diagnosis.verdicts[index]
+
+
+@dataclass(frozen=True)
+class TrainingFacts:
+    """A training step's useful work against what ran: model FLOPs are 3x the forward's matrix work
+    (the forward, and a backward of twice it: dX and dW), the "6 x parameters x tokens" of the
+    literature counted from the ops themselves (attention included); executed FLOPs are everything
+    the step ran (elementwise work, the loss, the optimizer, any recomputation).  MFU is model FLOPs
+    over the step's time at the roof of the forward's main matrix class."""
+
+    steps: int  # training steps the figures are per (the headline's, or 1 for a whole profile)
+    model_flops: float  # per step
+    executed_flops: float  # per step
+    roof_class: str  # the matrix class the forward's matrix work mostly ran on
+    seconds: float  # per step (wall where timed); NaN without timing
+    mfu: float  # model FLOPs / (seconds x peak of roof_class); NaN without timing
+    optimizer_bytes: float  # per step: the device-memory traffic of the optimizer's ops
+    parameters: int  # elements the optimizer updated (from its ops' first tensor list), 0 if none seen
+
+    @property
+    def optimizer_bytes_per_parameter(self) -> float:
+        return self.optimizer_bytes / self.parameters if self.parameters else float("nan")
+
+
+def training_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings) -> TrainingFacts | None:
+    """TrainingFacts of a profile that runs a backward pass, per headline step (None otherwise)."""
+    if not any(o.phase == "backward" for o in profile.ops):
+        return None
+    chosen = [s for s in profile.steps if s.headline and s.kind == "train"]
+    if chosen:
+        ops = [o for s in chosen for o in profile.step_ops(s)]
+        n = len(chosen)
+    else:
+        ops, n = list(profile.ops), 1
+    kinds = {o.index: kind_of(o) for o in ops}
+    fwd = [o for o in ops if o.phase == "forward" and kinds[o.index] in (Kind.MATMUL, Kind.ATTENTION)]
+    by_class: dict[str, float] = {}
+    for o in fwd:
+        for c, f in o.flops.items():
+            by_class[c] = by_class.get(c, 0.0) + f
+    matrix = {c: f for c, f in by_class.items() if c.endswith("_tensor")} or by_class
+    roof = max(matrix, key=matrix.get) if matrix else "fp32"
+    model = 3 * sum(sum(o.flops.values()) for o in fwd)
+    executed = sum(o.total_flops for o in ops)
+    opt = [o for o in ops if o.phase == "optimizer"]
+    params = _updated_elements(opt)
+    seconds = math.nan
+    if profile.timing is not None:
+        if chosen:
+            rows = [profile.timing.region(s.name) for s in chosen]
+            seconds = sum(r.wall_seconds for r in rows if r is not None) / n
+        elif profile.timing.total is not None:
+            seconds = profile.timing.total.wall_seconds
+    try:
+        peak = ceilings.peak(roof)
+    except (KeyError, ValueError):
+        peak = math.nan
+    mfu = model / n / (seconds * peak) if seconds > 0 and peak > 0 else math.nan
+    return TrainingFacts(n, model / n, executed / n, roof, seconds, mfu, sum(o.bytes for o in opt) / n, params // n)
+
+
+def _updated_elements(opt_ops) -> int:
+    """Parameters an optimizer's ops updated: the fused kernels' and _foreach ops' first list (the
+    params, once per distinct list), else the single-tensor loop's in-place updates of params."""
+    seen: dict[tuple, int] = {}
+    for o in opt_ops:
+        if o.short_op.startswith(("_fused_adam", "_fused_sgd")):
+            # its inputs start with the params' list
+            n = len(o.inputs) // 5 if "adam" in o.short_op else len(o.inputs) // 3
+            key = tuple((t.shape, t.dtype) for t in o.inputs[:n])
+            seen[key] = sum(t.numel for t in o.inputs[:n])
+    return sum(seen.values())
+
+
+def training_text(t: TrainingFacts) -> str:
+    """One sentence on a training step's useful work."""
+    per = f" per step (over {t.steps})" if t.steps > 1 else " per step"
+    text = (f"training: model FLOPs {t.model_flops:.4g}{per} (3x the forward's matrix work), executed "
+            f"{t.executed_flops:.4g} ({t.executed_flops / t.model_flops:.2f}x)" if t.model_flops else "training")
+    if t.mfu == t.mfu:
+        text += f"; MFU {t.mfu:.1%} of the {t.roof_class} roof at {t.seconds * 1e3:.3g} ms a step"
+    if t.optimizer_bytes:
+        text += f"; optimizer {t.optimizer_bytes:.4g} B of memory traffic a step"
+        if t.parameters:
+            text += (f" = {t.optimizer_bytes_per_parameter:.3g} B per parameter (a fused Adam's minimum: read p, g, "
+                     "m, v, write p, m, v)")
+    return text
 
 
 # An op that moved its counted bytes faster than this multiple of the memory roof cannot have
@@ -157,8 +246,9 @@ def analyze(profile: Profile, roofs: Roofs | Ceilings, *, advice_top: int = 5) -
             notes.insert(0, material)
         notes.append("ops with no cost formula (counted as uncounted, not zero): "
                      + ", ".join(f"{k} x{v}" for k, v in sorted(uncounted.items())))
-    return Analysis(profile, ceilings, roofs.datasheet, spec, diagnosis, groups, tips, tuple(notes))
+    return Analysis(profile, ceilings, roofs.datasheet, spec, diagnosis, groups, tips, tuple(notes),
+                    training_facts(profile, diagnosis, ceilings))
 
 
-__all__ = ["Analysis", "CACHE_RESIDENT_FRACTION", "UNCOUNTED_MATERIAL_SHARE", "analyze", "cache_note", "steady_state",
+__all__ = ["Analysis", "TrainingFacts", "training_facts", "training_text", "CACHE_RESIDENT_FRACTION", "UNCOUNTED_MATERIAL_SHARE", "analyze", "cache_note", "steady_state",
            "uncounted_share"]

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.overrides import TorchFunctionMode
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -634,9 +635,8 @@ def _refuse_flex_on_meta(stack: contextlib.ExitStack) -> None:
 
 def _watch_steps(stack: contextlib.ExitStack, rec: Recorder) -> None:
     """What rooflight.steps reads besides the module calls: torch.cuda.profiler.start()/stop()
-    (recorded, then passed on where CUDA exists) and optimizers' steps."""
+    (recorded, then passed on where CUDA exists)."""
     import torch.cuda.profiler as cuda_profiler
-    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
     start, stop = cuda_profiler.start, cuda_profiler.stop
 
@@ -653,8 +653,6 @@ def _watch_steps(stack: contextlib.ExitStack, rec: Recorder) -> None:
     cuda_profiler.start, cuda_profiler.stop = marked_start, marked_stop
     stack.callback(setattr, cuda_profiler, "start", start)
     stack.callback(setattr, cuda_profiler, "stop", stop)
-    stack.callback(register_optimizer_step_pre_hook(rec.optimizer_enter).remove)
-    stack.callback(register_optimizer_step_post_hook(rec.optimizer_exit).remove)
 
 
 
@@ -683,6 +681,9 @@ class Capture:
         st.callback(pre.remove)
         post = _m.register_module_forward_hook(rec.exit_module, always_call=True)
         st.callback(post.remove)
+        # ops inside an optimizer's step() get phase "optimizer" (training steps, rooflight.steps)
+        st.callback(register_optimizer_step_pre_hook(rec.optimizer_enter).remove)
+        st.callback(register_optimizer_step_post_hook(rec.optimizer_exit).remove)
         if self.steps:
             _watch_steps(st, rec)
         if hasattr(torch.compiler, "set_stance"):

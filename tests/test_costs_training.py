@@ -244,3 +244,39 @@ def test_uncounted_matrix_work_makes_the_headline_a_stated_lower_bound():
     ops2 = (ops[0], OpRecord(1, "aten::isin.Tensor_Tensor", counted=False))
     b = api.analyze(Profile(ops2), "h100", calibrated=False)
     assert not any("lower bounds" in n for n in b.notes) and any("isin" in n for n in b.notes)
+
+
+@needs_transformers
+def test_a_training_step_reports_model_flops_and_optimizer_traffic():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rooflight import api
+
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=512)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    ids = torch.randint(0, 512, (2, 32))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step():
+        opt.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+
+    step()  # the optimizer's states exist from here on
+    prof = api.count(step)
+    t = api.analyze(prof, "h100", calibrated=False).training
+    # attention: HF's mask sends SDPA down the math path here, whose QK^T and PV are bmm's
+    # (2 layers x 2 bmm x 2*B2*H4*S32*S32*D32 = 2,097,152), or a fused SDPA op
+    attention = sum(o.total_flops for o in prof.ops if o.phase == "forward"
+                    and ("scaled_dot_product" in o.op or o.short_op in ("bmm", "baddbmm")))
+    # model FLOPs: 3 x the forward's matrix work = 3 x (linear layers' 2 x 64 tokens x matrices + attention)
+    assert t.model_flops == pytest.approx(3 * (_closed_form("llama", cfg, 64) + attention), rel=1e-9)
+    assert t.executed_flops > t.model_flops and t.steps == 1 and t.mfu != t.mfu  # no timing: no MFU
+    params = sum(p.numel() for p in model.parameters())
+    assert t.parameters == params
+    # fused AdamW on fp32: reads p, g, m, v and writes p, m, v: 7 x 4 = 28 B per parameter, plus the
+    # step counters' _foreach_add_ (a 4-byte scalar per parameter tensor, read and written)
+    n_tensors = len(list(model.parameters()))
+    assert t.optimizer_bytes == 28 * params + 8 * n_tensors

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape as esc
 
 from .. import api
+from ..analysis import training_text
 from ..errors import RooflightError, UsageError
 from ..files import check_files, parse_formats, write_files
 from ..render.charts import figure_bytes, roofline_of
@@ -140,6 +141,8 @@ def print_summary(con, r, a) -> None:
         con.print(f"  [dim]{esc(scope)}[/dim]")
     for line in summary_lines(a):
         con.print("  " + esc(line))
+    if a.training is not None:
+        con.print("  " + esc(training_text(a.training)))
     if a.profile.steps:
         for line in phase_summary(a):
             con.print("  " + esc(line))

@@ -14,6 +14,7 @@ import math
 from typing import Iterable, Sequence
 
 from .._version import __version__
+from ..analysis import training_text
 from ..classify import Label
 from ..units import fmt_bandwidth, fmt_bytes, fmt_flops, fmt_flops_rate, fmt_seconds
 from .charts import figure_bytes, roofline_of, time_by_label_of
@@ -267,7 +268,8 @@ def report_html(a, *, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
     else:
         mode = f"counted only on {p.device_name or p.device}: no timing, labels predicted from the roofline"
     params = ", ".join(f"{k}={v}" for k, v in p.params.items())
-    sentences = "".join(f"<li>{e(line)}</li>" for line in summary_lines(a))
+    lines = summary_lines(a) + ([training_text(a.training)] if a.training is not None else [])
+    sentences = "".join(f"<li>{e(line)}</li>" for line in lines)
     hw = a.spec.name if a.spec is not None else a.ceilings.name
     head = (f"<h1>rooflight report: {e(p.workload or 'workload')}</h1>"
             f"<div class=meta>{e(mode)}<br>held against: <b>{e(hw)}</b> ({e(a.ceilings.source)} roofs)"
