@@ -19,6 +19,7 @@ from .groups import Kind, OpGroup, group_ops, has_work, kind_of
 from .hardware import HardwareSpec
 from .profile_data import Profile, RegionTiming
 from .roofline import Ceilings, Roofs
+from .llm import ADAM_MIXED_BYTES
 from .steps import STEADY
 
 
@@ -62,6 +63,7 @@ class TrainingFacts:
     mfu: float  # model FLOPs / (seconds x peak of roof_class); NaN without timing
     optimizer_bytes: float  # per step: the device-memory traffic of the optimizer's ops
     parameters: int  # elements the optimizer updated (from its ops' first tensor list), 0 if none seen
+    state_bytes: float = 0.0  # the optimizer states its fused kernel read (Adam's m and v), 0 if none seen
 
     @property
     def optimizer_bytes_per_parameter(self) -> float:
@@ -89,7 +91,7 @@ def training_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings) -
     model = 3 * sum(sum(o.flops.values()) for o in fwd)
     executed = sum(o.total_flops for o in ops)
     opt = [o for o in ops if o.phase == "optimizer"]
-    params = _updated_elements(opt)
+    params, states = _updated_elements(opt)
     seconds = math.nan
     if profile.timing is not None:
         if chosen:
@@ -102,20 +104,21 @@ def training_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings) -
     except (KeyError, ValueError):
         peak = math.nan
     mfu = model / n / (seconds * peak) if seconds > 0 and peak > 0 else math.nan
-    return TrainingFacts(n, model / n, executed / n, roof, seconds, mfu, sum(o.bytes for o in opt) / n, params // n)
+    return TrainingFacts(n, model / n, executed / n, roof, seconds, mfu, sum(o.bytes for o in opt) / n, params // n,
+                         states / n)
 
 
-def _updated_elements(opt_ops) -> int:
-    """Parameters an optimizer's ops updated: the fused kernels' and _foreach ops' first list (the
-    params, once per distinct list), else the single-tensor loop's in-place updates of params."""
-    seen: dict[tuple, int] = {}
+def _updated_elements(opt_ops) -> tuple[int, float]:
+    """(parameters, bytes of optimizer states) a fused optimizer kernel updated: its inputs are the
+    params' list, the grads', then the states' (Adam: m and v; SGD: the momentum buffers)."""
+    params, states = 0, 0.0
     for o in opt_ops:
         if o.short_op.startswith(("_fused_adam", "_fused_sgd")):
-            # its inputs start with the params' list
-            n = len(o.inputs) // 5 if "adam" in o.short_op else len(o.inputs) // 3
-            key = tuple((t.shape, t.dtype) for t in o.inputs[:n])
-            seen[key] = sum(t.numel for t in o.inputs[:n])
-    return sum(seen.values())
+            lists = 5 if "adam" in o.short_op else 3  # adam: p, g, m, v, state steps; sgd: p, g, buf
+            n = len(o.inputs) // lists
+            params += sum(t.numel for t in o.inputs[:n])
+            states += sum(t.bytes for t in o.inputs[2 * n:(4 if "adam" in o.short_op else 3) * n])
+    return params, states
 
 
 def training_text(t: TrainingFacts) -> str:
@@ -130,6 +133,9 @@ def training_text(t: TrainingFacts) -> str:
         if t.parameters:
             text += (f" = {t.optimizer_bytes_per_parameter:.3g} B per parameter (a fused Adam's minimum: read p, g, "
                      "m, v, write p, m, v)")
+        if t.parameters and t.state_bytes:
+            text += (f"; optimizer states {t.state_bytes / t.parameters:.3g} B per parameter (`rooflight llm --train` "
+                     f"holds {ADAM_MIXED_BYTES['optimizer']} for Adam in mixed precision: an fp32 master copy, m and v)")
     return text
 
 

@@ -280,3 +280,6 @@ def test_a_training_step_reports_model_flops_and_optimizer_traffic():
     # step counters' _foreach_add_ (a 4-byte scalar per parameter tensor, read and written)
     n_tensors = len(list(model.parameters()))
     assert t.optimizer_bytes == 28 * params + 8 * n_tensors
+    # its states: m and v in fp32, 8 B per parameter (rooflight llm --train's 12 adds the fp32 master
+    # copy that mixed precision keeps; this model trains in fp32, its parameters are the master)
+    assert t.state_bytes == 8 * params
