@@ -42,6 +42,13 @@ def zoo():
     eager._experts_implementation = "eager"
     yield "Mixtral (eager experts)", eager
     yield "GPT-2", GPT2Config(n_layer=2, n_embd=256, n_head=8, vocab_size=1024, n_positions=512)
+    try:
+        from transformers import Qwen2MoeConfig
+    except ImportError:  # older transformers
+        return
+    yield "Qwen2-MoE (shared expert)", Qwen2MoeConfig(**SMALL, moe_intermediate_size=128,
+                                                      shared_expert_intermediate_size=256, num_experts=8,
+                                                      num_experts_per_tok=2)
 
 
 def linear_closed_form(cfg, tokens: int) -> float:
@@ -54,9 +61,14 @@ def linear_closed_form(cfg, tokens: int) -> float:
     d = h // heads
     attn = 2 * h * heads * d + 2 * h * kv * d
     mlp = 3 * h * i
+    bias = 0
     if cfg.model_type == "mixtral":
         mlp = cfg.num_experts_per_tok * 3 * h * i + h * cfg.num_local_experts
-    return 2 * tokens * (cfg.num_hidden_layers * (attn + mlp) + h * cfg.vocab_size)
+    if cfg.model_type == "qwen2_moe":  # top-k experts, a gated shared expert, the router; q/k/v biases
+        mlp = (cfg.num_experts_per_tok * 3 * h * cfg.moe_intermediate_size + 3 * h * cfg.shared_expert_intermediate_size
+               + h * cfg.num_experts + h)
+        bias = tokens * cfg.num_hidden_layers * (heads + 2 * kv) * d
+    return 2 * tokens * (cfg.num_hidden_layers * (attn + mlp) + h * cfg.vocab_size) + bias
 
 
 def kv_bytes(cfg, batch: int, keys: int) -> float:

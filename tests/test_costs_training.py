@@ -73,6 +73,20 @@ def test_sdpa_backward_is_two_and_a_half_forwards():
     assert fwd[0].total_flops == tensor_f + 5 * 8192 and bwd[0].total_flops == tensor_b + 10 * 8192
 
 
+def test_fused_rms_norm_backward():
+    from rooflight.costs import OpCall, TensorMeta, lookup
+
+    x = TensorMeta.contiguous((4, 64), "float32")
+    rstd = TensorMeta.contiguous((4, 1), "float32")
+    w = TensorMeta.contiguous((64,), "float32")
+    call = OpCall("aten::_fused_rms_norm_backward.default", (x, x, [64], rstd, w, [True, True]), {}, (x, w))
+    cost = lookup(call.op)(call)
+    # 7 per element for dx + 2 for dw over 256 elements = 2304; reads g, x (1 KB each), rstd 16 B,
+    # w 256 B; writes dx 1 KB and dw 256 B
+    assert cost.total_flops == 2304 and cost.bytes_read == 1024 + 1024 + 16 + 256
+    assert cost.bytes_written == 1024 + 256
+
+
 # ---------------------------------------------------------------------------- optimizers
 
 
@@ -162,6 +176,12 @@ def _zoo():
     mx._experts_implementation = "eager"
     yield "mixtral (eager experts)", mx
     yield "gpt-2", GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=512, n_positions=256)
+    try:
+        from transformers import Qwen2MoeConfig
+    except ImportError:  # pragma: no cover  (older transformers)
+        return
+    yield "qwen2-moe", Qwen2MoeConfig(**small, moe_intermediate_size=64, shared_expert_intermediate_size=128,
+                                      num_experts=8, num_experts_per_tok=2)
 
 
 def _closed_form(name, cfg, tokens) -> float:
@@ -177,7 +197,14 @@ def _closed_form(name, cfg, tokens) -> float:
     mlp = 3 * h * i
     if "mixtral" in name:  # top-2 of the experts per token, and the router
         mlp = cfg.num_experts_per_tok * 3 * h * i + h * cfg.num_local_experts
-    return 2 * tokens * (cfg.num_hidden_layers * (attn + mlp) + h * cfg.vocab_size)
+    bias = 0
+    if name == "qwen2-moe":
+        # top-2 experts of moe_intermediate, a shared expert (shared_expert_intermediate) with its
+        # 1-wide gate, the router; q, k and v carry biases: (Hq + 2 Hkv) x D adds per token and layer
+        mlp = (cfg.num_experts_per_tok * 3 * h * cfg.moe_intermediate_size + 3 * h * cfg.shared_expert_intermediate_size
+               + h * cfg.num_experts + h)
+        bias = tokens * cfg.num_hidden_layers * (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd
+    return 2 * tokens * (cfg.num_hidden_layers * (attn + mlp) + h * cfg.vocab_size) + bias
 
 
 @needs_transformers

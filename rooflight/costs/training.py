@@ -56,6 +56,21 @@ def view_backward(call: OpCall) -> OpCost:
     return OpCost({}, grad.bytes, call.out.bytes, note="view backward: zero-filled gradient, the view's part copied")
 
 
+# ------------------------------------------------------------------ norm backwards
+
+
+@register_cost(aten._fused_rms_norm_backward)
+def fused_rms_norm_backward(call: OpCall) -> OpCost:
+    # x_hat = x * rstd; dx = rstd * (g*w - x_hat * mean(g*w*x_hat)): 7 per element; dw = sum over
+    # rows of g * x_hat: 2 per element (when asked for, output_mask[1]); reads g, x, rstd, w once
+    grad, x, _, rstd, w = (call.arg(i) for i in range(5))
+    mask = call.arg(5, "output_mask", (True, True)) or (True, True)
+    per = (7 if mask[0] else 0) + (2 if len(mask) > 1 and mask[1] and isinstance(w, TensorMeta) else 0)
+    reads = sum(t.bytes for t in (grad, x, rstd, w) if isinstance(t, TensorMeta))
+    return OpCost({vector_class(x): per * x.numel}, reads, sum(o.bytes for o in call.outputs),
+                  note="fused RMSNorm backward")
+
+
 # ------------------------------------------------------------------ the _foreach_* family
 
 _FOREACH_STEPS = {  # per element, as their single-tensor ops (pointwise table) count them
@@ -166,5 +181,6 @@ def isin(call: OpCall) -> OpCost:
     return OpCost({vector_class(e if isinstance(e, TensorMeta) else call.out): per * n}, reads, call.out.bytes)
 
 
-__all__ = ["ADAM_FLOPS_PER_ELEMENT", "SGD_FLOPS_PER_ELEMENT", "bincount", "foreach", "fused_adam", "fused_sgd",
+__all__ = ["ADAM_FLOPS_PER_ELEMENT", "SGD_FLOPS_PER_ELEMENT", "bincount", "foreach", "fused_adam",
+           "fused_rms_norm_backward", "fused_sgd",
            "histc", "isin", "nll_loss_backward", "nll_loss_forward", "view_backward"]
