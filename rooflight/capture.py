@@ -296,9 +296,8 @@ class Recorder:
         """Record one aten op with its cost.  The cost is a pure function of the op, its formula,
         its arguments' metadata and the settings, so it is computed once per distinct call and
         reused (a 32-layer model repeats each call 32 times; a decode loop, once per token)."""
-        key, arg_names, out_args, formula = _schema_facts(func)
-        matmul_like = _matmul_like(key)
-        values = _values(key, args, kwargs)
+        key, arg_names, out_args, formula, matmul_like, reads_values = _schema_facts(func)
+        values = _values(key, args, kwargs) if reads_values else None
         try:
             sig = (func, formula, _signature(args), _signature(kwargs) if kwargs else None, _signature(out),
                    tuple(values.items()) if values else None)
@@ -316,8 +315,8 @@ class Recorder:
                 self._memo[sig] = hit
         module, module_type, region, phase = self._where()
         op, inputs, outputs, device, flops, read, written, comm, link, counted, note = hit
-        self.records.append(OpRecord(len(self.records), op, module, module_type, region, phase, device, inputs,
-                                     outputs, flops, read, written, comm, link, counted, note))
+        self.records.append(OpRecord.record(len(self.records), op, module, module_type, region, phase, device, inputs,
+                                            outputs, flops, read, written, comm, link, counted, note))
 
     def _cost(self, func, key, arg_names, out_args, formula, args, kwargs, out, fp32: bool, values=None):
         outputs = _flat_tensors(out)
@@ -412,14 +411,16 @@ def _has_fp32(sig: Any) -> bool:
     return False
 
 
-_SCHEMA_FACTS: dict[Any, tuple[str, tuple[str, ...], tuple[str, ...], Any]] = {}
+_SCHEMA_FACTS: dict[Any, tuple] = {}
+_NOT_WORK: dict[Any, bool] = {}
 _GROUP_ARGS = ("group_size", "process_group", "group", "group_name")
 _GROUPED: set[str] = set()  # ops outside c10d whose schema names a group
 
 
-def _schema_facts(func: Any) -> tuple[str, tuple[str, ...], tuple[str, ...], Any]:
-    """(op key, positional argument names, out= argument names, cost formula) of an op, read from
-    its schema once (the formula is looked up each time: a user may register one mid-run)."""
+def _schema_facts(func: Any) -> tuple[str, tuple[str, ...], tuple[str, ...], Any, bool, bool]:
+    """(op key, positional argument names, out= argument names, cost formula, matrix-like, reads
+    tensor values) of an op, read from its schema once (the formula is looked up each time: a user
+    may register one mid-run)."""
     facts = _SCHEMA_FACTS.get(func)
     if facts is None:
         schema = func._schema
@@ -430,8 +431,9 @@ def _schema_facts(func: Any) -> tuple[str, tuple[str, ...], tuple[str, ...], Any
         if any(n in _GROUP_ARGS for n in arg_names) and "c10d" not in key:
             key_note = key  # a collective outside c10d's namespaces: read its group from the arguments
             _GROUPED.add(key_note)
-        facts = _SCHEMA_FACTS[func] = (key, arg_names, out_args, None)
-    return facts[0], facts[1], facts[2], lookup(func)
+        facts = _SCHEMA_FACTS[func] = (key, arg_names, out_args, _matmul_like(key),
+                                       key.startswith("aten::_grouped_mm"))
+    return facts[0], facts[1], facts[2], lookup(func), facts[3], facts[4]
 
 
 # ---------------------------------------------------------------------------- the modes
@@ -448,7 +450,10 @@ class _DispatchMode(TorchDispatchMode):
         if rec.suppress:
             rec.inner.append(op_key(func))
             return func(*args, **kwargs)
-        if func.namespace in ("profiler", "prim"):  # record_function's enter/exit, prim::device: not work
+        skip = _NOT_WORK.get(func)
+        if skip is None:
+            skip = _NOT_WORK[func] = func.namespace in ("profiler", "prim")
+        if skip:  # record_function's enter/exit, prim::device: not work
             return func(*args, **kwargs)
         if not rec.saw_fake and args and _is_fake(args[0]):
             rec.saw_fake = True

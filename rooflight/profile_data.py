@@ -56,6 +56,18 @@ class OpRecord(Traffic):
         if type(self.flops) is not MappingProxyType:  # the capture hands in a ready (str -> float) proxy
             object.__setattr__(self, "flops", MappingProxyType({str(k): float(v) for k, v in dict(self.flops).items()}))
 
+    @classmethod
+    def record(cls, index: int, op: str, module: str, module_type: str, region: str, phase: str, device: str,
+               inputs: tuple, outputs: tuple, flops: MappingProxyType, bytes_read: float, bytes_written: float,
+               comm_bytes: float, link: str, counted: bool, note: str) -> "OpRecord":
+        """The capture's fast constructor (one per op of a run: ~1 us instead of the frozen
+        dataclass's ~2); `flops` must already be a read-only str -> float mapping."""
+        rec = object.__new__(cls)
+        rec.__dict__.update(index=index, op=op, module=module, module_type=module_type, region=region, phase=phase,
+                            device=device, inputs=inputs, outputs=outputs, flops=flops, bytes_read=bytes_read,
+                            bytes_written=bytes_written, comm_bytes=comm_bytes, link=link, counted=counted, note=note)
+        return rec
+
     @property
     def math_class(self) -> str:
         """The class holding most of the FLOPs ("" for an op with none)."""
