@@ -308,16 +308,13 @@ def _norm(name: str) -> str:
 
 
 def builtin_spec_dir() -> Path:
-    """hw_specs/ as installed (package data), or beside the package in a source checkout."""
-    try:
-        from importlib.resources import files
-
-        candidate = Path(str(files("rooflight.hw_specs")))
+    """hw_specs/ as installed (package data: rooflight/hw_specs/ beside this file in a wheel), or
+    at the top of a source checkout (an editable install)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "hw_specs", here.parent / "hw_specs"):
         if candidate.is_dir() and any(candidate.glob("*.toml")):
             return candidate
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / "hw_specs"
+    return here.parent / "hw_specs"
 
 
 def user_spec_dirs(extra: Iterable[str | Path] = ()) -> list[Path]:

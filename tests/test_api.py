@@ -203,3 +203,36 @@ def test_one_intensity_rule_for_zero_bytes():
     assert op.intensity == math.inf
     p = Profile((OpRecord(0, "aten::view.default"),))
     assert p.intensity == 0.0
+
+
+def test_files_get_the_umasks_mode_not_mkstemps(tmp_path):
+    from rooflight.files import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        p = write_text_atomic(tmp_path / "report.html", "x")
+        assert p.stat().st_mode & 0o777 == 0o644  # 0666 less the umask (mkstemp alone gives 0600)
+        os.chmod(p, 0o640)
+        write_text_atomic(p, "y")  # a replaced file keeps its own mode
+        assert p.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_a_wheel_finds_its_built_in_gpus(tmp_path):
+    """Installed from a wheel (not editable), the spec files lie in rooflight/hw_specs/."""
+    from rooflight import hardware
+
+    pkg = tmp_path / "site" / "rooflight"
+    (pkg / "hw_specs").mkdir(parents=True)
+    for f in (ROOT / "hw_specs").glob("*.toml"):
+        (pkg / "hw_specs" / f.name).write_text(f.read_text())
+    fake = pkg / "hardware.py"
+    fake.write_text("")
+    code = (f"import rooflight.hardware as h, pathlib; h.__file__ = {str(fake)!r}; "
+            "d = h.builtin_spec_dir(); print(d); print(len(list(d.glob('*.toml'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = r.stdout.split()
+    assert r.returncode == 0 and lines[0] == str(pkg / "hw_specs") and int(lines[1]) >= 11, r.stdout + r.stderr
+    assert hardware.builtin_spec_dir() == ROOT / "hw_specs"  # a source checkout: the top-level folder
