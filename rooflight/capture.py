@@ -429,8 +429,7 @@ def _schema_facts(func: Any) -> tuple[str, tuple[str, ...], tuple[str, ...], Any
                          if a.kwarg_only and a.alias_info is not None and a.alias_info.is_write)
         key = op_key(func)
         if any(n in _GROUP_ARGS for n in arg_names) and "c10d" not in key:
-            key_note = key  # a collective outside c10d's namespaces: read its group from the arguments
-            _GROUPED.add(key_note)
+            _GROUPED.add(key)  # a collective outside c10d's namespaces: read its group from the arguments
         facts = _SCHEMA_FACTS[func] = (key, arg_names, out_args, _matmul_like(key),
                                        key.startswith("aten::_grouped_mm"))
     return facts[0], facts[1], facts[2], lookup(func), facts[3], facts[4]
