@@ -71,10 +71,10 @@ def profile_cmd(
     rooflight profile train.py -- --steps 10                   # a plain script, its arguments after --
     rooflight profile generate.py --steps 3:                   # the headline: steps 3 onward
 
-    A script's body runs once to count it (--count-only); timed, it runs 1 + --repeats times
-    (1 counted pass, then timed passes; default --repeats 1, so twice) on a GPU, 2 x --repeats on
-    the CPU, plus any --warmup runs; --single-pass runs it once (kernel times from that pass, host
-    times inflated by the capture, and said so).  Its run is cut into setup, steps (each call of
+    A script's body runs once to count it (--count-only); timed on a GPU, 1 + 2 x --repeats times
+    (a counted pass, then --repeats under the profiler and --repeats without it: 3 by default), on
+    the CPU 2 x --repeats (2 by default), plus any --warmup runs; --single-pass runs it once
+    (kernel times from that pass, host times inflated by the capture, and said so).  Its run is cut into setup, steps (each call of
     the model, with what follows it: loss, backward, optimizer) and teardown; the headline
     describes the steps, not the setup.
     """
