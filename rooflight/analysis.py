@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from .advice import advise
 from .classify import Diagnosis, Label, RegionBreakdown, Verdict, breakdown
+from .costs.model import matrix_like
 from .groups import Kind, OpGroup, group_ops, has_work, kind_of
 from .hardware import HardwareSpec
 from .profile_data import Profile, RegionTiming
@@ -162,14 +163,13 @@ def cache_note(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, spec:
 
 # Uncounted ops holding more than this share of the measured time make the headline a lower bound.
 UNCOUNTED_MATERIAL_SHARE = 0.03
-_MATRIX_WORDS = ("mm", "matmul", "linear", "conv", "attention", "einsum", "grouped")
 
 
 def uncounted_share(profile: Profile, diagnosis: Diagnosis) -> str:
     """A warning when uncounted ops could hold real work: a matrix-like op with no formula, or
     uncounted ops with more than UNCOUNTED_MATERIAL_SHARE of the measured time ("" otherwise)."""
     ops = [o for o in profile.ops if not o.counted]
-    matrix = sorted({o.short_op for o in ops if any(w in o.short_op for w in _MATRIX_WORDS)})
+    matrix = sorted({o.short_op for o in ops if matrix_like(o.short_op)})
     share = 0.0
     if profile.timing is not None:
         total = sum(v.seconds for v in diagnosis.verdicts.values() if v.seconds == v.seconds and v.seconds > 0)

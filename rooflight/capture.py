@@ -29,7 +29,6 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.overrides import TorchFunctionMode
 from torch._subclasses.fake_tensor import FakeTensor
@@ -43,7 +42,7 @@ except ImportError:  # pragma: no cover  (torch < 2.3)
 from ._version import __version__
 from . import regions as _regions
 from .costs import functions as _fn
-from .costs.model import OpCall, OpCost, Settings, TensorMeta
+from .costs.model import OpCall, OpCost, Settings, TensorMeta, matrix_like
 from .costs.registry import lookup, op_key
 from .detect import describe_cpu
 from .errors import CountError
@@ -284,13 +283,7 @@ class Recorder:
 
     def add(self, op: str, inputs: list[TensorMeta], outputs: list[TensorMeta], cost: OpCost | None,
             note: str = "") -> OpRecord:
-        module, module_type, region, phase = self._where()
-        op, inputs, outputs, device, flops, read, written, comm, link, counted, note = _payload(
-            op, inputs, outputs, cost, note)
-        rec = OpRecord(len(self.records), op, module, module_type, region, phase, device, inputs, outputs, flops, read,
-                       written, comm, link, counted, note)
-        self.records.append(rec)
-        return rec
+        return self._append(_payload(op, inputs, outputs, cost, note))
 
     def record_aten(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         """Record one aten op with its cost.  The cost is a pure function of the op, its formula,
@@ -301,29 +294,34 @@ class Recorder:
         try:
             sig = (func, formula, _signature(args), _signature(kwargs) if kwargs else None, _signature(out),
                    tuple(values.items()) if values else None)
-            fp32 = matmul_like and _has_fp32(sig[2])  # only matrix work reads the TF32 switch
-            if fp32:
-                sig += (tf32_matmul_now(),)
+            # only fp32 matrix work reads the TF32 switch: None where it cannot matter
+            tf32 = tf32_matmul_now() if matmul_like and _has_fp32(sig[2]) else None
+            sig += (tf32,)
             hit = self._memo.get(sig)
         except TypeError:  # an argument that cannot be hashed: compute the cost every time
-            sig, fp32, hit = None, matmul_like, None
+            sig, hit = None, None
+            tf32 = tf32_matmul_now() if matmul_like else None
         if hit is None:
-            op, inputs, outputs, cost, note = self._cost(func, key, arg_names, out_args, formula, args, kwargs, out,
-                                                         fp32, values)
-            hit = _payload(op, inputs, outputs, cost, note)
+            hit = _payload(*self._cost(func, key, arg_names, out_args, formula, args, kwargs, out, tf32, values))
             if sig is not None:
                 self._memo[sig] = hit
-        module, module_type, region, phase = self._where()
-        op, inputs, outputs, device, flops, read, written, comm, link, counted, note = hit
-        self.records.append(OpRecord.record(len(self.records), op, module, module_type, region, phase, device, inputs,
-                                            outputs, flops, read, written, comm, link, counted, note))
+        self._append(hit)
 
-    def _cost(self, func, key, arg_names, out_args, formula, args, kwargs, out, fp32: bool, values=None):
+    def _append(self, payload: tuple) -> OpRecord:
+        """One OpRecord from a call's payload (_payload) and where it ran now."""
+        module, module_type, region, phase = self._where()
+        op, inputs, outputs, device, flops, read, written, comm, link, counted, note = payload
+        rec = OpRecord.record(len(self.records), op, module, module_type, region, phase, device, inputs, outputs,
+                              flops, read, written, comm, link, counted, note)
+        self.records.append(rec)
+        return rec
+
+    def _cost(self, func, key, arg_names, out_args, formula, args, kwargs, out, tf32: bool | None, values=None):
         outputs = _flat_tensors(out)
         margs, mkwargs = _meta(tuple(args)), {k: _meta(v) for k, v in kwargs.items()} if kwargs else {}
         settings = self.settings
-        if fp32 and tf32_matmul_now() != settings.allow_tf32_matmul:  # only fp32 matmuls read it
-            settings = dataclasses.replace(settings, allow_tf32_matmul=not settings.allow_tf32_matmul)
+        if tf32 is not None and tf32 != settings.allow_tf32_matmul:  # only fp32 matrix work reads it
+            settings = dataclasses.replace(settings, allow_tf32_matmul=tf32)
         grouped = "c10d" in key or key in _GROUPED or any(k in _GROUP_ARGS for k in kwargs)
         call = OpCall(key, margs, mkwargs, tuple(outputs), settings, out_args, arg_names,
                       _group_size(args, kwargs, arg_names) if grouped else None, values or {})
@@ -390,19 +388,6 @@ def _signature(x: Any) -> Any:
 _TENSOR = object()
 
 
-_MATMUL_WORDS = ("mm", "matmul", "linear", "conv", "attention", "einsum", "addmv", "dot", "mv")
-_MATMUL_LIKE: dict[str, bool] = {}
-
-
-def _matmul_like(key: str) -> bool:
-    """Whether an op may do matrix work (and so read the TF32 switch): by its name, once."""
-    hit = _MATMUL_LIKE.get(key)
-    if hit is None:
-        name = key.split("::")[-1].split(".")[0]
-        hit = _MATMUL_LIKE[key] = any(w in name for w in _MATMUL_WORDS)
-    return hit
-
-
 def _has_fp32(sig: Any) -> bool:
     if isinstance(sig, tuple):
         if sig and sig[0] is _TENSOR:
@@ -430,7 +415,8 @@ def _schema_facts(func: Any) -> tuple[str, tuple[str, ...], tuple[str, ...], Any
         key = op_key(func)
         if any(n in _GROUP_ARGS for n in arg_names) and "c10d" not in key:
             _GROUPED.add(key)  # a collective outside c10d's namespaces: read its group from the arguments
-        facts = _SCHEMA_FACTS[func] = (key, arg_names, out_args, _matmul_like(key),
+        # matrix work reads the TF32 switch (read once per op, from its name)
+        facts = _SCHEMA_FACTS[func] = (key, arg_names, out_args, matrix_like(key.split("::")[-1].split(".")[0]),
                                        key.startswith("aten::_grouped_mm"))
     return facts[0], facts[1], facts[2], lookup(func), facts[3], facts[4]
 

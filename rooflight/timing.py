@@ -181,14 +181,15 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
     step_walls: dict[str, list[float]] = {}
     auto = [st for st in counted.steps if st.kind != "marked" and st.module] if not cuda_graph else []
     for _ in range(repeats):
-        with _StepEvents(auto) as marks:
+        with _StepCalls(auto, _cuda_mark) as calls:
             t0 = time.perf_counter()
             run()
-            marks.end()
+            calls.end()
             torch.cuda.synchronize()
             plain.append(time.perf_counter() - t0)
-        for name, sec in marks.walls().items():
-            step_walls.setdefault(name, []).append(sec)
+        if auto and len(calls.starts) == len(auto):  # a step runs to the next one's start, the last to the end
+            for st, a, b in zip(auto, calls.starts, calls.starts[1:] + [calls.last]):
+                step_walls.setdefault(st.name, []).append(a.elapsed_time(b) * 1e-3)
     result = aggregate_gpu(timed, ref_names, ref_ops, counted, repeats=repeats, warmup=warmup, flush_l2=flush_l2,
                            cuda_graph=cuda_graph, notes=notes,
                            device_name=torch.cuda.get_device_name(torch.cuda.current_device()))
@@ -220,19 +221,24 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
     return replace(result, plain_wall_seconds=wall)
 
 
-class _StepEvents:
-    """CUDA events recorded at the start of each outermost call of the step module (two light
-    module hooks), and one at the end of the run: each step's time on the GPU's timeline."""
+class _StepCalls:
+    """The outermost calls of a script's step module in a run without the capture, timed by two
+    light module hooks on a `clock` (time.perf_counter on the CPU; on a GPU a CUDA event recorded
+    on the stream, so the marks sit on the GPU's own timeline): a mark at each call's start (and,
+    with ends=True, at its end), and `end()` marks the end of the run."""
 
-    def __init__(self, steps):
-        self.steps = steps
-        self.events: list = []
+    def __init__(self, steps, clock: Callable[[], Any], *, ends: bool = False):
+        self.module = steps[0].module if steps else ""
+        self.clock = clock
+        self.mark_ends = ends
+        self.starts: list = []
+        self.ends: list = []
+        self.last = None
         self.depth = 0
         self.hooks: list = []
-        self.last = None
 
-    def __enter__(self) -> "_StepEvents":
-        if self.steps:
+    def __enter__(self) -> "_StepCalls":
+        if self.module:
             from torch.nn.modules import module as _m
 
             self.hooks = [_m.register_module_forward_pre_hook(self._pre),
@@ -240,29 +246,28 @@ class _StepEvents:
         return self
 
     def _pre(self, module, *_a) -> None:
-        if self.depth == 0 and type(module).__name__ == self.steps[0].module:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            self.events.append(ev)
+        if self.depth == 0 and type(module).__name__ == self.module:
+            self.starts.append(self.clock())
         self.depth += 1
 
     def _post(self, module, *_a) -> None:
         self.depth -= 1
+        if self.mark_ends and self.depth == 0 and type(module).__name__ == self.module:
+            self.ends.append(self.clock())
 
     def end(self) -> None:
-        if self.steps:
-            self.last = torch.cuda.Event(enable_timing=True)
-            self.last.record()
+        if self.module:
+            self.last = self.clock()
 
     def __exit__(self, *exc) -> None:
         for h in self.hooks:
             h.remove()
 
-    def walls(self) -> dict[str, float]:
-        if not self.steps or len(self.events) != len(self.steps) or self.last is None:
-            return {}
-        ends = self.events[1:] + [self.last]
-        return {st.name: a.elapsed_time(b) * 1e-3 for st, a, b in zip(self.steps, self.events, ends)}
+
+def _cuda_mark():
+    ev = torch.cuda.Event(enable_timing=True)
+    ev.record()
+    return ev
 
 
 def tile_steps(steps, bounds: dict[str, tuple[float, float]]) -> dict[str, float]:
@@ -419,25 +424,11 @@ def _plain_cpu_walls(fn, args, kwargs, repeats: int, steps=(), tails: dict[str, 
     With a script's steps, each step's too: two light module hooks time the outermost calls, and a
     step runs from its call's start to the next step's (the last: its call, plus its tail's op time
     measured under the capture, `tails`)."""
-    from torch.nn.modules import module as _m
-
     walls: dict[str, list[float]] = {}
     auto = [st for st in steps if st.kind != "marked" and st.module]
     for _ in range(repeats):
         open_at: dict[str, float] = {}
         spent: dict[str, float] = {}
-        calls: list[tuple[str, float, float]] = []
-        depth = [0]
-
-        def pre(module, *_a) -> None:
-            if depth[0] == 0:
-                calls.append((type(module).__name__, time.perf_counter(), 0.0))
-            depth[0] += 1
-
-        def post(module, *_a) -> None:
-            depth[0] -= 1
-            if depth[0] == 0 and calls:
-                calls[-1] = (calls[-1][0], calls[-1][1], time.perf_counter())
 
         def listener(path: str, enter: bool) -> None:
             now = time.perf_counter()
@@ -447,21 +438,19 @@ def _plain_cpu_walls(fn, args, kwargs, repeats: int, steps=(), tails: dict[str, 
                 spent[path] = spent.get(path, 0.0) + now - open_at.pop(path, now)
 
         _regions.LISTENERS.append(listener)
-        hooks = [_m.register_module_forward_pre_hook(pre), _m.register_module_forward_hook(post, always_call=True)] \
-            if auto else []
         try:
-            t0 = time.perf_counter()
-            fn(*args, **kwargs)
-            spent[""] = time.perf_counter() - t0
+            with _StepCalls(auto, time.perf_counter, ends=True) as calls:
+                t0 = time.perf_counter()
+                fn(*args, **kwargs)
+                spent[""] = time.perf_counter() - t0
         finally:
             _regions.LISTENERS.remove(listener)
-            for h in hooks:
-                h.remove()
-        mine = [c for c in calls if c[0] == auto[0].module] if auto else []
-        if auto and len(mine) == len(auto):
-            for k, (st, c) in enumerate(zip(auto, mine)):
-                nxt = mine[k + 1][1] if k + 1 < len(mine) else None
-                spent[st.name] = (nxt - c[1]) if nxt is not None else (c[2] - c[1]) + (tails or {}).get(st.name, 0.0)
+        if auto and len(calls.starts) == len(auto) == len(calls.ends):
+            # a step runs to the next one's start; the last: its call, plus its tail's op time
+            for k, st in enumerate(auto):
+                nxt = calls.starts[k + 1] if k + 1 < len(auto) else None
+                spent[st.name] = (nxt - calls.starts[k]) if nxt is not None else (
+                    calls.ends[k] - calls.starts[k] + (tails or {}).get(st.name, 0.0))
         for path, sec in spent.items():
             walls.setdefault(path, []).append(sec)
     return walls

@@ -47,13 +47,10 @@ def plan_sdpa(q: TensorMeta, k: TensorMeta, v: TensorMeta, *, mask: TensorMeta |
     """The backend a GPU picks for the call.  causal_variant: "upper_left"/"lower_right" when the
     mask is a CausalBias (then `mask` is None)."""
     causal = causal_variant or ("upper_left" if is_causal else None)
-    convert = False
-    if mask is not None and mask.dtype == "bool" and settings.sdpa_backends[:1] != ("math",):
-        fused = predict_sdpa_backend(q, k, v, has_mask=True, dropout_p=dropout_p, enable_gqa=enable_gqa,
-                                     settings=settings, is_causal=is_causal)
-        convert = fused != "math"
     backend = predict_sdpa_backend(q, k, v, has_mask=mask is not None, dropout_p=dropout_p, enable_gqa=enable_gqa,
                                    settings=settings, is_causal=is_causal)
+    # only a fused kernel needs the boolean mask made additive first
+    convert = mask is not None and mask.dtype == "bool" and backend != "math"
     return SdpaPlan(backend, causal, convert, settings)
 
 

@@ -69,6 +69,15 @@ DTYPES: dict[str, tuple[float, MathClass, MathClass]] = {
 }
 
 
+# Words in an op's name that mark matrix work (GEMMs, convolutions, attention, grouped GEMMs).
+MATRIX_WORDS = ("mm", "matmul", "linear", "conv", "attention", "einsum", "addmv", "dot", "mv", "grouped")
+
+
+def matrix_like(name: str) -> bool:
+    """Whether an op's short name ("mm", "_grouped_mm", "convolution") says it may do matrix work."""
+    return any(w in name for w in MATRIX_WORDS)
+
+
 _DTYPE_NAMES: dict[Any, str] = {}
 _DEVICE_NAMES: dict[Any, str] = {}
 

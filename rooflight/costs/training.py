@@ -100,10 +100,7 @@ def foreach(call: OpCall) -> OpCost:
     first = lists[0] if lists else []
     if base in ("zero",):  # writes only
         return OpCost({}, 0.0, sum(t.bytes for t in first), note="foreach zero: writes the list")
-    flops: dict = {}
-    for t in first:
-        c = vector_class(t)
-        flops[c] = flops.get(c, 0.0) + per * t.numel
+    flops = _per_element(first, per)
     reads = sum(t.bytes for t in call.tensor_inputs())
     if base == "copy":  # _foreach_copy_(self, src): reads src, writes self
         reads = sum(t.bytes for lst in lists[1:] for t in lst)
@@ -123,33 +120,36 @@ ADAM_FLOPS_PER_ELEMENT = 15
 SGD_FLOPS_PER_ELEMENT = 7
 
 
+def _per_element(tensors, per: float) -> dict:
+    """`per` FLOPs on every element of every tensor, on each one's vector class."""
+    flops: dict = {}
+    for t in tensors:
+        c = vector_class(t)
+        flops[c] = flops.get(c, 0.0) + per * t.numel
+    return flops
+
+
+def _fused_step(params: list, grads: list, states: list, per: float, note: str) -> OpCost:
+    """One kernel over every parameter: reads p, g and the states once, writes p and the states
+    once: the minimum an optimizer step can move."""
+    return OpCost(_per_element(params, per), sum(t.bytes for t in params + grads + states),
+                  sum(t.bytes for t in params + states), note=note)
+
+
 @register_cost(aten._fused_adam_, aten._fused_adamw_)
 def fused_adam(call: OpCall) -> OpCost:
-    """One kernel over every parameter: reads p, g, m, v (and max_v with amsgrad) once, writes p, m,
-    v (max_v) once: the minimum an Adam step can move."""
+    # (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, ..., amsgrad, ...)
     params, grads, m, v, vmax = (list(call.arg(i) or ()) for i in range(5))
-    amsgrad = bool(call.arg(11, "amsgrad", False))
-    states = m + v + (vmax if amsgrad else [])
-    reads = sum(t.bytes for t in params + grads + states)
-    writes = sum(t.bytes for t in params + states)
-    flops: dict = {}
-    for p in params:
-        c = vector_class(p)
-        flops[c] = flops.get(c, 0.0) + ADAM_FLOPS_PER_ELEMENT * p.numel
-    return OpCost(flops, reads, writes, note=f"fused Adam over {len(params)} parameters: each of p, g, m, v read "
-                                             "once, p, m, v written once")
+    states = m + v + (vmax if call.arg(11, "amsgrad", False) else [])
+    return _fused_step(params, grads, states, ADAM_FLOPS_PER_ELEMENT,
+                       f"fused Adam over {len(params)} parameters: each of p, g, m, v read once, p, m, v written once")
 
 
 @register_cost(aten._fused_sgd_)
 def fused_sgd(call: OpCall) -> OpCost:
+    # (params, grads, momentum_buffers, ...)
     params, grads, bufs = (list(call.arg(i) or ()) for i in range(3))
-    reads = sum(t.bytes for t in params + grads + bufs)
-    writes = sum(t.bytes for t in params + bufs)
-    flops: dict = {}
-    for p in params:
-        c = vector_class(p)
-        flops[c] = flops.get(c, 0.0) + SGD_FLOPS_PER_ELEMENT * p.numel
-    return OpCost(flops, reads, writes, note=f"fused SGD over {len(params)} parameters")
+    return _fused_step(params, grads, bufs, SGD_FLOPS_PER_ELEMENT, f"fused SGD over {len(params)} parameters")
 
 
 # ------------------------------------------------------------------ MoE routing

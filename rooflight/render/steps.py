@@ -87,11 +87,11 @@ def step_rows(a) -> list[StepRow]:
 
 def phase_summary(a) -> list[str]:
     """Prefill against decode, as measured: time to first token and time per output token."""
-    rows = [r for r in step_rows(a) if r.status == "headline" or r.kind == "prefill"]
+    rows = step_rows(a)
     timed = a.profile.timing is not None
     out = []
-    pre = [r for r in rows if r.kind == "prefill"]
-    dec = [r for r in step_rows(a) if r.kind == "decode" and r.status == "headline"]
+    pre = [r for r in rows if r.kind == "prefill"]  # the prefill counts whether in the headline or not
+    dec = [r for r in rows if r.kind == "decode" and r.status == "headline"]
     word = "measured" if timed else "at the roofline (no timing)"
     if pre:
         out.append(f"prefill ({pre[0].tokens or '?'} tokens): {fmt_seconds(pre[0].seconds)} {word} "
