@@ -356,14 +356,22 @@ def _payload(op: str, inputs, outputs, cost: OpCost | None, note: str) -> tuple:
             cost.link, True, "; ".join(x for x in (cost.note, note) if x))
 
 
-_PLAIN = (int, float, bool, str, type(None))
-_STRIDED = torch.strided
+_PLAIN = frozenset((int, float, bool, str, type(None)))
+
+
+_PLAIN_TENSORS = frozenset((torch.Tensor, torch.nn.Parameter))
 
 
 def _tensor_signature(x: torch.Tensor) -> tuple:
-    if x.layout is not _STRIDED or x.is_nested or isinstance(x, FakeTensor):
-        raise TypeError("no signature")  # costed every time (rare, and shapes may be symbolic)
-    return (_TENSOR, tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x.device, x.untyped_storage().nbytes())
+    if type(x) not in _PLAIN_TENSORS and isinstance(x, FakeTensor):
+        raise TypeError("no signature")  # costed every time (shapes may be symbolic)
+    try:  # a sparse, nested or mkldnn tensor has no strides (or no storage): it raises here
+        sig = (_TENSOR, x.shape, x.stride(), x.storage_offset(), x.dtype, x.device, x.untyped_storage().nbytes())
+    except (RuntimeError, NotImplementedError):
+        raise TypeError("no signature") from None  # costed every time (rare)
+    if x.is_nested:  # a nested tensor that answered all of the above
+        raise TypeError("no signature")
+    return sig
 
 
 def _signature(x: Any) -> Any:
@@ -371,14 +379,16 @@ def _signature(x: Any) -> Any:
     t = type(x)
     if t in _PLAIN:
         return x
-    if isinstance(x, torch.Tensor):
+    if t in _PLAIN_TENSORS or isinstance(x, torch.Tensor):
         return _tensor_signature(x)
-    if t is tuple or t is list:
-        if all(type(v) is int for v in x):  # sizes, dims: the common case
-            return tuple(x)
-        return tuple(_signature(v) for v in x)
+    if t is tuple or t is list:  # one loop, no generator: this runs for every op's arguments
+        out = []
+        for v in x:
+            tv = type(v)
+            out.append(v if tv in _PLAIN else _tensor_signature(v) if tv in _PLAIN_TENSORS else _signature(v))
+        return tuple(out)
     if t is dict:
-        return tuple((k, _signature(v)) for k, v in x.items())
+        return tuple([(k, _signature(v)) for k, v in x.items()])
     if isinstance(x, (list, tuple)):
         return tuple(_signature(v) for v in x)
     hash(x)
@@ -425,6 +435,13 @@ def _schema_facts(func: Any) -> tuple[str, tuple[str, ...], tuple[str, ...], Any
 
 
 class _DispatchMode(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ in torch._disable_dynamo (~1.5 us per op); the
+        # capture runs everything eagerly (torch.compiler.set_stance("force_eager")), so there is
+        # nothing for it to disable
+        return False
+
     def __init__(self, recorder: Recorder):
         super().__init__()
         self.recorder = recorder

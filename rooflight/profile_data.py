@@ -68,6 +68,13 @@ class OpRecord(Traffic):
                             bytes_written=bytes_written, comm_bytes=comm_bytes, link=link, counted=counted, note=note)
         return rec
 
+    def in_region(self, region: str) -> "OpRecord":
+        """This op moved to `region` (a fast copy: segmenting a run relabels every op)."""
+        rec = object.__new__(type(self))
+        rec.__dict__.update(self.__dict__)
+        rec.__dict__["region"] = region
+        return rec
+
     @property
     def math_class(self) -> str:
         """The class holding most of the FLOPs ("" for an op with none)."""

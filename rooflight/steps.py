@@ -16,7 +16,9 @@ that into steps, by these rules, in order:
    per token, a training loop once per iteration.  Everything between two calls joins the step it
    follows (the loss, `backward()`, the optimizer's step, a decode loop's sampling), so a
    training iteration is one step; after the last call, its backward and optimizer ops and as many
-   ops as the longest gap between earlier calls join it, the rest is teardown;
+   ops as the longest gap between earlier calls join it, the rest is teardown.  A step that turns
+   out forward-only (rule 3) is its model call alone: the loop's ops between calls (printing a
+   result, `.item()`, building the next input) are the region "between steps";
 3. a step is "train" when it runs backward or optimizer ops; else, by its attention (or its
    embedding lookup), "decode" when its query length is 1, "prefill" when longer and later steps
    decode, "forward" otherwise; "marked" for marked steps and capture ranges with no module call;
@@ -43,6 +45,7 @@ SETUP = "setup"
 TEARDOWN = "teardown"
 OUTSIDE = "outside the capture range"
 UNMARKED = "unmarked"
+BETWEEN = "between steps"  # a forward-only loop's own code between two model calls (printing, .item())
 STEADY = "steady state"  # the headline region of a run with steps (rooflight.analysis)
 
 _ATTENTION = ("scaled_dot_product", "flash_attention", "efficient_attention", "cudnn_attention", "flex_attention")
@@ -73,7 +76,7 @@ def summary_regions(profile, diagnosis) -> list[str]:
     if not profile.steps:
         return list(diagnosis.regions)
     names = {s.name for s in profile.steps}
-    apart = (SETUP, TEARDOWN, OUTSIDE, UNMARKED)
+    apart = (SETUP, BETWEEN, TEARDOWN, OUTSIDE, UNMARKED)
     out = [r for r in diagnosis.regions if r == STEADY or r.startswith(STEADY + ": ")] + [""]
     out += [r for r in apart if r in diagnosis.regions]
     out += [r for r in diagnosis.regions if r not in out and r not in names
@@ -215,8 +218,17 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
                     label[i] = (SETUP if i < chosen[0].start else TEARDOWN if i >= end else OUTSIDE)
             groups = [[ops[i] for i in range(a, b)] for a, b in bounds]
             for k, ((a, b), (kind, bt, q, kv), c) in enumerate(zip(bounds, _kinds(groups), chosen), 1):
+                if kind == "forward" and b > c.end:
+                    # a forward-only step is its model call: what the loop does between calls
+                    # (print a result, .item(), build the next input) is the script's, set apart
+                    for i in range(c.end, b):
+                        label[i] = BETWEEN if k < len(bounds) else TEARDOWN
+                    b = c.end
                 steps.append(Step(k, f"step {k}", kind, False, True, chosen[0].module_type, bt, q, kv, a, b - 1,
                                   c.end - 1))
+            if any(x == BETWEEN for x in label):
+                notes.append("the loop's own ops between two forward calls (outside the model) are the region "
+                             f"'{BETWEEN}', apart from the steps")
             if len(cand) > len(chosen):
                 others = sorted({c.module_type for c in cand if c.module_id != module_id})
                 notes.append(f"steps are the {len(chosen)} calls of {chosen[0].module_type}; the outermost calls of "
@@ -256,19 +268,18 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
     steps = [replace(s, warmup=w, headline=(sel[i] if sel is not None else not w))
              for i, (s, w) in enumerate(zip(steps, warm))]
 
-    new_ops = tuple(o if label[i] is None else replace(o, region=_prefixed(label[i], o.region))
+    new_ops = tuple(o if label[i] is None else o.in_region(_prefixed(label[i], o.region))
                     for i, o in enumerate(ops))
-    new_regions: list[str] = []
-    for i, o in enumerate(ops):
-        if label[i] is None:
-            chain = region_and_ancestors(o.region, regions)
+    new_regions: dict[str, None] = {}  # ordered, first seen first
+    for key in dict.fromkeys(zip(label, (o.region for o in ops))):  # each (segment, region) once, in order
+        lab, region = key
+        if lab is None:
+            chain = region_and_ancestors(region, regions)
         else:
-            chain = [label[i]] + [_prefixed(label[i], r) for r in region_and_ancestors(o.region, regions)]
-        for r in chain:
-            if r not in new_regions:
-                new_regions.append(r)
+            chain = [lab] + [_prefixed(lab, r) for r in region_and_ancestors(region, regions)]
+        new_regions.update(dict.fromkeys(chain))
     return Segmentation(new_ops, tuple(new_regions), tuple(steps), tuple(notes))
 
 
-__all__ = ["OUTSIDE", "SETUP", "STEADY", "Segmentation", "TEARDOWN", "TopCall", "UNMARKED", "parse_select", "segment",
-           "summary_regions"]
+__all__ = ["BETWEEN", "OUTSIDE", "SETUP", "STEADY", "Segmentation", "TEARDOWN", "TopCall", "UNMARKED", "parse_select",
+           "segment", "summary_regions"]

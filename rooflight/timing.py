@@ -181,15 +181,16 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
     step_walls: dict[str, list[float]] = {}
     auto = [st for st in counted.steps if st.kind != "marked" and st.module] if not cuda_graph else []
     for _ in range(repeats):
-        with _StepCalls(auto, _cuda_mark) as calls:
+        with _StepCalls(auto, _cuda_mark, ends=True) as calls:
             t0 = time.perf_counter()
             run()
             calls.end()
             torch.cuda.synchronize()
             plain.append(time.perf_counter() - t0)
-        if auto and len(calls.starts) == len(auto):  # a step runs to the next one's start, the last to the end
-            for st, a, b in zip(auto, calls.starts, calls.starts[1:] + [calls.last]):
-                step_walls.setdefault(st.name, []).append(a.elapsed_time(b) * 1e-3)
+        if auto and len(calls.starts) == len(auto) == len(calls.ends):
+            # a step runs to the next one's start, the last to the end; a forward-only step is its call
+            for st, a, b, c in zip(auto, calls.starts, calls.starts[1:] + [calls.last], calls.ends):
+                step_walls.setdefault(st.name, []).append(a.elapsed_time(c if st.kind == "forward" else b) * 1e-3)
     result = aggregate_gpu(timed, ref_names, ref_ops, counted, repeats=repeats, warmup=warmup, flush_l2=flush_l2,
                            cuda_graph=cuda_graph, notes=notes,
                            device_name=torch.cuda.get_device_name(torch.cuda.current_device()))
@@ -211,7 +212,7 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
         # teardown the profiled runs measured
         tear = result.region(TEARDOWN)
         walls = {n: statistics.median(v) for n, v in step_walls.items()}
-        if tear is not None and auto:
+        if tear is not None and auto and auto[-1].kind != "forward":
             walls[auto[-1].name] = max(walls[auto[-1].name] - tear.wall_seconds, 0.0)
         regions = tuple(replace(r, wall_seconds=max(walls[r.region], r.busy_seconds)) if r.region in walls else r
                         for r in result.regions)
@@ -273,12 +274,14 @@ def _cuda_mark():
 def tile_steps(steps, bounds: dict[str, tuple[float, float]]) -> dict[str, float]:
     """Each step's wall time as the span from its first activity to the next step's first (the
     last step: to its own last): steps tile the run, so the host's work between two model calls
-    (a decode loop's sampling, an optimizer's bookkeeping) belongs to the step it follows."""
+    (a decode loop's sampling, an optimizer's bookkeeping) belongs to the step it follows.  A
+    forward-only step is its model call alone (its own span): the loop's code between calls is
+    not the model's (rooflight.steps)."""
     timed = [st for st in steps if st.name in bounds]
     out = {}
     for st, nxt in zip(timed, timed[1:] + [None]):
         start, end = bounds[st.name]
-        out[st.name] = (bounds[nxt.name][0] if nxt is not None else end) - start
+        out[st.name] = (bounds[nxt.name][0] if nxt is not None and st.kind != "forward" else end) - start
     return out
 
 
@@ -446,9 +449,9 @@ def _plain_cpu_walls(fn, args, kwargs, repeats: int, steps=(), tails: dict[str, 
         finally:
             _regions.LISTENERS.remove(listener)
         if auto and len(calls.starts) == len(auto) == len(calls.ends):
-            # a step runs to the next one's start; the last: its call, plus its tail's op time
+            # a step runs to the next one's start (a forward-only one: its call); the last: its call, plus its tail
             for k, st in enumerate(auto):
-                nxt = calls.starts[k + 1] if k + 1 < len(auto) else None
+                nxt = calls.starts[k + 1] if k + 1 < len(auto) and st.kind != "forward" else None
                 spent[st.name] = (nxt - calls.starts[k]) if nxt is not None else (
                     calls.ends[k] - calls.starts[k] + (tails or {}).get(st.name, 0.0))
         for path, sec in spent.items():

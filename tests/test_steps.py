@@ -16,7 +16,7 @@ import pytest
 from rooflight.costs.model import TensorMeta
 from rooflight.errors import UsageError
 from rooflight.profile_data import OpRecord, Profile
-from rooflight.steps import SETUP, STEADY, TEARDOWN, TopCall, parse_select, segment
+from rooflight.steps import BETWEEN, SETUP, STEADY, TEARDOWN, TopCall, parse_select, segment
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "tests" / "examples"
@@ -80,6 +80,18 @@ def test_generate_is_a_prefill_then_decodes_with_their_kv_length():
     assert [s.headline for s in seg.steps] == [True, False, True, True]
     # after the last call, as many ops as the longest gap (1) join it; the rest is teardown
     assert [o.region for o in seg.ops][7:] == ["step 4", TEARDOWN, TEARDOWN]
+
+
+def test_a_forward_loop_sets_its_own_code_between_calls_apart():
+    # 3 x [model call: 2 ops, then the loop's print(out.mean().item()): 2 ops], as a user's loop does
+    seq = ops("mmmm" * 3)
+    calls = [TopCall(1, "Layer", 4 * i, 4 * i + 2) for i in range(3)]
+    seg = segment(seq, (), calls)
+    assert [s.kind for s in seg.steps] == ["forward"] * 3
+    assert [o.region for o in seg.ops] == (["step 1"] * 2 + [BETWEEN] * 2 + ["step 2"] * 2 + [BETWEEN] * 2
+                                           + ["step 3"] * 2 + [TEARDOWN] * 2)
+    assert [(s.first_op, s.last_op) for s in seg.steps] == [(0, 1), (4, 5), (8, 9)]
+    assert any(BETWEEN in n for n in seg.notes)
 
 
 def test_choosing_the_headline_steps():
@@ -226,12 +238,14 @@ def test_steps_tile_the_run():
     from rooflight.timing import tile_steps
 
     class S:
-        def __init__(self, name):
-            self.name = name
+        def __init__(self, name, kind="decode"):
+            self.name, self.kind = name, kind
 
     # step 1 runs 0-3, then the host works until step 2 starts at 5; step 2 runs 5-9: the gap is step 1's
-    walls = tile_steps([S("step 1"), S("step 2")], {"step 1": (0.0, 3.0), "step 2": (5.0, 9.0), "setup": (-9, 0)})
-    assert walls == {"step 1": 5.0, "step 2": 4.0}
+    bounds = {"step 1": (0.0, 3.0), "step 2": (5.0, 9.0), "setup": (-9, 0)}
+    assert tile_steps([S("step 1"), S("step 2")], bounds) == {"step 1": 5.0, "step 2": 4.0}
+    # forward-only steps are their model calls: the 2 between them is the loop's own ("between steps")
+    assert tile_steps([S("step 1", "forward"), S("step 2", "forward")], bounds) == {"step 1": 3.0, "step 2": 4.0}
 
 
 def test_a_long_op_table_is_cut_to_the_heaviest(monkeypatch, h100_decode):

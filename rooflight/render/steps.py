@@ -18,7 +18,7 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from ..classify import summary
-from ..steps import OUTSIDE, SETUP, TEARDOWN, UNMARKED
+from ..steps import BETWEEN, OUTSIDE, SETUP, TEARDOWN, UNMARKED
 from ..steps import summary_regions as _summary_regions
 from ..units import fmt_bytes, fmt_seconds
 from .charts import LABEL_COLORS, new_figure
@@ -193,7 +193,7 @@ def setup_html(a) -> str:
     """Setup and teardown (and anything outside the steps): time, host<->device bytes, what ran."""
     d, p = a.diagnosis, a.profile
     parts = []
-    for name in (SETUP, TEARDOWN, OUTSIDE, UNMARKED):
+    for name in (SETUP, BETWEEN, TEARDOWN, OUTSIDE, UNMARKED):
         if name not in d.regions:
             continue
         r = d.regions[name]
