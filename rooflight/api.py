@@ -21,11 +21,14 @@ project -> render).  What needs the world happens here, in one place:
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import calibrate as _cal
+from . import counters as _counters
+from . import ncu as _ncu
 from .analysis import Analysis
 from .analysis import analyze as _analyze
 from .capture import count as _count
@@ -213,12 +216,23 @@ def count(fn: Callable[..., Any], *args: Any, workload: str = "", **kwargs: Any)
 
 def profile(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 10, flush_l2: bool = False,
             cuda_graph: bool = False, device: str | None = None, workload: str = "", params: dict | None = None,
-            **kwargs: Any) -> Profile:
+            counters: bool = False, **kwargs: Any) -> Profile:
     """Count and time `fn(*args, **kwargs)`: a Profile whose ops carry measured times (GPU kernel
     times; CPU wall times where the workload runs on the CPU, with a quick CPU calibration made
-    and cached if none is).  device: "cuda" or "cpu" says where to take times from."""
+    and cached if none is).  device: "cuda" or "cpu" says where to take times from.
+    counters=True: one more run under Nsight Compute puts executed FLOPs, DRAM and L2 bytes beside
+    the counted ones (`fn` must be defined at the top level of a .py file: the run is a child process)."""
     p = Profile.of(_time(fn, *args, warmup=warmup, repeats=repeats, flush_l2=flush_l2, cuda_graph=cuda_graph,
                          device=device, workload=workload, params=params, **kwargs))
+    if counters:
+        if p.timing is None or p.timing.device_kind == "cpu":
+            raise RooflightError("counters=True reads a GPU's hardware counters: the workload must run on a CUDA GPU")
+        with tempfile.TemporaryDirectory(prefix="rooflight-args-") as tmp:
+            run = _ncu.run_counter_pass(_ncu.callable_spec(fn, args, kwargs, warmup, tmp))
+        joined = _counters.join(p, _counters.parse_csv(run.csv), metrics=run.metrics,
+                                tool=f"Nsight Compute {run.version.replace('Version ', '')}",
+                                notes=[f"the counter pass (one more run under ncu) took {run.seconds:.1f} s"])
+        p = Profile.of(_counters.attach(p, joined))
     if p.timing is not None and p.timing.device_kind == "cpu":
         roofs(p, measure=True)  # profiling measures anyway: make sure this CPU has roofs for the display
     return p

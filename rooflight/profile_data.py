@@ -134,6 +134,31 @@ class KernelRecord:
 
 
 @dataclass(frozen=True)
+class KernelCounters:
+    """One kernel's hardware counters, read by Nsight Compute in one extra run (rooflight.ncu)."""
+
+    op_index: int  # the OpRecord that launched it (joined by kernel order); -1 if not joined
+    name: str
+    flops: Mapping[str, float] = field(default_factory=dict)  # executed FLOPs by math class (FMA = 2)
+    dram_read: float = 0.0  # bytes
+    dram_write: float = 0.0
+    l2_bytes: float = 0.0  # lts__t_bytes: every L2 transaction's bytes, reads and writes
+    seconds: float = 0.0  # ncu's gpu__time_duration (under replay: not the timing's figure)
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The counter pass of a timed profile: its kernels and how they were read."""
+
+    tool: str  # "Nsight Compute 2025.3.1.0"
+    kernels: tuple[KernelCounters, ...] = ()
+    metrics: tuple[str, ...] = ()
+    clock_control: str = "none"
+    cache_control: str = "all"  # ncu flushes the caches before each kernel's replay
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class OpTiming:
     """Measured time of one OpRecord: GPU kernel time (or CPU wall time on a CPU run)."""
 
@@ -217,6 +242,7 @@ class Profile:
     timing: Timing | None = None  # set when mode == "timed"
     steps: tuple[Step, ...] = ()  # a script's steps (rooflight.steps); () when none were found or looked for
     notes: tuple[str, ...] = ()  # how it was made, e.g. how the steps were found
+    counters: Counters | None = None  # hardware counters of one more run (profile --counters)
 
     # ------------------------------------------------------------------ totals
 
@@ -330,6 +356,7 @@ class Profile:
             "ops": [_op_to_dict(o) for o in self.ops],
             "timing": _timing_to_dict(self.timing) if self.timing is not None else None,
             "steps": [asdict(st) for st in self.steps], "notes": list(self.notes),
+            "counters": asdict(self.counters) if self.counters is not None else None,
         }
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -358,6 +385,7 @@ class Profile:
                 params=dict(d.get("params", {})),
                 timing=_timing_from_dict(d["timing"]) if d.get("timing") else None,
                 steps=tuple(Step(**st) for st in d.get("steps", ())), notes=tuple(d.get("notes", ())),
+                counters=_counters_from_dict(d["counters"]) if d.get("counters") else None,
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ProfileFormatError(f"profile is corrupt ({type(err).__name__}: {err}); re-create it") from None
@@ -434,6 +462,13 @@ def _op_from_dict(d: Mapping[str, Any]) -> OpRecord:
     if unknown:
         raise ValueError(f"unknown op fields {sorted(unknown)}")
     return OpRecord(**d)
+
+
+def _counters_from_dict(d: Mapping[str, Any]) -> Counters:
+    kernels = tuple(KernelCounters(**{**k, "flops": {str(c): float(v) for c, v in k["flops"].items()}})
+                    for k in d.get("kernels", ()))
+    return Counters(d["tool"], kernels, tuple(d.get("metrics", ())), d.get("clock_control", "none"),
+                    d.get("cache_control", "all"), tuple(d.get("notes", ())))
 
 
 def _timing_to_dict(t: Timing) -> dict[str, Any]:

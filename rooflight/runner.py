@@ -25,12 +25,14 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from . import counters as _counters
+from . import ncu as _ncu
 from . import regions as _regions
 from .capture import count
 from .errors import NoGPUError, RooflightError, UsageError
 from .profile_data import Profile
 from .timing import profile as time_profile
-from .workloads import ModelFileError, Run, Workload, build, check_run, points, user_traceback
+from .workloads import ModelFileError, Run, Workload, build, check_run, declares_workloads, points, user_traceback
 
 
 @dataclass(frozen=True)
@@ -181,5 +183,39 @@ def profile_script(path: Path, argv: Sequence[str], options: Options) -> Result:
     return Result(path.stem, "", {}, replace(prof, params={"argv": " ".join(argv)} if argv else {}))
 
 
-__all__ = ["ModelFileError", "Options", "Result", "ScriptExit", "default_device", "profile_script",
-           "profile_workloads", "validate"]
+# ---------------------------------------------------------------------------- hardware counters
+
+
+def counter_spec(path: Path, result: Result, options: Options, argv: Sequence[str] = ()) -> dict:
+    """What the counter pass's child runs (rooflight.ncu): the same workload point, or the script."""
+    if declares_workloads(path):
+        return {"kind": "workload", "path": str(path.resolve()), "workload": result.workload,
+                "params": dict(result.params), "device": options.device, "warmup": options.warmup,
+                "dtype": str(options.dtype).replace("torch.", "") if options.dtype else None}
+    return {"kind": "script", "path": str(path.resolve()), "argv": list(argv), "warmup": options.warmup}
+
+
+def with_counters(path: Path, results: Sequence[Result], options: Options, argv: Sequence[str] = ()
+                  ) -> tuple[list[Result], RooflightError | None]:
+    """Each result with the hardware counters of one more run under Nsight Compute beside its
+    counts; on a machine without ncu (or counters it may not read), the results unchanged and
+    the error to report after they are written."""
+    if options.count_only or not options.device.startswith("cuda"):
+        raise UsageError("--counters reads a GPU's hardware counters: it needs a timed run on a CUDA GPU "
+                         "(drop --count-only / --device cpu)")
+    out = []
+    for r in results:
+        try:
+            run = _ncu.run_counter_pass(counter_spec(path, r, options, argv))
+            kernels = _counters.parse_csv(run.csv)
+        except (_ncu.CountersUnavailable, _counters.CounterFormatError) as err:
+            return list(results), err
+        counted = _counters.join(r.profile, kernels, tool=f"Nsight Compute {run.version.replace('Version ', '')}",
+                                 metrics=run.metrics,
+                                 notes=[f"the counter pass (one more run under ncu) took {run.seconds:.1f} s"])
+        out.append(replace(r, profile=_counters.attach(r.profile, counted)))
+    return out, None
+
+
+__all__ = ["ModelFileError", "Options", "Result", "ScriptExit", "counter_spec", "default_device", "profile_script",
+           "profile_workloads", "validate", "with_counters"]

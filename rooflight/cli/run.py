@@ -14,11 +14,12 @@ from ..analysis import training_text
 from ..errors import RooflightError, UsageError
 from ..files import check_files, parse_formats, write_files
 from ..render.charts import figure_bytes, roofline_of
+from ..render.counters import counters_table
 from ..render.html import report_html
 from ..render.projection import projection_html
 from ..render.steps import headline_text, phase_summary, steps_table, summary_lines
 from ..render.tables import groups_table
-from ..runner import Options, default_device, profile_script, profile_workloads
+from ..runner import Options, default_device, profile_script, profile_workloads, with_counters
 from ..steps import parse_select
 from ..workloads import declares_workloads, load_model_file, parse_assignments, parse_dtype
 from .common import (ForceOption, HwDirOption, NoSweepOption, ParamOption, SweepOption, console, database,
@@ -59,6 +60,9 @@ def profile_cmd(
                                              "(default: all but the first of each kind, the warm-up)."),
     single_pass: bool = typer.Option(False, "--single-pass", help="Scripts: run the body once, counted and timed "
                                                                   "together (for scripts with side effects)."),
+    counters: bool = typer.Option(False, "--counters", help="Also read the GPU's hardware counters (Nsight Compute, "
+                                                            "one more run): executed FLOPs, DRAM and L2 bytes beside "
+                                                            "the counted ones."),
     force: bool = ForceOption,
     hw_dir: Optional[List[Path]] = HwDirOption,
 ) -> None:
@@ -120,11 +124,18 @@ def profile_cmd(
         with progress("running") as bar:
             bar.add_task(file.name, total=None)
             results = [profile_script(file, script_args or [], opts)]
+    counter_error = None
+    if counters:
+        with progress("reading hardware counters (ncu)") as bar:
+            bar.add_task(file.name, total=None)
+            results, counter_error = with_counters(file, results, opts, script_args or [])
     run = api.render_run(results, formats=formats, hw=hw, db=db, source=file.name, measure=True)
     for r, a in zip(run.results, run.analyses):
         print_summary(con, r, a)
     for p in run.write(out, force=force):
         con.print(f"wrote {esc(str(p))}")
+    if counter_error is not None:
+        raise counter_error  # after the profile without counters was written
     failed = [r for r in results if r.check_passed is False]
     if failed:
         raise RooflightError("correctness check failed for " + ", ".join(
@@ -148,6 +159,8 @@ def print_summary(con, r, a) -> None:
             con.print("  " + esc(line))
         con.print(steps_table(a))
     con.print(groups_table(a))
+    if a.profile.counters is not None:
+        con.print(counters_table(a))
     if a.advice:
         con.print(f"  advice: [bold]{esc(a.advice[0].recommendation)}[/bold] — {esc(a.advice[0].effect)}")
     if r.check is not None:

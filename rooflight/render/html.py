@@ -13,6 +13,7 @@ import html
 import math
 from typing import Iterable, Sequence
 
+from .counters import counters_html
 from .._version import __version__
 from ..analysis import training_text
 from ..classify import Label
@@ -290,6 +291,8 @@ def report_html(a, *, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
         "<h2>Advice for the heaviest ops</h2>", _advice(a),
         "<h2>Op groups (the same op at the same place of every layer)</h2>", _groups_table(a),
     ]
+    if p.counters is not None:
+        body += ["<h2>Hardware counters: counted beside measured</h2>", counters_html(a)]
     for title, section in extra_sections:
         body += [f"<h2>{e(title)}</h2>", section]
     body += ["<h2>Ops</h2>", _ops_table(a), _kernels_table(a)]

@@ -1,0 +1,109 @@
+"""What the counter pass costs: `rooflight profile --counters` end to end against Nsight Compute
+run over the whole program, with the same metrics and with `--set roofline`, on the same
+workloads in one run.
+
+    python benchmarks/counters_cost.py [--roofline-kernels 40] [--cap 240]
+
+`--set roofline` replays every kernel many times (tens to hundreds of ms each): it is run on the
+first --roofline-kernels kernels of the whole run, and its cost per kernel times the run's kernel
+count gives the whole run's (printed as an extrapolation, beside the part measured).  Writes
+benchmarks/results/counters_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rooflight import ncu  # noqa: E402
+
+CASES = [("kernels/llama.py", "decode", {"config": "llama-2-7b", "batch": 1, "context": 512}, "7B-shape decode step"),
+         ("benchmarks/counters_cases.py", "hf_llama_prefill", {}, "HF Llama 2-layer prefill, 512 tokens")]
+
+
+def _timed(cmd, timeout):
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        return time.perf_counter() - t0, r, False
+    except subprocess.TimeoutExpired:
+        return time.perf_counter() - t0, None, True
+
+
+def _kernels(ncu_bin: str, report: Path) -> int:
+    out = subprocess.run([ncu_bin, "--import", str(report), "--csv", "--page", "raw"], capture_output=True, text=True)
+    rows = list(csv.reader(io.StringIO(out.stdout[out.stdout.find('"ID"'):])))
+    return sum(1 for r in rows[1:] if r and r[0].strip().isdigit())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--roofline-kernels", type=int, default=40)
+    ap.add_argument("--cap", type=float, default=240.0, help="seconds before a run is stopped")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "counters_cost.json"))
+    args = ap.parse_args(argv)
+    nb = ncu.find_ncu()
+    query = subprocess.run([nb, "--devices", "0", "--query-metrics"], capture_output=True, text=True).stdout
+    metrics = ncu.choose_metrics(query)
+    rows = []
+    for file, wl, params, label in CASES:
+        base = [sys.executable, "-m", "rooflight", "profile", file, "-w", wl, "--no-sweep", "--format", "json",
+                "--force", "--repeats", "3", "--no-check"] + [x for k, v in params.items() for x in ("--param", f"{k}={v}")]
+        with tempfile.TemporaryDirectory() as tmp:
+            t_plain, r0, _ = _timed(base + ["-o", f"{tmp}/a"], args.cap)
+            t_rl, r1, _ = _timed(base + ["-o", f"{tmp}/b", "--counters"], args.cap)
+            spec = {"kind": "workload", "path": str(ROOT / file), "workload": wl, "params": params, "device": "cuda",
+                    "warmup": 3}
+            sp = Path(tmp) / "spec.json"
+            sp.write_text(json.dumps(spec))
+            child = [sys.executable, "-m", "rooflight.ncu", str(sp)]
+            t_same, r2, cut2 = _timed([nb, "--metrics", ",".join(metrics), "--clock-control", "none", "-f", "-o",
+                                       f"{tmp}/same"] + child, args.cap)
+            n_all = _kernels(nb, Path(f"{tmp}/same.ncu-rep")) if not cut2 else 0
+            t_roof, r3, cut3 = _timed([nb, "--set", "roofline", "--clock-control", "none", "-c",
+                                       str(args.roofline_kernels), "-f", "-o", f"{tmp}/roof"] + child, args.cap)
+            n_roof = _kernels(nb, Path(f"{tmp}/roof.ncu-rep")) if not cut3 else 0
+        # per kernel under --set roofline, less the child's own start-up (the plain-metrics run's time
+        # per kernel stands in for nothing: take the start-up as the plain profile's wall)
+        per_kernel = (t_roof - min(t_plain, t_roof)) / n_roof if n_roof else float("nan")
+        roof_whole = t_plain + per_kernel * n_all if n_all else float("nan")
+        rows.append({"workload": label, "kernels_whole_run": n_all, "rooflight_profile_s": t_plain,
+                     "rooflight_counters_s": t_rl, "counter_pass_s": t_rl - t_plain, "ncu_same_metrics_whole_s": t_same,
+                     "ncu_roofline_first_kernels": n_roof, "ncu_roofline_first_s": t_roof,
+                     "ncu_roofline_per_kernel_s": per_kernel, "ncu_roofline_whole_extrapolated_s": roof_whole,
+                     "roofline_over_rooflight_counters": roof_whole / t_rl,
+                     "same_metrics_over_rooflight_counters": t_same / t_rl,
+                     "errors": [x.stderr[-300:] for x in (r0, r1, r2, r3) if x is not None and x.returncode]})
+    import torch
+
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "ncu": ncu.version(nb),
+              "date": dt.date.today().isoformat(), "rows": rows}
+    print(f"{result['device']}, torch {result['torch']}, {result['ncu']}, {result['date']}")
+    print(f"{'workload':38} {'kernels':>7} {'profile':>8} {'+counters':>9} {'ncu same':>9} {'roofline (extrap.)':>19} "
+          f"{'roof/rl':>7}")
+    for r in rows:
+        print(f"{r['workload']:38} {r['kernels_whole_run']:7d} {r['rooflight_profile_s']:7.1f}s "
+              f"{r['rooflight_counters_s']:8.1f}s {r['ncu_same_metrics_whole_s']:8.1f}s "
+              f"{r['ncu_roofline_whole_extrapolated_s']:18.0f}s {r['roofline_over_rooflight_counters']:7.1f}"
+              f"   (roofline measured on {r['ncu_roofline_first_kernels']} kernels: {r['ncu_roofline_first_s']:.1f} s)")
+        for err in r["errors"]:
+            print("   error:", err)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

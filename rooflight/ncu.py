@@ -1,0 +1,219 @@
+"""Hardware counters from Nsight Compute: the extra pass behind `rooflight profile --counters`.
+
+After the timed passes, the workload (or script) runs once more in a child process under `ncu`,
+with a small metric set chosen from what this GPU's counters offer (`ncu --query-metrics`):
+tensor-pipe FLOPs by source precision, CUDA-core FLOPs (add, mul, fma by precision), DRAM read
+and write bytes, L2 bytes and ncu's own kernel duration.  Only that one repeat is profiled: the
+child runs the warm-ups first, then brackets the measured run with cudaProfilerStart/Stop
+(`ncu --profile-from-start off`), so its kernels are the same sequence the timing's labelled run
+saw (rooflight.counters joins them to the ops by that order).  Clocks are left alone
+(`--clock-control none`); caches are flushed before each replay (ncu's default), which the
+comparison of bytes takes into account.
+
+Child side: `python -m rooflight.ncu SPEC.json` (the spec names the file, the workload point or
+the script's arguments, the device and the warm-ups).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import RooflightError
+
+# base names (before .sum) matched against the chip's metric list; the class is read from the name
+_TENSOR = re.compile(r"^sm__ops_path_tensor_(?:op_(?:hgmma|hmma|igmma|imma|dmma)_)?src_[a-z0-9]+.*sparsity_off$")
+_CORE = [f"smsp__sass_thread_inst_executed_op_{p}{o}_pred_on" for p in ("f", "h", "d") for o in ("add", "mul", "fma")]
+_BYTES = ["dram__bytes_read", "dram__bytes_write", "lts__t_bytes", "gpu__time_duration"]
+
+
+_SEARCH = ("usr/local/cuda*/bin/ncu", "opt/nvidia/nsight-compute*/ncu")  # where the toolkit puts it, off PATH
+
+
+class CountersUnavailable(RooflightError):
+    """No Nsight Compute here, or it cannot read this GPU's counters."""
+
+
+@dataclass(frozen=True)
+class NcuRun:
+    csv: str  # `ncu --import ... --csv --page raw --print-units base`
+    version: str  # "NVIDIA (R) Nsight Compute Command Line Profiler ... Version 2025.3.1.0"
+    metrics: tuple[str, ...]
+    seconds: float  # wall time of the counter pass (child run under ncu, then the import)
+
+
+def find_ncu() -> str:
+    path = os.environ.get("ROOFLIGHT_NCU") or shutil.which("ncu")
+    if os.environ.get("ROOFLIGHT_NCU") and not Path(path).exists():
+        raise CountersUnavailable(f"ROOFLIGHT_NCU={path}: no such file; point it at Nsight Compute's ncu, or unset it; "
+                                  "the profile without counters was written")
+    if not path:
+        for pattern in _SEARCH:
+            for cand in sorted(Path("/").glob(pattern)):
+                path = str(cand)
+    if not path or not Path(path).exists():
+        raise CountersUnavailable("--counters needs Nsight Compute (ncu), which is not on PATH: install it (it ships "
+                                  "with the CUDA toolkit) or set ROOFLIGHT_NCU=/path/to/ncu; the profile without "
+                                  "counters was written")
+    return path
+
+
+def version(ncu: str) -> str:
+    out = subprocess.run([ncu, "--version"], capture_output=True, text=True, timeout=60)
+    lines = [ln.strip() for ln in (out.stdout or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else "ncu"
+
+
+def choose_metrics(query_text: str) -> tuple[str, ...]:
+    """The metric set, from `ncu --query-metrics` output: every tensor-pipe op counter by source
+    precision (dense), CUDA-core add/mul/fma by precision, DRAM/L2 bytes, kernel duration."""
+    names = set()
+    for line in query_text.splitlines():
+        tok = line.strip().split(" ", 1)[0] if line.strip() else ""
+        if "__" in tok:
+            names.add(tok)
+    tensor = sorted(n for n in names if _TENSOR.match(n))
+    chosen = [f"{n}.sum" for n in tensor] + [f"{n}.sum" for n in _CORE + _BYTES if n in names]
+    if not any(m.startswith("dram__bytes_read") for m in chosen):
+        raise CountersUnavailable("ncu on this GPU offers no dram__bytes_read counter (an unsupported GPU, or ncu "
+                                  "older than the chip): the profile without counters was written")
+    return tuple(chosen)
+
+
+def callable_spec(fn, args: tuple, kwargs: dict, warmup: int, folder: str) -> dict:
+    """The child's spec for a function defined at the top level of a .py file: it imports the
+    file and calls the function on the same arguments (saved with torch.save into `folder`)."""
+    import inspect
+
+    import torch
+
+    try:
+        source = inspect.getsourcefile(fn)
+    except TypeError:
+        source = None
+    qual = getattr(fn, "__qualname__", "")
+    if not source or not source.endswith(".py") or "<locals>" in qual or "<lambda>" in qual:
+        raise CountersUnavailable("counters=True re-runs the function under ncu in a child process, so it must be "
+                                  "defined at the top level of a .py file (not a notebook cell, a lambda or a nested "
+                                  "function): move it to a file, or use `rooflight profile script.py --counters`")
+    path = Path(folder) / "args.pt"
+    torch.save((tuple(args), dict(kwargs)), path)
+    return {"kind": "callable", "path": source, "qualname": qual, "args": str(path), "warmup": warmup}
+
+
+def _permission_error(text: str) -> bool:
+    return "ERR_NVGPUCTRPERM" in text or "permission to access NVIDIA GPU Performance Counters" in text
+
+
+def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None) -> NcuRun:
+    """Run the child under ncu and read its report back as CSV."""
+    import time
+
+    ncu = find_ncu()
+    ver = version(ncu)
+    q = subprocess.run([ncu, "--devices", "0", "--query-metrics"], capture_output=True, text=True, timeout=120)
+    if _permission_error(q.stdout + q.stderr):
+        raise CountersUnavailable("ncu cannot read this GPU's performance counters (ERR_NVGPUCTRPERM): run as a user "
+                                  "allowed to profile (see NVIDIA's ERR_NVGPUCTRPERM page); the profile without "
+                                  "counters was written")
+    metrics = choose_metrics(q.stdout)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rooflight-ncu-") as tmp:
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps(dict(spec)), encoding="utf-8")
+        rep = Path(tmp) / "counters"
+        cmd = [ncu, "--metrics", ",".join(metrics), "--clock-control", "none", "--profile-from-start", "off",
+               "--target-processes", "all", "-f", "-o", str(rep), sys.executable, "-m", "rooflight.ncu", str(spec_path)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent)]
+                                                           + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        text = r.stdout + r.stderr
+        if _permission_error(text):
+            raise CountersUnavailable("ncu cannot read this GPU's performance counters (ERR_NVGPUCTRPERM): run as a "
+                                      "user allowed to profile; the profile without counters was written")
+        report = rep.with_suffix(".ncu-rep")
+        if r.returncode != 0 or not report.exists():
+            tail = " | ".join(ln for ln in text.splitlines()[-4:] if ln.strip())
+            raise CountersUnavailable(f"the counter pass under ncu failed (exit {r.returncode}): {tail[:400]}; the "
+                                      "profile without counters was written")
+        imp = subprocess.run([ncu, "--import", str(report), "--csv", "--page", "raw", "--print-units", "base",
+                              "--print-kernel-base", "demangled"], capture_output=True, text=True, timeout=600)
+        if imp.returncode != 0:
+            raise CountersUnavailable(f"ncu --import failed (exit {imp.returncode}): {imp.stderr.strip()[:300]}")
+    return NcuRun(imp.stdout, ver, metrics, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------- the child
+
+
+def _child(spec: Mapping[str, Any]) -> None:
+    import runpy
+
+    import torch
+    import torch.cuda.profiler as cuda_profiler
+
+    from . import workloads as _w
+
+    cudart = torch.cuda.cudart()
+    # the script's own start()/stop() must not open ranges during the warm-ups: only ours count
+    cuda_profiler.start = cuda_profiler.stop = lambda: None
+    path = Path(spec["path"])
+    if spec["kind"] == "script":
+        def run() -> None:
+            sys.argv = [str(path), *spec.get("argv", [])]
+            sys.path.insert(0, str(path.resolve().parent))
+            try:
+                runpy.run_path(str(path), run_name="__main__")
+            except SystemExit as err:
+                if err.code not in (None, 0):
+                    raise
+    elif spec["kind"] == "callable":  # rooflight.profile(fn, ..., counters=True): fn from its file
+        import importlib.util
+
+        mod_spec = importlib.util.spec_from_file_location("_rooflight_counted", path)
+        mod = importlib.util.module_from_spec(mod_spec)
+        sys.path.insert(0, str(path.resolve().parent))
+        mod_spec.loader.exec_module(mod)
+        fn = mod
+        for part in spec["qualname"].split("."):
+            fn = getattr(fn, part)
+        args, kwargs = torch.load(spec["args"], weights_only=False)
+
+        def run() -> None:
+            fn(*args, **kwargs)
+    else:
+        wl = next(w for w in _w.load_model_file(path) if w.name == spec["workload"])
+        dtype = _w.parse_dtype(spec["dtype"]) if spec.get("dtype") else None
+        built = _w.build(wl, dict(spec.get("params", {})), device=spec.get("device", "cuda"), dtype=dtype)
+
+        def run() -> None:
+            built.fn(*built.args, **built.kwargs)
+    for _ in range(int(spec.get("warmup", 0))):
+        run()
+    torch.cuda.synchronize()
+    cudart.cudaProfilerStart()
+    run()
+    torch.cuda.synchronize()
+    cudart.cudaProfilerStop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    _child(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["CountersUnavailable", "NcuRun", "callable_spec", "choose_metrics", "find_ncu", "run_counter_pass", "version"]

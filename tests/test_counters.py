@@ -1,0 +1,161 @@
+"""Hardware counters beside the counts (rooflight.counters, rooflight.ncu): recorded Nsight
+Compute output from an H200 (tests/fixtures/counters/, made by record_counters.py: ncu 2025.3.1,
+torch 2.11.0+cu130, 2026-12-01) parsed, joined to the recorded profiles and compared, exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rooflight import counters as C
+from rooflight import ncu
+from rooflight.profile_data import Profile
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "tests" / "fixtures" / "counters"
+
+
+def load(tag: str) -> Profile:
+    p = Profile.load(FIX / f"{tag}.json")
+    kernels = C.parse_csv((FIX / f"{tag}.csv").read_text())
+    return C.attach(p, C.join(p, kernels, tool="Nsight Compute 2025.3.1.0"))
+
+
+def only(p: Profile, short: str) -> C.Comparison:
+    rows = [c for c in C.compare(p, l2_mb=60) if c.name.endswith(short)]
+    assert len(rows) == 1, [c.name for c in C.compare(p)]
+    return rows[0]
+
+
+def test_the_metric_set_is_chosen_from_what_the_chip_offers():
+    chosen = ncu.choose_metrics((FIX / "query-metrics-h200.txt").read_text())
+    assert "sm__ops_path_tensor_op_hgmma_src_bf16_dst_fp32_sparsity_off.sum" in chosen
+    assert "sm__ops_path_tensor_src_fp8_sparsity_off.sum" in chosen
+    assert "smsp__sass_thread_inst_executed_op_ffma_pred_on.sum" in chosen
+    assert {"dram__bytes_read.sum", "dram__bytes_write.sum", "lts__t_bytes.sum", "gpu__time_duration.sum"} <= set(chosen)
+    assert not any("sparsity_on" in m for m in chosen)  # dense work only
+    assert chosen == tuple(json.loads((FIX / "metrics.json").read_text())["metrics"])  # what the fixtures ran with
+    with pytest.raises(ncu.CountersUnavailable, match="dram__bytes_read"):
+        ncu.choose_metrics("sm__ops_path_tensor_op_hgmma_src_bf16_dst_fp32_sparsity_off Counter")
+
+
+def test_metric_classes_count_an_fma_as_two():
+    assert C.metric_class("sm__ops_path_tensor_op_hgmma_src_bf16_dst_fp32_sparsity_off.sum") == ("bf16_tensor", 1.0)
+    assert C.metric_class("sm__ops_path_tensor_op_hmma_src_fp16_dst_fp16_sparsity_off.sum") == ("fp16_tensor_fp16_acc", 1.0)
+    assert C.metric_class("sm__ops_path_tensor_src_fp8_sparsity_off.sum") == ("fp8_tensor", 1.0)
+    assert C.metric_class("smsp__sass_thread_inst_executed_op_ffma_pred_on.sum") == ("fp32", 2.0)
+    assert C.metric_class("smsp__sass_thread_inst_executed_op_hadd_pred_on.sum") == ("fp16", 1.0)
+    assert C.metric_class("dram__bytes_read.sum") is None
+
+
+def test_the_raw_csv_parses_with_its_units_row_and_thousands_separators():
+    ks = C.parse_csv((FIX / "gemm_bf16_m-1.csv").read_text())
+    assert [k.name[:30] for k in ks] == ["nvjet_sm90_tst_64x8_64x16_2x1_", "void cublasLt::splitKreduce_ke"]
+    assert ks[0].dram_read == 33_578_752 and ks[0].seconds == pytest.approx(12_160e-9)
+    assert ks[0].flops == {"bf16_tensor": 268_435_456.0}
+    # the split-K reduce: 8,192 fadd + 4,096 fmul + 4,096 hfma (x2)
+    assert ks[1].flops == {"fp32": 8192 + 4096, "fp16": 2 * 4096}
+    with pytest.raises(C.CounterFormatError, match="no kernel table"):
+        C.parse_csv("==PROF== Disconnected\n==ERROR== something")
+
+
+def test_kernel_names_compare_by_function():
+    assert C.kernel_key("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>(int, T2)") \
+        == "vectorized_elementwise_kernel"
+    assert C.kernel_key("nvjet_sm90_tst_64x8_64x16_2x1_v_bz_splitK_TNT") == "nvjet_sm90_tst_64x8_64x16_2x1_v_bz_splitK_TNT"
+
+
+def test_gemv_executes_eight_times_its_useful_flops_and_reads_its_weights():
+    c = only(load("gemm_bf16_m-1"), "mm")
+    # useful: 2 * M * N * K = 2 * 1 * 4096 * 4096 = 33,554,432; cuBLAS pads M = 1 to 8 rows: 268,435,456
+    assert c.useful_tensor == 2 * 4096 * 4096 and c.executed_tensor == 8 * 2 * 4096 * 4096
+    assert c.tensor_ratio == 8.0
+    # the weights: 4096 * 4096 * 2 B = 33,554,432 B; DRAM read 33,578,752 + 41,472 (the reduce)
+    assert c.read_ratio == pytest.approx(1.0019, abs=1e-3)
+    assert c.kernels == 2
+    assert "padding" in c.why[0] and "M = 1" in c.why[0] and "still memory-bound" in c.why[0]
+
+
+def test_a_compute_bound_gemm_matches_the_counters():
+    c = only(load("gemm_bf16_m-1024"), "mm")
+    # 2 * 1024 * 4096 * 4096 = 34,359,738,368 FLOPs, executed exactly
+    assert c.useful_tensor == 2 * 1024 * 4096 * 4096 == c.executed_tensor
+    assert 0.99 < c.read_ratio < 1.01
+    # the 8 MB output is still in the 60 MB L2 when the kernel ends: writes read low, and say why
+    assert c.write_ratio < 0.5 and any("stays in the L2" in w and "8 MB" in w for w in c.why)
+
+
+def test_causal_flash_attention_matches_the_tile_model():
+    c = only(load("sdpa_backend-flash_causal-True"), "_scaled_dot_product_flash_attention")
+    assert c.tensor_ratio == pytest.approx(1.0, abs=2e-3)
+    assert 0.95 < c.read_ratio < 1.1
+
+
+def test_gqa_decode_attention_pads_its_query_rows():
+    c = only(load("decode_attention_kv_heads-8"), "_scaled_dot_product_cudnn_attention")
+    # 32 query heads over 8 KV heads: the kernel fills 4x the useful FLOPs (padded query rows)
+    assert c.tensor_ratio == pytest.approx(4.0, abs=1e-3)
+    assert 0.99 < c.read_ratio < 1.01  # the KV cache read once
+    assert "padding" in c.why[0] and "KV cache" in c.why[0]
+
+
+def test_memory_bound_kernels_read_their_modelled_bytes():
+    p = load("rms_norm_eager")
+    big = [c for c in C.compare(p, l2_mb=60) if c.model_read > 1e8]
+    assert len(big) == 6
+    assert all(0.99 < c.read_ratio < 1.01 for c in big)
+    soft = only(load("softmax"), "_softmax")
+    assert 0.99 < soft.read_ratio < 1.01
+
+
+def test_every_kernel_is_joined_and_the_counters_round_trip_through_json():
+    p = load("rms_norm_eager")
+    assert all(k.op_index >= 0 for k in p.counters.kernels) and not p.counters.notes
+    back = Profile.from_json(p.to_json())
+    assert back.counters == p.counters
+    assert [c.why for c in C.compare(back)] == [c.why for c in C.compare(p)]
+
+
+def test_an_unknown_kernel_is_left_out_and_said():
+    p = Profile.load(FIX / "softmax.json")
+    ks = C.parse_csv((FIX / "softmax.csv").read_text())
+    stranger = C.NcuKernel(99, "void mystery_kernel<1>()", {}, 1.0, 0.0, 0.0, 1e-6)
+    joined = C.join(p, ks + [stranger], tool="ncu")
+    assert joined.kernels[-1].op_index == -1
+    assert any("1 of 2 kernels" in n for n in joined.notes)
+
+
+def test_no_ncu_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv("ROOFLIGHT_NCU", "/nonexistent/ncu")
+    with pytest.raises(ncu.CountersUnavailable, match="ROOFLIGHT_NCU=/nonexistent/ncu: no such file"):
+        ncu.find_ncu()
+    monkeypatch.delenv("ROOFLIGHT_NCU")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(ncu, "_SEARCH", ())
+    with pytest.raises(ncu.CountersUnavailable, match="not on PATH"):
+        ncu.find_ncu()
+
+
+def test_counters_on_the_cpu_say_they_need_a_gpu(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "rooflight", "profile", str(ROOT / "tests" / "examples" / "tiny_model.py"),
+                        "--device", "cpu", "--counters", "-o", "out"], cwd=tmp_path, capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode != 0
+    assert "--counters reads a GPU's hardware counters" in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_the_report_shows_the_counters(h100_decode):
+    from rooflight import api
+    from rooflight.render.html import report_html
+
+    p = load("gemm_bf16_m-1")
+    a = api.analyze(api.Profile.of(p), "H200 SXM")
+    html = report_html(a)
+    assert "Hardware counters: counted beside measured" in html and "8.00x" in html and "padding" in html
