@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import calibrate as _cal
-from . import counters as _counters
 from . import ncu as _ncu
 from .analysis import Analysis
 from .analysis import analyze as _analyze
@@ -228,11 +227,7 @@ def profile(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 
         if p.timing is None or p.timing.device_kind == "cpu":
             raise RooflightError("counters=True reads a GPU's hardware counters: the workload must run on a CUDA GPU")
         with tempfile.TemporaryDirectory(prefix="rooflight-args-") as tmp:
-            run = _ncu.run_counter_pass(_ncu.callable_spec(fn, args, kwargs, warmup, tmp))
-        joined = _counters.join(p, _counters.parse_csv(run.csv), metrics=run.metrics,
-                                tool=f"Nsight Compute {run.version.replace('Version ', '')}",
-                                notes=[f"the counter pass (one more run under ncu) took {run.seconds:.1f} s"])
-        p = Profile.of(_counters.attach(p, joined))
+            p = Profile.of(_ncu.read_counters(p, _ncu.callable_spec(fn, args, kwargs, warmup, tmp)))
     if p.timing is not None and p.timing.device_kind == "cpu":
         roofs(p, measure=True)  # profiling measures anyway: make sure this CPU has roofs for the display
     return p

@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 
 from .errors import RooflightError
 from .profile_data import Counters, KernelCounters, OpRecord, Profile
+from .trace import align_to_ops
 
 
 class CounterFormatError(RooflightError):
@@ -111,11 +112,7 @@ def kernel_key(name: str) -> str:
     n = name.strip().replace("(anonymous namespace)::", "").replace("<unnamed>::", "")
     if n.startswith("void "):
         n = n[5:]
-    depth, cut = 0, len(n)
-    for i, ch in enumerate(n):
-        if ch in "<(" and depth == 0:
-            cut = i
-            break
+    cut = min((i for i in (n.find("<"), n.find("(")) if i >= 0), default=len(n))
     return n[:cut].split("::")[-1].strip()
 
 
@@ -123,22 +120,11 @@ def join(profile: Profile, kernels: Sequence[NcuKernel], *, tool: str, metrics: 
          notes: Sequence[str] = ()) -> Counters:
     """Join the counter pass's kernels to the profile's ops, by the order of the timed run's
     kernels (Timing.kernels, already joined to ops); names are compared by kernel_key."""
-    import difflib
-
     ref = [k for k in (profile.timing.kernels if profile.timing else ()) if k.kind == "kernel"]
-    a = [kernel_key(k.name) for k in ref]
-    b = [kernel_key(k.name) for k in kernels]
-    owner = [-1] * len(kernels)
-    matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
-    for tag, a1, a2, b1, b2 in matcher.get_opcodes():
-        if tag == "equal":
-            for k in range(b2 - b1):
-                owner[b1 + k] = ref[a1 + k].op_index
-        elif tag == "replace":  # another algorithm picked this time, in place of one op's kernels
-            ops = {r.op_index for r in ref[a1:a2]}
-            if len(ops) == 1:
-                for k in range(b1, b2):
-                    owner[k] = next(iter(ops))
+    # the timing's own alignment: a run of kernels standing in for one op's (another algorithm
+    # picked this time) is joined to that op; anything else unmatched keeps op -1
+    _, owner = align_to_ops([kernel_key(k.name) for k in ref], [k.op_index for k in ref],
+                            [kernel_key(k.name) for k in kernels])
     out = tuple(KernelCounters(o, k.name, dict(k.flops), k.dram_read, k.dram_write, k.l2_bytes, k.seconds)
                 for k, o in zip(kernels, owner))
     notes = list(notes)

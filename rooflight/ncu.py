@@ -23,10 +23,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import counters as _counters
 from .errors import RooflightError
 
 # base names (before .sum) matched against the chip's metric list; the class is read from the name
@@ -109,22 +112,26 @@ def callable_spec(fn, args: tuple, kwargs: dict, warmup: int, folder: str) -> di
     return {"kind": "callable", "path": source, "qualname": qual, "args": str(path), "warmup": warmup}
 
 
-def _permission_error(text: str) -> bool:
-    return "ERR_NVGPUCTRPERM" in text or "permission to access NVIDIA GPU Performance Counters" in text
+def _check_permission(text: str) -> None:
+    if "ERR_NVGPUCTRPERM" in text or "permission to access NVIDIA GPU Performance Counters" in text:
+        raise CountersUnavailable("ncu cannot read this GPU's performance counters (ERR_NVGPUCTRPERM): run as a user "
+                                  "allowed to profile (see NVIDIA's ERR_NVGPUCTRPERM page); the profile without "
+                                  "counters was written")
+
+
+@lru_cache(maxsize=None)
+def _setup(ncu: str) -> tuple[str, tuple[str, ...]]:
+    """(version, metric set) of an ncu binary, asked once per process (a model file's points each
+    run a counter pass); a failure is not cached."""
+    q = subprocess.run([ncu, "--devices", "0", "--query-metrics"], capture_output=True, text=True, timeout=120)
+    _check_permission(q.stdout + q.stderr)
+    return version(ncu), choose_metrics(q.stdout)
 
 
 def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None) -> NcuRun:
     """Run the child under ncu and read its report back as CSV."""
-    import time
-
     ncu = find_ncu()
-    ver = version(ncu)
-    q = subprocess.run([ncu, "--devices", "0", "--query-metrics"], capture_output=True, text=True, timeout=120)
-    if _permission_error(q.stdout + q.stderr):
-        raise CountersUnavailable("ncu cannot read this GPU's performance counters (ERR_NVGPUCTRPERM): run as a user "
-                                  "allowed to profile (see NVIDIA's ERR_NVGPUCTRPERM page); the profile without "
-                                  "counters was written")
-    metrics = choose_metrics(q.stdout)
+    ver, metrics = _setup(ncu)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rooflight-ncu-") as tmp:
         spec_path = Path(tmp) / "spec.json"
@@ -136,9 +143,7 @@ def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None) -
                                                            + [p for p in [os.environ.get("PYTHONPATH")] if p])}
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         text = r.stdout + r.stderr
-        if _permission_error(text):
-            raise CountersUnavailable("ncu cannot read this GPU's performance counters (ERR_NVGPUCTRPERM): run as a "
-                                      "user allowed to profile; the profile without counters was written")
+        _check_permission(text)
         report = rep.with_suffix(".ncu-rep")
         if r.returncode != 0 or not report.exists():
             tail = " | ".join(ln for ln in text.splitlines()[-4:] if ln.strip())
@@ -149,6 +154,16 @@ def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None) -
         if imp.returncode != 0:
             raise CountersUnavailable(f"ncu --import failed (exit {imp.returncode}): {imp.stderr.strip()[:300]}")
     return NcuRun(imp.stdout, ver, metrics, time.perf_counter() - t0)
+
+
+def read_counters(profile, spec: Mapping[str, Any]):
+    """`profile` (a timed GPU profile) with the counters of one more run of `spec` beside its
+    counts: the pass, its CSV read, its kernels joined to the ops (rooflight.counters)."""
+    run = run_counter_pass(spec)
+    joined = _counters.join(profile, _counters.parse_csv(run.csv), metrics=run.metrics,
+                            tool=f"Nsight Compute {run.version.replace('Version ', '')}",
+                            notes=[f"the counter pass (one more run under ncu) took {run.seconds:.1f} s"])
+    return _counters.attach(profile, joined)
 
 
 # ---------------------------------------------------------------------------- the child
@@ -216,4 +231,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["CountersUnavailable", "NcuRun", "callable_spec", "choose_metrics", "find_ncu", "run_counter_pass", "version"]
+__all__ = ["CountersUnavailable", "NcuRun", "callable_spec", "choose_metrics", "find_ncu", "read_counters",
+           "run_counter_pass", "version"]

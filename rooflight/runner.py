@@ -206,14 +206,9 @@ def with_counters(path: Path, results: Sequence[Result], options: Options, argv:
     out = []
     for r in results:
         try:
-            run = _ncu.run_counter_pass(counter_spec(path, r, options, argv))
-            kernels = _counters.parse_csv(run.csv)
+            out.append(replace(r, profile=_ncu.read_counters(r.profile, counter_spec(path, r, options, argv))))
         except (_ncu.CountersUnavailable, _counters.CounterFormatError) as err:
             return list(results), err
-        counted = _counters.join(r.profile, kernels, tool=f"Nsight Compute {run.version.replace('Version ', '')}",
-                                 metrics=run.metrics,
-                                 notes=[f"the counter pass (one more run under ncu) took {run.seconds:.1f} s"])
-        out.append(replace(r, profile=_counters.attach(r.profile, counted)))
     return out, None
 
 

@@ -181,7 +181,7 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
     step_walls: dict[str, list[float]] = {}
     auto = [st for st in counted.steps if st.kind != "marked" and st.module] if not cuda_graph else []
     for _ in range(repeats):
-        with _StepCalls(auto, _cuda_mark, ends=True) as calls:
+        with _StepCalls(auto, _cuda_mark) as calls:
             t0 = time.perf_counter()
             run()
             calls.end()
@@ -225,13 +225,12 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
 class _StepCalls:
     """The outermost calls of a script's step module in a run without the capture, timed by two
     light module hooks on a `clock` (time.perf_counter on the CPU; on a GPU a CUDA event recorded
-    on the stream, so the marks sit on the GPU's own timeline): a mark at each call's start (and,
-    with ends=True, at its end), and `end()` marks the end of the run."""
+    on the stream, so the marks sit on the GPU's own timeline): a mark at each call's start and
+    at its end, and `end()` marks the end of the run."""
 
-    def __init__(self, steps, clock: Callable[[], Any], *, ends: bool = False):
+    def __init__(self, steps, clock: Callable[[], Any]):
         self.module = steps[0].module if steps else ""
         self.clock = clock
-        self.mark_ends = ends
         self.starts: list = []
         self.ends: list = []
         self.last = None
@@ -253,7 +252,7 @@ class _StepCalls:
 
     def _post(self, module, *_a) -> None:
         self.depth -= 1
-        if self.mark_ends and self.depth == 0 and type(module).__name__ == self.module:
+        if self.depth == 0 and type(module).__name__ == self.module:
             self.ends.append(self.clock())
 
     def end(self) -> None:
@@ -442,7 +441,7 @@ def _plain_cpu_walls(fn, args, kwargs, repeats: int, steps=(), tails: dict[str, 
 
         _regions.LISTENERS.append(listener)
         try:
-            with _StepCalls(auto, time.perf_counter, ends=True) as calls:
+            with _StepCalls(auto, time.perf_counter) as calls:
                 t0 = time.perf_counter()
                 fn(*args, **kwargs)
                 spent[""] = time.perf_counter() - t0
