@@ -48,18 +48,19 @@ def counters_html(a) -> str:
     if not rows:
         return ""
     c = a.profile.counters
-    head = ("<tr><th>op group</th><th>kernels</th><th>tensor FLOPs counted</th><th>executed</th><th>×</th>"
+    head = ("<tr><th>op group</th><th>why</th><th>kernels</th><th>tensor FLOPs counted</th><th>executed</th><th>×</th>"
             "<th>CUDA-core FLOPs counted</th><th>executed</th><th>DRAM read modelled</th><th>measured</th><th>×</th>"
             "<th>DRAM write modelled</th><th>measured</th><th>×</th><th>L2 bytes</th><th>measured FLOP/B (DRAM, L2)</th>"
-            "<th>why</th></tr>")
+            "</tr>")
     body = "".join(
-        f"<tr><td>{e(r.name)}</td><td>{r.kernels}</td><td>{e(fmt_flops(r.useful_tensor))}</td>"
+        f"<tr><td>{e(r.name)}</td><td style='min-width:32em'>{e('; '.join(r.why))}</td><td>{r.kernels}</td>"
+        f"<td>{e(fmt_flops(r.useful_tensor))}</td>"
         f"<td>{e(fmt_flops(r.executed_tensor))}</td><td>{_ratio(r.tensor_ratio)}</td>"
         f"<td>{e(fmt_flops(r.useful_core))}</td><td>{e(fmt_flops(r.executed_core))}</td>"
         f"<td>{e(fmt_bytes(r.model_read))}</td><td>{e(fmt_bytes(r.dram_read))}</td><td>{_ratio(r.read_ratio)}</td>"
         f"<td>{e(fmt_bytes(r.model_write))}</td><td>{e(fmt_bytes(r.dram_write))}</td><td>{_ratio(r.write_ratio)}</td>"
-        f"<td>{e(fmt_bytes(r.l2_bytes))}</td><td>{r.measured_intensity:.3g}, {r.l2_intensity:.3g}</td>"
-        f"<td>{e('; '.join(r.why))}</td></tr>" for r in rows)
+        f"<td>{e(fmt_bytes(r.l2_bytes))}</td><td>{r.measured_intensity:.3g}, {r.l2_intensity:.3g}</td></tr>"
+        for r in rows)
     notes = "".join(f"<li>{e(n)}</li>" for n in c.notes)
     return (f"<p class=meta>{e(c.tool)}; clock control {e(c.clock_control)}, cache control {e(c.cache_control)} "
             f"(caches flushed before each kernel's replay); {len(c.kernels)} kernels of one run, {len(c.metrics)} "
