@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-
+from ..math_class import MathClass
 from .model import OpCall, OpCost, TensorMeta
 from .pointwise import vector_class
 from .registry import aten, register_cost
@@ -137,13 +137,15 @@ def scaled_mm(call: OpCall) -> OpCost:
 @register_cost(aten._weight_int8pack_mm)
 def weight_int8pack_mm(call: OpCall) -> OpCost:
     # x: [M, K] (bf16/fp16) @ int8 w: [N, K]^T * scales: [N] -> [M, N]
-    # The weight is read as int8 (1 byte per element) and widened on chip, so the math runs on
-    # the activation dtype's tensor class while the weight traffic is a quarter/half of bf16's.
+    # The weight is read as int8 (1 byte per element), half of bf16's traffic.  PyTorch's kernel
+    # (CUDA and CPU alike) widens both operands to fp32 and multiplies on the CUDA cores / vector
+    # units, not the tensor cores: on an H200 Nsight Compute counts 0 tensor-pipe FLOPs for it
+    # (benchmarks/results/counters_validation_part2.txt), so its FLOPs are fp32 vector FLOPs.
     x, w, scales = call.arg(0), call.arg(1), call.arg(2)
     m, k = x.shape
     n = w.shape[0]
-    return OpCost({x.matrix_class(): 2 * m * n * k}, _read(x, w, scales), call.out.bytes,
-                  note="weight-only int8: weights read as int8, math in the activation dtype")
+    return OpCost({MathClass.FP32: 2 * m * n * k}, _read(x, w, scales), call.out.bytes,
+                  note="weight-only int8: weights read as int8, math in fp32 on the vector units (no tensor cores)")
 
 
 @register_cost(aten._weight_int4pack_mm, aten._weight_int4pack_mm_for_cpu)
