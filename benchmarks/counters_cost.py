@@ -2,12 +2,13 @@
 run over the whole program, with the same metrics and with `--set roofline`, on the same
 workloads in one run.
 
-    python benchmarks/counters_cost.py [--roofline-kernels 40] [--cap 240]
+    python benchmarks/counters_cost.py [--case 0] [--roofline-kernels 20] [--cap 240]
 
 `--set roofline` replays every kernel many times (tens to hundreds of ms each): it is run on the
 first --roofline-kernels kernels of the whole run, and its cost per kernel times the run's kernel
-count gives the whole run's (printed as an extrapolation, beside the part measured).  Writes
-benchmarks/results/counters_cost.json.
+count gives the whole run's (printed as an extrapolation, beside the part measured).  Each case's
+row is printed and merged into benchmarks/results/counters_cost.json as soon as it is measured
+(--case picks one, so each fits a 10-minute call).
 """
 
 from __future__ import annotations
@@ -49,26 +50,45 @@ def _kernels(ncu_bin: str, report: Path) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--roofline-kernels", type=int, default=40)
+    ap.add_argument("--case", type=int, action="append", help="index into CASES (repeatable; default all)")
+    ap.add_argument("--roofline-kernels", type=int, default=20)
     ap.add_argument("--cap", type=float, default=240.0, help="seconds before a run is stopped")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "counters_cost.json"))
     args = ap.parse_args(argv)
     nb = ncu.find_ncu()
     query = subprocess.run([nb, "--devices", "0", "--query-metrics"], capture_output=True, text=True).stdout
     metrics = ncu.choose_metrics(query)
-    rows = []
-    for file, wl, params, label in CASES:
+    import torch
+
+    out = Path(args.out)
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "ncu": ncu.version(nb),
+              "date": dt.date.today().isoformat(), "rows": []}
+    if out.exists():  # rows of other cases measured earlier on this machine are kept
+        old = json.loads(out.read_text())
+        if old.get("device") == result["device"]:
+            result["rows"] = old.get("rows", [])
+    print(f"{result['device']}, torch {result['torch']}, {result['ncu']}, {result['date']}", flush=True)
+    print(f"{'workload':38} {'kernels':>7} {'profile':>8} {'+counters':>9} {'ncu same':>9} {'roofline (extrap.)':>19} "
+          f"{'roof/rl':>7}", flush=True)
+    for i, (file, wl, params, label) in enumerate(CASES):
+        if args.case and i not in args.case:
+            continue
         base = [sys.executable, "-m", "rooflight", "profile", file, "-w", wl, "--no-sweep", "--format", "json",
                 "--force", "--repeats", "3", "--no-check"] + [x for k, v in params.items() for x in ("--param", f"{k}={v}")]
         with tempfile.TemporaryDirectory() as tmp:
             t_plain, r0, _ = _timed(base + ["-o", f"{tmp}/a"], args.cap)
-            t_rl, r1, _ = _timed(base + ["-o", f"{tmp}/b", "--counters"], args.cap)
+            t_rl, r1, cut1 = _timed(base + ["-o", f"{tmp}/b", "--counters"], args.cap)
+            # the same counters rooflight chose (narrowed to the ops' dtypes), and its one repeat's kernels
+            done = [json.loads(f.read_text()) for f in Path(f"{tmp}/b").glob("*.json") if not cut1]
+            counted = next((d["counters"] for d in done if d.get("counters")), None)
+            same_metrics = counted["metrics"] if counted else metrics
+            n_repeat = len(counted["kernels"]) if counted else 0
             spec = {"kind": "workload", "path": str(ROOT / file), "workload": wl, "params": params, "device": "cuda",
                     "warmup": 3}
             sp = Path(tmp) / "spec.json"
             sp.write_text(json.dumps(spec))
             child = [sys.executable, "-m", "rooflight.ncu", str(sp)]
-            t_same, r2, cut2 = _timed([nb, "--metrics", ",".join(metrics), "--clock-control", "none", "-f", "-o",
+            t_same, r2, cut2 = _timed([nb, "--metrics", ",".join(same_metrics), "--clock-control", "none", "-f", "-o",
                                        f"{tmp}/same"] + child, args.cap)
             n_all = _kernels(nb, Path(f"{tmp}/same.ncu-rep")) if not cut2 else 0
             t_roof, r3, cut3 = _timed([nb, "--set", "roofline", "--clock-control", "none", "-c",
@@ -78,30 +98,29 @@ def main(argv=None) -> int:
         # per kernel stands in for nothing: take the start-up as the plain profile's wall)
         per_kernel = (t_roof - min(t_plain, t_roof)) / n_roof if n_roof else float("nan")
         roof_whole = t_plain + per_kernel * n_all if n_all else float("nan")
-        rows.append({"workload": label, "kernels_whole_run": n_all, "rooflight_profile_s": t_plain,
-                     "rooflight_counters_s": t_rl, "counter_pass_s": t_rl - t_plain, "ncu_same_metrics_whole_s": t_same,
-                     "ncu_roofline_first_kernels": n_roof, "ncu_roofline_first_s": t_roof,
-                     "ncu_roofline_per_kernel_s": per_kernel, "ncu_roofline_whole_extrapolated_s": roof_whole,
-                     "roofline_over_rooflight_counters": roof_whole / t_rl,
-                     "same_metrics_over_rooflight_counters": t_same / t_rl,
-                     "errors": [x.stderr[-300:] for x in (r0, r1, r2, r3) if x is not None and x.returncode]})
-    import torch
-
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "ncu": ncu.version(nb),
-              "date": dt.date.today().isoformat(), "rows": rows}
-    print(f"{result['device']}, torch {result['torch']}, {result['ncu']}, {result['date']}")
-    print(f"{'workload':38} {'kernels':>7} {'profile':>8} {'+counters':>9} {'ncu same':>9} {'roofline (extrap.)':>19} "
-          f"{'roof/rl':>7}")
-    for r in rows:
+        r = {"workload": label, "kernels_whole_run": n_all, "kernels_counter_pass": n_repeat,
+             "metrics": len(same_metrics), "rooflight_profile_s": t_plain,
+             "rooflight_counters_s": t_rl, "counter_pass_s": t_rl - t_plain, "ncu_same_metrics_whole_s": t_same,
+             "ncu_roofline_first_kernels": n_roof, "ncu_roofline_first_s": t_roof,
+             "ncu_roofline_per_kernel_s": per_kernel, "ncu_roofline_whole_extrapolated_s": roof_whole,
+             "roofline_over_rooflight_counters": roof_whole / t_rl,
+             "same_metrics_over_rooflight_counters": t_same / t_rl,
+             "errors": [x.stderr[-300:] for x in (r0, r1, r2, r3) if x is not None and x.returncode],
+             "cut_at_cap": [name for name, cut in (("rooflight --counters", cut1), ("ncu same metrics", cut2),
+                                                   ("ncu roofline", cut3)) if cut]}
+        result["rows"] = [x for x in result["rows"] if x["workload"] != label] + [r]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
         print(f"{r['workload']:38} {r['kernels_whole_run']:7d} {r['rooflight_profile_s']:7.1f}s "
               f"{r['rooflight_counters_s']:8.1f}s {r['ncu_same_metrics_whole_s']:8.1f}s "
               f"{r['ncu_roofline_whole_extrapolated_s']:18.0f}s {r['roofline_over_rooflight_counters']:7.1f}"
-              f"   (roofline measured on {r['ncu_roofline_first_kernels']} kernels: {r['ncu_roofline_first_s']:.1f} s)")
+              f"   (roofline measured on {r['ncu_roofline_first_kernels']} kernels: {r['ncu_roofline_first_s']:.1f} s)",
+              flush=True)
+        for name in r["cut_at_cap"]:
+            print(f"   {name}: stopped at the {args.cap:.0f} s cap (its time is a lower bound)", flush=True)
         for err in r["errors"]:
-            print("   error:", err)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+            print("   error:", err, flush=True)
+    print(f"wrote {out}")
     return 0
 
 

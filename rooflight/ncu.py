@@ -75,20 +75,42 @@ def version(ncu: str) -> str:
     return lines[-1] if lines else "ncu"
 
 
-def choose_metrics(query_text: str) -> tuple[str, ...]:
-    """The metric set, from `ncu --query-metrics` output: every tensor-pipe op counter by source
-    precision (dense), CUDA-core add/mul/fma by precision, DRAM/L2 bytes, kernel duration."""
+# which counters can see work of a tensor dtype: (tensor-pipe source precisions, CUDA-core prefixes)
+_DTYPE_PIPES = {"bfloat16": (("bf16",), ("h",)), "float16": (("fp16",), ("h",)), "float32": (("tf32",), ()),
+                "float64": (("fp64",), ("d",)), "int8": (("int8",), ()), "uint8": (("int8", "int4"), ()),
+                "float8_e4m3fn": (("fp8",), ("h",)), "float8_e5m2": (("fp8",), ("h",))}
+
+
+def choose_metrics(query_text: str, dtypes: frozenset[str] | None = None) -> tuple[str, ...]:
+    """The metric set, from `ncu --query-metrics` output: the tensor-pipe op counters by source
+    precision (dense), CUDA-core add/mul/fma by precision, DRAM/L2 bytes, kernel duration.
+
+    Given the dtypes the profile's ops touch, only the counters that work in those dtypes can
+    move are asked for (a bf16 model's fp64 and int8 pipes stay idle): each counter costs replay
+    passes, and the instrumented CUDA-core ones the most.  fp32 CUDA-core counters are always in
+    (reductions, norms and dequantizing kernels accumulate in fp32 whatever the tensors' dtype)."""
     names = set()
     for line in query_text.splitlines():
         tok = line.strip().split(" ", 1)[0] if line.strip() else ""
         if "__" in tok:
             names.add(tok)
     tensor = sorted(n for n in names if _TENSOR.match(n))
-    chosen = [f"{n}.sum" for n in tensor] + [f"{n}.sum" for n in _CORE + _BYTES if n in names]
+    core = list(_CORE)
+    if dtypes is not None:
+        precisions = {p for d in dtypes for p in _DTYPE_PIPES.get(d, ((), ()))[0]}
+        prefixes = {"f"} | {c for d in dtypes for c in _DTYPE_PIPES.get(d, ((), ()))[1]}
+        tensor = [n for n in tensor if re.search(r"src_([a-z0-9]+)", n).group(1) in precisions]
+        core = [n for n in core if n[len("smsp__sass_thread_inst_executed_op_")] in prefixes]
+    chosen = [f"{n}.sum" for n in tensor] + [f"{n}.sum" for n in core + _BYTES if n in names]
     if not any(m.startswith("dram__bytes_read") for m in chosen):
         raise CountersUnavailable("ncu on this GPU offers no dram__bytes_read counter (an unsupported GPU, or ncu "
                                   "older than the chip): the profile without counters was written")
     return tuple(chosen)
+
+
+def profile_dtypes(profile) -> frozenset[str]:
+    """The dtypes of every tensor the profile's ops read or write (what choose_metrics narrows by)."""
+    return frozenset(t.dtype for o in profile.ops for t in (*o.inputs, *o.outputs))
 
 
 def callable_spec(fn, args: tuple, kwargs: dict, warmup: int, folder: str) -> dict:
@@ -120,18 +142,21 @@ def _check_permission(text: str) -> None:
 
 
 @lru_cache(maxsize=None)
-def _setup(ncu: str) -> tuple[str, tuple[str, ...]]:
-    """(version, metric set) of an ncu binary, asked once per process (a model file's points each
-    run a counter pass); a failure is not cached."""
+def _setup(ncu: str) -> tuple[str, str]:
+    """(version, `--query-metrics` text) of an ncu binary, asked once per process (a model file's
+    points each run a counter pass); a failure is not cached."""
     q = subprocess.run([ncu, "--devices", "0", "--query-metrics"], capture_output=True, text=True, timeout=120)
     _check_permission(q.stdout + q.stderr)
-    return version(ncu), choose_metrics(q.stdout)
+    return version(ncu), q.stdout
 
 
-def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None) -> NcuRun:
-    """Run the child under ncu and read its report back as CSV."""
+def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None,
+                     dtypes: frozenset[str] | None = None) -> NcuRun:
+    """Run the child under ncu and read its report back as CSV (the metric set narrowed to the
+    counters `dtypes` can move, when given)."""
     ncu = find_ncu()
-    ver, metrics = _setup(ncu)
+    ver, query = _setup(ncu)
+    metrics = choose_metrics(query, dtypes)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rooflight-ncu-") as tmp:
         spec_path = Path(tmp) / "spec.json"
@@ -159,10 +184,13 @@ def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None) -
 def read_counters(profile, spec: Mapping[str, Any]):
     """`profile` (a timed GPU profile) with the counters of one more run of `spec` beside its
     counts: the pass, its CSV read, its kernels joined to the ops (rooflight.counters)."""
-    run = run_counter_pass(spec)
+    dtypes = profile_dtypes(profile)
+    run = run_counter_pass(spec, dtypes=dtypes)
     joined = _counters.join(profile, _counters.parse_csv(run.csv), metrics=run.metrics,
                             tool=f"Nsight Compute {run.version.replace('Version ', '')}",
-                            notes=[f"the counter pass (one more run under ncu) took {run.seconds:.1f} s"])
+                            notes=[f"the counter pass (one more run under ncu) took {run.seconds:.1f} s",
+                                   f"{len(run.metrics)} counters, those the ops' dtypes can move "
+                                   f"({', '.join(sorted(dtypes))})"])
     return _counters.attach(profile, joined)
 
 
@@ -231,5 +259,6 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["CountersUnavailable", "NcuRun", "callable_spec", "choose_metrics", "find_ncu", "read_counters",
+__all__ = ["CountersUnavailable", "NcuRun", "callable_spec", "choose_metrics", "find_ncu", "profile_dtypes",
+           "read_counters",
            "run_counter_pass", "version"]

@@ -44,6 +44,20 @@ def test_the_metric_set_is_chosen_from_what_the_chip_offers():
         ncu.choose_metrics("sm__ops_path_tensor_op_hgmma_src_bf16_dst_fp32_sparsity_off Counter")
 
 
+def test_the_metric_set_narrows_to_the_dtypes_the_ops_touch():
+    query = (FIX / "query-metrics-h200.txt").read_text()
+    bf16 = ncu.choose_metrics(query, frozenset({"bfloat16", "int64"}))
+    # a bf16 model: the bf16 tensor pipes (Hopper's hgmma and the older hmma path), fp32 and half
+    # CUDA-core add/mul/fma, the four byte/time counters: 2 + 3 + 3 + 4 = 12 of the 23
+    assert bf16 == ("sm__ops_path_tensor_op_hgmma_src_bf16_dst_fp32_sparsity_off.sum",
+                    "sm__ops_path_tensor_op_hmma_src_bf16_dst_fp32_sparsity_off.sum",
+                    *(f"smsp__sass_thread_inst_executed_op_{p}{o}_pred_on.sum" for p in "fh" for o in ("add", "mul", "fma")),
+                    "dram__bytes_read.sum", "dram__bytes_write.sum", "lts__t_bytes.sum", "gpu__time_duration.sum")
+    fp8 = ncu.choose_metrics(query, frozenset({"float8_e4m3fn", "bfloat16", "float32"}))
+    assert "sm__ops_path_tensor_src_fp8_sparsity_off.sum" in fp8 and not any("int8" in m or "_op_d" in m for m in fp8)
+    assert len(ncu.choose_metrics(query, None)) == 23  # no profile to go by: every counter
+
+
 def test_metric_classes_count_an_fma_as_two():
     assert C.metric_class("sm__ops_path_tensor_op_hgmma_src_bf16_dst_fp32_sparsity_off.sum") == ("bf16_tensor", 1.0)
     assert C.metric_class("sm__ops_path_tensor_op_hmma_src_fp16_dst_fp16_sparsity_off.sum") == ("fp16_tensor_fp16_acc", 1.0)
