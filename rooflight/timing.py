@@ -226,7 +226,11 @@ class _StepCalls:
     """The outermost calls of a script's step module in a run without the capture, timed by two
     light module hooks on a `clock` (time.perf_counter on the CPU; on a GPU a CUDA event recorded
     on the stream, so the marks sit on the GPU's own timeline): a mark at each call's start and
-    at its end, and `end()` marks the end of the run."""
+    at its end, and `end()` marks the end of the run.
+
+    Global module hooks run at every module call (each submodule of every layer), which stretches
+    the very host time these runs measure: they only find the step module; its first outermost call
+    moves the marks onto hooks of that module instance alone and removes the global ones."""
 
     def __init__(self, steps, clock: Callable[[], Any]):
         self.module = steps[0].module if steps else ""
@@ -248,11 +252,25 @@ class _StepCalls:
     def _pre(self, module, *_a) -> None:
         if self.depth == 0 and type(module).__name__ == self.module:
             self.starts.append(self.clock())
+            for h in self.hooks:  # from now on only this instance's calls are marked
+                h.remove()
+            self.hooks = [module.register_forward_pre_hook(self._instance_pre),
+                          module.register_forward_hook(self._instance_post, always_call=True)]
+            self.depth = 1  # this call's end is marked by the instance hook (read after forward)
+            return
         self.depth += 1
 
     def _post(self, module, *_a) -> None:
         self.depth -= 1
-        if self.depth == 0 and type(module).__name__ == self.module:
+
+    def _instance_pre(self, module, *_a) -> None:
+        if self.depth == 0:
+            self.starts.append(self.clock())
+        self.depth += 1
+
+    def _instance_post(self, module, *_a) -> None:
+        self.depth -= 1
+        if self.depth == 0:
             self.ends.append(self.clock())
 
     def end(self) -> None:
