@@ -22,11 +22,14 @@ project -> render).  What needs the world happens here, in one place:
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, fields
+import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import calibrate as _cal
+from . import check as _check
+from . import diff as _diff
 from . import ncu as _ncu
 from .analysis import Analysis
 from .analysis import analyze as _analyze
@@ -38,7 +41,8 @@ from .hardware import HardwareDB, HardwareSpec, load_database, resolve_targets
 from .profile_data import Profile as ProfileData
 from .projection import Projection
 from .projection import project as _project
-from .render.charts import chart_format, figure_bytes, roofline_of
+from .render.charts import Roof, chart_format, figure_bytes, roofline_of, roofs_of
+from .render.diff import diff_chart, diff_html, diff_text
 from .render.html import e, report_html, summary_html
 from .render.outputs import run_files
 from .roofline import Ceilings, Roofs, from_spec, merge
@@ -238,6 +242,89 @@ def load(path: str | Path) -> Profile:
     return Profile.load(path)
 
 
+# ---------------------------------------------------------------------------- comparing two runs
+
+
+@dataclass(frozen=True)
+class Diff(_diff.Diff):
+    """rooflight.diff.Diff with the notebook's conveniences: `frame()` (a DataFrame), `text()`,
+    `plot()` (both runs on one roofline), `to_html(path)`, display in Jupyter."""
+
+    roofs: tuple[Roof, ...] = field(default_factory=tuple)  # drawn on the comparison chart
+
+    def text(self, limit: int | None = None, *, unchanged: bool = True) -> str:
+        return diff_text(self, limit, unchanged=unchanged)
+
+    def plot(self):
+        return diff_chart(self, self.roofs)
+
+    def to_html(self, path: str | Path | None = None) -> str:
+        text = diff_html(self, self.roofs)
+        if path is not None:
+            write_files({Path(path): text}, force=True)
+        return text
+
+    def _repr_html_(self) -> str:
+        from .render.html import e
+
+        rows = "".join(f"<li>{e(n)}</li>" for n in self.notes)
+        return (f"<div class=rooflight><b>{e(self.verdict)}</b>{'<ul>' + rows + '</ul>' if rows else ''}"
+                f"{self.frame().head(20).to_html(index=False)}</div>")
+
+    def __repr__(self) -> str:
+        return f"<rooflight diff {self.a_name} -> {self.b_name}: {self.verdict}>"
+
+
+def _read_side(x: "ProfileData | str | Path | Mapping") -> "ProfileData | Mapping":
+    """A profile, or a baseline dict (schema rooflight.baseline), from an object or a JSON file."""
+    if isinstance(x, (ProfileData, Mapping)):
+        return x
+    path = Path(x)
+    if path.is_file() and path.suffix == ".json":
+        try:
+            head = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            head = None
+        if isinstance(head, dict) and head.get("schema") == _check.SCHEMA:
+            return _check.load_baseline(path)
+    return Profile.load(path)
+
+
+def _point_of(baseline: Mapping, profile: ProfileData) -> Mapping:
+    """The baseline point of the profile's workload and parameters (or the baseline's only one)."""
+    params = json.loads(json.dumps(dict(profile.params), default=str))
+    for point in baseline["points"].values():
+        if point.get("workload") == profile.workload and point.get("params", {}) == params:
+            return point
+    return _diff.pick_point(baseline, _check.point_key(profile.workload, ""))
+
+
+def diff(a: "ProfileData | str | Path", b: "ProfileData | str | Path", *, hw: str | HardwareSpec | None = None,
+         calibrated: bool = True, db: HardwareDB | None = None, a_name: str = "A", b_name: str = "B") -> Diff:
+    """What changed from run A to run B: profiles (or their JSON files), or a `rooflight baseline`
+    file on either side (counts only).  Each profile is held against the roofs of where it ran
+    (or `hw`); see rooflight.diff for how rows are matched and when a time counts as changed."""
+    sa, sb = _read_side(a), _read_side(b)
+    if isinstance(sa, Mapping) or isinstance(sb, Mapping):
+        def summary(side, other):
+            if isinstance(side, Mapping):
+                return _point_of(side, other) if isinstance(other, ProfileData) else _diff.pick_point(side, "")
+            return _check.summarize(side)
+
+        d = _diff.diff_counts(summary(sa, sb), summary(sb, sa), a_name=a_name, b_name=b_name,
+                              baseline=tuple(n for n, s in ((a_name, sa), (b_name, sb)) if isinstance(s, Mapping)))
+        return Diff(**{f.name: getattr(d, f.name) for f in fields(_diff.Diff)})
+    db = db or load_database()
+    an_a = analyze(sa, hw, calibrated=calibrated, db=db)
+    an_b = analyze(sb, hw, calibrated=calibrated, db=db)
+    d = _diff.diff(an_a, an_b, a_name=a_name, b_name=b_name)
+    classes = list(dict.fromkeys([*sa.flops_by_class(), *sb.flops_by_class()]))
+    roofs = roofs_of(an_b, classes)
+    if d.a_roofs != d.b_roofs:  # A's roofs beside B's, named
+        roofs += [Roof(f"{a_name}: {r.name}", r.kind, r.value, r.calibrated) for r in roofs_of(an_a, classes)]
+    return Diff(**{f.name: getattr(d, f.name) for f in fields(_diff.Diff)}, roofs=tuple(roofs))
+
+
 # ---------------------------------------------------------------------------- a run's files
 
 
@@ -283,5 +370,5 @@ def write(results: Sequence[Result | ProfileData] | ProfileData, out: str | Path
     return render_run(results, formats=formats, hw=hw, db=db, source=source).write(out, force=force)
 
 
-__all__ = ["DEFAULT_HW", "MissingCalibrationError", "Profile", "RunOutputs", "analyze", "count", "load", "profile",
+__all__ = ["DEFAULT_HW", "Diff", "MissingCalibrationError", "Profile", "RunOutputs", "analyze", "count", "diff", "load", "profile",
            "project", "render_run", "roofs", "save_figure", "source_ceilings_of", "write"]

@@ -34,7 +34,10 @@ SCHEMA_VERSION = 1
 
 
 class BaselineError(RooflightError):
-    """A baseline file that is missing, corrupt, or of another version."""
+    """A baseline file that is missing, corrupt, of another version, or of another model: a usage
+    error for the CI gate (exit code 2), never mistaken for a regression (exit code 1)."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class Tolerances:
     max_intensity_drop: float = 0.05  # fraction: 0.05 = intensity may fall by up to 5%
     max_flops_growth: float = 0.05
     max_bytes_growth: float = 0.05
+
+    def text(self) -> str:
+        return (f"tolerances: intensity may fall {self.max_intensity_drop:.1%}, FLOPs and bytes may grow "
+                f"{self.max_flops_growth:.1%} / {self.max_bytes_growth:.1%}")
 
 
 def parse_fraction(text: str, option: str) -> float:
@@ -148,27 +155,104 @@ class CheckResult:
     def ok(self) -> bool:
         return not self.failures and not self.missing_points
 
-    def text(self, limit: int = 40) -> str:
-        """A plain table of what changed (failures first), for logs and assertion messages."""
+    def text(self, limit: int | None = None) -> str:
+        """A plain table of what changed (failures first), for logs and assertion messages: every
+        row, or the first `limit` and how many are left out."""
         rows = sorted((c for c in self.changes if c.failed or _moved(c)), key=lambda c: (not c.failed, c.point))
         lines = [f"{'':2}{'point':<24} {'scope':<7} {'name':<40} {'intensity':>20} {'FLOPs':>9} {'bytes':>9}"]
-        for c in rows[:limit]:
+        for c in rows[:limit] if limit else rows:
             old_i = f"{c.old['intensity']:.3g}" if c.old else "(new)"
             new_i = f"{c.new['intensity']:.3g}" if c.new else "(gone)"
             lines.append(f"{'✗' if c.failed else ' ':2}{c.point[:24]:<24} {c.scope:<7} {c.name[:40]:<40} "
                          f"{old_i:>9} -> {new_i:<8} {_pct(c.delta('flops')):>9} {_pct(c.delta('bytes')):>9}"
                          + (f"  {'; '.join(c.problems)}" if c.problems else ""))
-        if len(rows) > limit:
-            lines.append(f"  ... {len(rows) - limit} more")
+        if limit and len(rows) > limit:
+            lines.append(f"  ... {len(rows) - limit} more rows (all of them: --format json, or no --limit)")
         for p in self.missing_points:
             lines.append(f"✗ {p}: in the baseline but not counted now")
         lines.extend(f"  note: {n}" for n in self.notes)
         verdict = "OK: no intensity regression" if self.ok else f"FAILED: {len(self.failures)} regressions"
-        return "\n".join(lines + [verdict])
+        compared = f"  compared {len(self.changes)} entries ({len(rows)} moved) against {self.tolerances.text()}"
+        return "\n".join(lines + [compared, verdict])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every compared entry with its values, changes and the tolerances (the JSON format)."""
+        t = self.tolerances
+        return {"schema": "rooflight.check", "version": 1, "ok": self.ok,
+                "tolerances": {"max_intensity_drop": t.max_intensity_drop, "max_flops_growth": t.max_flops_growth,
+                               "max_bytes_growth": t.max_bytes_growth},
+                "failures": len(self.failures), "missing_points": list(self.missing_points), "notes": list(self.notes),
+                "entries": [{"point": c.point, "scope": c.scope, "name": c.name, "failed": c.failed,
+                             "problems": list(c.problems), "baseline": _finite(c.old), "now": _finite(c.new),
+                             "change": {k: _or_none(c.delta(k)) for k in ("flops", "bytes", "intensity")}}
+                            for c in self.changes]}
+
+    def junit(self) -> str:
+        """JUnit XML: one test case per compared entry, a <failure> for each regression."""
+        from xml.sax.saxutils import quoteattr
+
+        cases = []
+        for c in self.changes:
+            name = quoteattr(f"{c.scope}: {c.name}")
+            cls = quoteattr(f"rooflight.check.{c.point}")
+            if c.failed:
+                msg = "; ".join(c.problems)
+                cases.append(f"<testcase classname={cls} name={name}><failure message={quoteattr(msg)} "
+                             f"type=\"intensity-regression\">{_xml(_entry_text(c))}</failure></testcase>")
+            else:
+                cases.append(f"<testcase classname={cls} name={name}/>")
+        for p in self.missing_points:
+            cases.append(f"<testcase classname={quoteattr('rooflight.check.' + p)} name=\"total: whole run\">"
+                         f"<failure message={quoteattr('in the baseline but not counted now')} type=\"missing-point\"/>"
+                         "</testcase>")
+        fails = len(self.failures) + len(self.missing_points)
+        return ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+                f"<testsuites tests=\"{len(cases)}\" failures=\"{fails}\">"
+                f"<testsuite name=\"rooflight check\" tests=\"{len(cases)}\" failures=\"{fails}\">"
+                + "".join(cases) + "</testsuite></testsuites>\n")
+
+    def github(self, file: str = "") -> str:
+        """GitHub Actions workflow commands: an ::error per regression, a ::notice with the verdict."""
+        where = f" file={_gh(file, True)}," if file else " "
+        lines = [f"::error{where}title={_gh('rooflight check: ' + c.point, True)}::"
+                 f"{_gh(c.scope + ' ' + c.name + ': ' + '; '.join(c.problems))}" for c in self.failures]
+        lines += [f"::error{where}title={_gh('rooflight check: ' + p, True)}::in the baseline but not counted now"
+                  for p in self.missing_points]
+        verdict = ("no intensity regression" if self.ok
+                   else f"{len(self.failures)} regressions, {len(self.missing_points)} missing points")
+        lines.append(f"::notice title=rooflight check::{_gh(verdict + ' (' + self.tolerances.text() + ')')}")
+        return "\n".join(lines)
 
 
 def _pct(x: float) -> str:
     return "" if math.isnan(x) else f"{x:+.1%}"
+
+
+def _or_none(x: float) -> float | None:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _finite(entry: Mapping[str, float] | None) -> dict[str, float | None] | None:
+    return None if entry is None else {k: _or_none(v) for k, v in entry.items()}
+
+
+def _entry_text(c: Change) -> str:
+    def one(e: Mapping[str, float] | None) -> str:
+        return "absent" if e is None else f"{e['flops']:.6g} FLOPs, {e['bytes']:.6g} B, {e['intensity']:.6g} FLOP/B"
+
+    return f"baseline: {one(c.old)}; now: {one(c.new)}"
+
+
+def _xml(text: str) -> str:
+    from xml.sax.saxutils import escape
+
+    return escape(text)
+
+
+def _gh(text: str, prop: bool = False) -> str:
+    """Escape for a workflow command's message (or, prop=True, a property value)."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if prop else text
 
 
 def _moved(c: Change) -> bool:
@@ -221,7 +305,29 @@ def check_model(model: str | Path, baseline: str | Path, tolerances: Tolerances 
     """The Python API of `rooflight check`: count the model again and compare with the baseline."""
     base = load_baseline(baseline)
     current = count_model(model, device=device or base.get("device", "cpu"), **kwargs)
+    if not set(base["points"]) & set(current["points"]):
+        raise BaselineError(f"{baseline}: none of its points ({', '.join(sorted(base['points']))}) was counted now "
+                            f"({', '.join(sorted(current['points']))}): a baseline of another model or other "
+                            "parameters; re-create it with `rooflight baseline`, or pass the same --param/--sweep")
     return compare_baselines(base, current, tolerances)
+
+
+def check_profile(profile: Profile, baseline: str | Path | Mapping[str, Any],
+                  tolerances: Tolerances = Tolerances()) -> CheckResult:
+    """A saved profile (no re-count) against the baseline point of its workload and parameters."""
+    base = load_baseline(baseline) if not isinstance(baseline, Mapping) else baseline
+    params = json.loads(json.dumps(dict(profile.params), default=str))
+    key = next((k for k, p in base["points"].items()
+                if p.get("workload") == profile.workload and p.get("params", {}) == params), None)
+    if key is None:
+        known = ", ".join(sorted(base["points"])) or "none"
+        raise BaselineError(f"the baseline has no point for {profile.workload or 'this profile'} with parameters "
+                            f"{params or '{}'} (its points: {known}): compare a profile of one of them, or re-create "
+                            "the baseline")
+    current = {"points": {key: {"workload": profile.workload, "params": params, **summarize(profile)}},
+               "torch_version": profile.torch_version}
+    only = {**base, "points": {key: base["points"][key]}}
+    return compare_baselines(only, current, tolerances)
 
 
 def assert_no_regression(model: str | Path, baseline: str | Path, tolerances: Tolerances = Tolerances(),

@@ -102,7 +102,7 @@ def test_missing_file_and_bad_options_are_one_line_errors(tmp_path, model, capsy
         (["profile", str(model), "--param", "batch"], 2, "write NAME=VALUE"),
         (["profile", str(model), "--param", "colour=red", "--count-only"], 2, "has no parameter 'colour'"),
         (["profile", str(EXAMPLES / "plain_script.py"), "--sweep", "a=1,2"], 2, "applies to model files"),
-        (["check", str(model), "--baseline", "missing.json"], 1, "no such baseline"),
+        (["check", str(model), "--baseline", "missing.json"], 2, "no such baseline"),
     ]
     for args, code, message in cases:
         with pytest.raises(SystemExit) as exc:
@@ -192,7 +192,7 @@ def test_check_tolerances_and_bad_baselines(tmp_path, model):
                           ('{"schema": "x"}', "not a rooflight baseline")):
         (tmp_path / "bad.json").write_text(text)
         r = rooflight("check", str(model), "-b", "bad.json", cwd=tmp_path)
-        assert r.returncode == 1 and message in r.stderr and r.stderr.count("\n") == 1
+        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_python_api_for_pytest(tmp_path, model):

@@ -17,7 +17,7 @@ import typer
 
 from .._version import __version__
 from ..errors import RooflightError
-from . import calibrate, check, hw, llm, project, run
+from . import calibrate, check, diff, hw, llm, project, run
 from .common import err_line
 
 app = typer.Typer(
@@ -28,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(hw.app, name="hw")
-for _group in (run, check, calibrate, project, llm):
+for _group in (run, diff, check, calibrate, project, llm):
     app.registered_commands.extend(_group.commands.registered_commands)
 
 
