@@ -47,6 +47,34 @@ class Analysis:
     def verdict(self, index: int) -> Verdict:
         return self.diagnosis.verdicts[index]
 
+    def frame(self):
+        """The verdicts as a pandas DataFrame: one row per op with work (its module, op, label,
+        time, floors, attained fraction of the roof, band and evidence), heaviest first."""
+        import pandas as pd
+
+        rows = []
+        for o in self.profile.ops:
+            v = self.diagnosis.verdicts.get(o.index)
+            if v is None or not (o.total_flops or o.bytes or o.comm_bytes):
+                continue
+            rows.append({"index": o.index, "module": o.module, "region": o.region, "op": o.short_op,
+                         "label": str(v.label), "seconds": v.seconds, "compute_floor_s": v.compute_floor_s,
+                         "memory_floor_s": v.memory_floor_s, "comm_floor_s": v.comm_floor_s, "attained": v.attained,
+                         "band": v.band, "predicted": v.predicted, "evidence": v.evidence})
+        df = pd.DataFrame.from_records(rows)
+        if not df.empty:
+            key = "seconds" if self.timed else "memory_floor_s"
+            df = df.sort_values(key, ascending=False, na_position="last").reset_index(drop=True)
+        return df
+
+    def __repr__(self) -> str:
+        d = self.diagnosis
+        head = d.region(d.headline_region)
+        where = self.spec.name if self.spec is not None else self.ceilings.name
+        return (f"<rooflight Analysis of {self.profile.workload or 'workload'!r} on {where}: {head.headline} "
+                f"({head.fraction(head.headline):.0%} of {'time' if self.timed else 'floor time'}), "
+                f"{len(self.groups)} op groups, {len(self.advice)} advice>")
+
 
 @dataclass(frozen=True)
 class TrainingFacts:
@@ -187,6 +215,36 @@ def uncounted_share(profile: Profile, diagnosis: Diagnosis) -> str:
             + " (register a formula with rooflight.register_cost)")
 
 
+def noise_note(profile: Profile, diagnosis: Diagnosis) -> str:
+    """A note when ops whose repeats spread more than OpTiming.noisy allows hold a material share
+    of the measured time, and a louder one when that share could flip the headline's label."""
+    t = profile.timing
+    if t is None or t.repeats < 2:
+        return ""
+    head = diagnosis.region(diagnosis.headline_region)
+    members = set(head.ops)
+    timed = [ot for ot in t.ops if ot.op_index in members and ot.seconds == ot.seconds and ot.seconds > 0]
+    total = sum(ot.seconds for ot in timed)
+    noisy = [ot for ot in timed if ot.noisy]
+    held = sum(ot.seconds for ot in noisy)
+    if not noisy or total <= 0 or held / total < 0.05:
+        return ""
+    share = held / total
+    shares = sorted((head.fraction(label) for label in head.seconds_by_label), reverse=True)
+    margin = shares[0] - shares[1] if len(shares) > 1 else 1.0
+    text = (f"timing noise: {len(noisy)} of {len(timed)} timed ops spread more than 20% over their "
+            f"{t.repeats} repeats (they hold {share:.0%} of the measured op time; marked ± in the op table, "
+            "'noisy' in the JSON)")
+    of_region = held / head.total_seconds if head.total_seconds > 0 else 0.0
+    if of_region >= margin:  # the noisy ops' time could carry the second label past the first
+        text += (f"; the headline's lead ({margin:.0%} of the time between its top two labels) is within the "
+                 f"noisy ops' {of_region:.0%}, so the headline label may flip between runs: profile with more "
+                 "--repeats on a quieter machine before acting on it")
+    else:
+        text += "; run with more --repeats for steadier numbers"
+    return text
+
+
 def steady_state(profile: Profile, diagnosis: Diagnosis) -> tuple[Diagnosis, Profile, Diagnosis, dict[int, str]]:
     """For a script cut into steps: the diagnosis with the headline's steps summed as the region
     "steady state" (and, when several kinds of step are in it, one region per kind), the profile
@@ -245,6 +303,9 @@ def analyze(profile: Profile, roofs: Roofs | Ceilings, *, advice_top: int = 5) -
         cache = cache_note(profile, diagnosis, ceilings, spec)
         if cache:
             notes.append(cache)
+        noise = noise_note(profile, diagnosis)
+        if noise:
+            notes.insert(0, noise)
     uncounted = profile.uncounted()
     if uncounted:
         material = uncounted_share(profile, diagnosis)
@@ -256,5 +317,5 @@ def analyze(profile: Profile, roofs: Roofs | Ceilings, *, advice_top: int = 5) -
                     training_facts(profile, diagnosis, ceilings))
 
 
-__all__ = ["Analysis", "TrainingFacts", "training_facts", "training_text", "CACHE_RESIDENT_FRACTION", "UNCOUNTED_MATERIAL_SHARE", "analyze", "cache_note", "steady_state",
+__all__ = ["Analysis", "TrainingFacts", "training_facts", "training_text", "CACHE_RESIDENT_FRACTION", "UNCOUNTED_MATERIAL_SHARE", "analyze", "cache_note", "noise_note", "steady_state",
            "uncounted_share"]

@@ -31,7 +31,7 @@ from . import calibrate as _cal
 from . import check as _check
 from . import diff as _diff
 from . import ncu as _ncu
-from .analysis import Analysis
+from .analysis import Analysis as _Analysis
 from .analysis import analyze as _analyze
 from .capture import count as _count
 from .detect import describe_cpu, detect
@@ -48,6 +48,7 @@ from .render.outputs import run_files
 from .roofline import Ceilings, Roofs, from_spec, merge
 from .runner import Result
 from .timing import profile as _time
+from .units import fmt_bytes, fmt_flops
 
 DEFAULT_HW = "h100"
 
@@ -116,12 +117,21 @@ def _cpu_roofs(cpu: str, measure: bool) -> Roofs:
     return Roofs(cal.to_ceilings(), None, None, tuple(notes))
 
 
+@dataclass(frozen=True, repr=False)
+class Analysis(_Analysis):
+    """rooflight.analysis.Analysis that displays itself in a notebook (the summary, the label
+    table and the roofline); `frame()` is its verdicts as a DataFrame."""
+
+    def _repr_html_(self) -> str:
+        return summary_html(self)
+
+
 def analyze(profile: ProfileData, hw: str | HardwareSpec | None = None, *, calibrated: bool = True,
             db: HardwareDB | None = None, advice_top: int = 5, measure: bool = False) -> Analysis:
     """Classify and advise a profile against a GPU's roofs (default: where it ran, or this
     machine's GPU, or an H100 SXM for a count-only profile), calibrated where cached."""
-    return _analyze(profile, roofs(profile, hw, calibrated=calibrated, db=db, measure=measure),
-                    advice_top=advice_top)
+    a = _analyze(profile, roofs(profile, hw, calibrated=calibrated, db=db, measure=measure), advice_top=advice_top)
+    return Analysis(**{f.name: getattr(a, f.name) for f in fields(_Analysis)})
 
 
 def source_ceilings_of(profile: ProfileData, db: HardwareDB) -> tuple[Ceilings | None, str]:
@@ -159,7 +169,7 @@ def project(profile: ProfileData, targets: str | HardwareSpec | Iterable[str | H
 # ---------------------------------------------------------------------------- the notebook profile
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Profile(ProfileData):
     """A profile (rooflight.profile_data.Profile) with the notebook's conveniences.  The analysis
     behind `plot`, `to_html` and the Jupyter display is made once per choice of roofs."""
@@ -199,6 +209,12 @@ class Profile(ProfileData):
             return summary_html(self.analyze())
         except RooflightError as err:
             return f"<div class=rooflight><b>rooflight: {e(self.workload or 'workload')}</b>: {e(str(err))}</div>"
+
+    def __repr__(self) -> str:  # not the dataclass's dump of every op (millions of characters)
+        return (f"<rooflight Profile {self.workload or 'workload'!r}: {len(self.ops)} ops, {fmt_flops(self.total_flops)}, "
+                f"{fmt_bytes(self.total_bytes)}, intensity {self.intensity:.3g} FLOP/B, "
+                + (f"timed on {self.timing.device_name}>" if self.timing is not None
+                   else f"counted on {self.device_name or self.device}>"))
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -370,5 +386,5 @@ def write(results: Sequence[Result | ProfileData] | ProfileData, out: str | Path
     return render_run(results, formats=formats, hw=hw, db=db, source=source).write(out, force=force)
 
 
-__all__ = ["DEFAULT_HW", "Diff", "MissingCalibrationError", "Profile", "RunOutputs", "analyze", "count", "diff", "load", "profile",
+__all__ = ["Analysis", "DEFAULT_HW", "Diff", "MissingCalibrationError", "Profile", "RunOutputs", "analyze", "count", "diff", "load", "profile",
            "project", "render_run", "roofs", "save_figure", "source_ceilings_of", "write"]

@@ -473,7 +473,7 @@ def _counters_from_dict(d: Mapping[str, Any]) -> Counters:
 
 def _timing_to_dict(t: Timing) -> dict[str, Any]:
     d = {f.name: getattr(t, f.name) for f in fields(t)}
-    d["ops"] = [asdict(o) for o in t.ops]
+    d["ops"] = [{**asdict(o), "noisy": o.noisy} for o in t.ops]  # noisy: derived, for readers of the file
     d["kernels"] = [asdict(k) for k in t.kernels]
     d["regions"] = [asdict(r) for r in t.regions]
     d["notes"] = list(t.notes)
@@ -482,7 +482,7 @@ def _timing_to_dict(t: Timing) -> dict[str, Any]:
 
 def _timing_from_dict(d: Mapping[str, Any]) -> Timing:
     d = dict(d)
-    d["ops"] = tuple(OpTiming(**o) for o in d.get("ops", ()))
+    d["ops"] = tuple(OpTiming(**{k: v for k, v in o.items() if k != "noisy"}) for o in d.get("ops", ()))
     d["kernels"] = tuple(KernelRecord(**{**k, "grid": tuple(k.get("grid", ())), "block": tuple(k.get("block", ()))})
                          for k in d.get("kernels", ()))
     d["regions"] = tuple(RegionTiming(**r) for r in d.get("regions", ()))

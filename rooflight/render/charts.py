@@ -30,6 +30,8 @@ LABEL_COLORS = {
     "idle": "#BBBBBB",
     "predicted": "#777777",
 }
+DPI = 150  # PNGs sharp on a high-density screen and in print
+
 CLASS_COLORS = ["#222222", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
 
 
@@ -53,8 +55,21 @@ class Roof:
     calibrated: bool  # solid if measured here, dashed if from the datasheet
 
 
+class ChartFigure(Figure):
+    """A matplotlib Figure that shows itself in a notebook (as a PNG) whatever the kernel's
+    backend: a Figure made without pyplot has no display of its own, so a fresh kernel would print
+    `<Figure size 990x660 with 1 Axes>` instead of the chart."""
+
+    def _repr_png_(self) -> bytes:
+        return figure_bytes(self, "png")
+
+    def __repr__(self) -> str:
+        w, h = self.get_size_inches()
+        return f"<rooflight chart {w:.0f}x{h:.0f} in: {self.axes[0].get_title() if self.axes else ''}>"
+
+
 def new_figure(width: float = 9.0, height: float = 6.0) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    fig = ChartFigure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 

@@ -66,7 +66,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .controls{margin:6px 0;display:flex;gap:10px;align-items:center} input,select{font:inherit;padding:3px 6px}
 code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;word-break:break-all}
 .scroll{max-height:720px;overflow:auto;border:1px solid #eee}
-tr.dim td{color:#888}
+tr.dim td{color:#888} .noisy{color:#b25000;font-weight:600}
 """
 
 _JS = """
@@ -199,6 +199,13 @@ def _groups_table(a, limit: int = 40) -> str:
 MAX_OP_ROWS = 5000
 
 
+def _noisy_title(t) -> str:
+    if t is None or not t.noisy:
+        return ""
+    return (f" title='noisy: repeats spread {fmt_seconds(t.seconds_min)} to {fmt_seconds(t.seconds_max)} "
+            f"around {fmt_seconds(t.seconds)}'")
+
+
 def _ops_table(a) -> str:
     p = a.profile
     timing = p.timing
@@ -222,7 +229,8 @@ def _ops_table(a) -> str:
             f"<td class=n data-v='{_num(o.total_flops)}'>{e(fmt_flops(o.total_flops))}</td>"
             f"<td class=n data-v='{_num(o.bytes)}'>{e(fmt_bytes(o.bytes))}</td>"
             f"<td class=n data-v='{_num(o.intensity)}'>{e(_intensity(o.intensity))}</td>"
-            f"<td class=n data-v='{_num(secs)}'>{e(fmt_seconds(secs)) if t else '–'}</td>"
+            f"<td class=n data-v='{_num(secs)}'{_noisy_title(t)}>{e(fmt_seconds(secs)) if t else '–'}"
+            f"{' <span class=noisy>±</span>' if t is not None and t.noisy else ''}</td>"
             f"<td class=n data-v='{_num(att)}'>{_pct(att)}</td>"
             f"<td title='{e(ev)}'>{_label(label) if label else ''}</td>"
             f"<td>{e(o.note) if o.counted else '<b>uncounted</b> ' + e(o.note)}</td></tr>")
@@ -308,11 +316,27 @@ def page(title: str, body: str, *, script: bool = False) -> str:
             f"<style>{CSS}</style></head><body>{body}{js}</body></html>")
 
 
+def scoped_css(css: str, scope: str = ".rooflight") -> str:
+    """The report's style with every selector inside `scope` (`body` becomes the scope itself), so
+    a notebook cell's output restyles nothing outside it (a pandas table beside it keeps its look)."""
+    out = []
+    for rule in css.replace("\n", "").split("}"):
+        if "{" not in rule:
+            continue
+        sels, body = rule.split("{", 1)
+        scoped = []
+        for sel in sels.split(","):
+            sel = sel.strip()
+            scoped.append(scope if sel == "body" else f"{scope} {sel}")
+        out.append(f"{','.join(scoped)}{{{body}}}")
+    return "".join(out)
+
+
 def summary_html(a, *, chart: bool = True) -> str:
     """A compact summary for notebooks: the sentences, the label table and the roofline."""
     sentences = "".join(f"<li>{e(line)}</li>" for line in summary_lines(a))
     chart_img = img(roofline_of(a), "roofline chart") if chart else ""
     notes = _notes(a.notes)
-    return (f"<div class=rooflight><style>{CSS.replace('body{', '.rooflight{')}</style>"
+    return (f"<div class=rooflight><style>{scoped_css(CSS)}</style>"
             f"<b>rooflight: {e(a.profile.workload or 'workload')}</b> on {e(a.spec.name if a.spec else a.ceilings.name)}"
             f"{notes}<ul>{sentences}</ul>{_label_table(a)}<div class=charts>{chart_img}</div></div>")
