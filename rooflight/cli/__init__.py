@@ -58,13 +58,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     usage = tuple(m.UsageError for m in mods)
     abort = tuple(getattr(m, "Abort") for m in mods if hasattr(m, "Abort")) + (typer.Abort, KeyboardInterrupt)
     other = tuple(m.ClickException for m in mods)
+    cmd = typer.main.get_command(app)
+    _flags_take_no_value(cmd)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        rv = app(args=argv, prog_name="rooflight", standalone_mode=False)
+        rv = cmd.main(args=args, prog_name="rooflight", standalone_mode=False)
     except usage as err:
         if type(err).__name__ == "NoArgsIsHelpError":  # help was shown for a bare group
             sys.exit(0)
         ctx = getattr(err, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        flag = _flag_given_a_value(ctx, args)
+        if flag:
+            hint = f": {flag} is a flag, give it alone (no true/false after it)" + hint
         err_line(err.format_message() + hint)
         sys.exit(2)
     except abort:
@@ -77,6 +83,34 @@ def main(argv: Optional[List[str]] = None) -> None:
         err_line(str(err))
         sys.exit(err.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _walk(cmd):
+    yield cmd
+    for sub in getattr(cmd, "commands", {}).values():
+        yield from _walk(sub)
+
+
+def _flags_take_no_value(cmd) -> None:
+    """Help shows a flag as a flag (`--count-only`), not as an option taking `<bool>`."""
+    for c in _walk(cmd):
+        for p in c.params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+
+
+_BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+
+
+def _flag_given_a_value(ctx, args: List[str]) -> str:
+    """The flag a user followed with true/false (`--count-only true`), if that is what went wrong."""
+    if ctx is None:
+        return ""
+    flags = {n for p in ctx.command.params if getattr(p, "is_flag", False) for n in p.opts}
+    for a, b in zip(args, args[1:]):
+        if a in flags and b.lower() in _BOOL_WORDS:
+            return a
+    return ""
 
 
 __all__ = ["app", "main"]
