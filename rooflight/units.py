@@ -95,7 +95,7 @@ def fmt_bytes(n: float) -> str:
 
 
 def fmt_bandwidth(bytes_per_s: float) -> str:
-    return _scaled(bytes_per_s, [(1e12, "TB/s"), (1e9, "GB/s"), (1e6, "MB/s"), (1, "B/s")])
+    return _scaled(bytes_per_s, [(1e12, "TB/s"), (1e9, "GB/s"), (1e6, "MB/s"), (1e3, "KB/s"), (1, "B/s")])
 
 
 def fmt_flops(n: float) -> str:
@@ -105,7 +105,7 @@ def fmt_flops(n: float) -> str:
 
 def fmt_flops_rate(flops_per_s: float) -> str:
     return _scaled(flops_per_s, [(1e15, "PFLOP/s"), (1e12, "TFLOP/s"), (1e9, "GFLOP/s"),
-                                 (1e6, "MFLOP/s"), (1, "FLOP/s")])
+                                 (1e6, "MFLOP/s"), (1e3, "kFLOP/s"), (1, "FLOP/s")])
 
 
 def fmt_seconds(s: float) -> str:

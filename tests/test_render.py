@@ -65,12 +65,17 @@ def test_roofline_chart_shows_roofs_points_and_readable_labels(timed):
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any(t.startswith("memory 3.35 TB/s (datasheet)") for t in legend)
-    assert any(t.startswith("bf16_tensor 989 TFLOP/s, ridge 295 FLOP/B") for t in legend)
+    # each roof is labelled along its own line with its value; the legend sits outside the axes
+    roofs = [t.get_text() for t in ax.texts]
+    assert "memory 3.35 TB/s (datasheet)" in roofs
+    assert "bf16_tensor 989 TFLOP/s (datasheet), ridge 295 FLOP/B" in roofs
     texts = [c for c in ax.texts if c.get_text()]
-    assert texts, "the heaviest points are labelled"
+    assert len(texts) > 2, "the heaviest points are labelled"
     r = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    assert not legend.get_window_extent(r).overlaps(ax.get_window_extent(r))
+    assert fig.dpi >= 150
+    assert ax.yaxis.get_major_formatter()(1e15, 0) == "1 PFLOP/s"
     boxes = [t.get_window_extent(r) for t in texts]
     for i in range(len(boxes)):
         for j in range(i + 1, len(boxes)):
@@ -195,3 +200,38 @@ def test_report_cli_renders_a_saved_profile_again(tmp_path, timed):
     r = CliRunner().invoke(app, ["report", str(src), "--datasheet"])
     assert r.exit_code == 0, r.output
     json.loads(src.read_text())
+
+
+_PROBE = """<script>
+window.addEventListener('load', function(){
+  var out = {};
+  out.overflow = document.documentElement.scrollWidth - window.innerWidth;
+  var t = document.getElementById('ops'), th = t.tHead.rows[0].cells, col = -1;
+  for (var i = 0; i < th.length; i++) { if (th[i].textContent === 'time') col = i; }
+  th[col].click(); th[col].click();  // descending, then ascending
+  var rows = Array.prototype.slice.call(t.tBodies[0].rows);
+  var vals = rows.map(function(r){ var v = r.cells[col].getAttribute('data-v'); return v === '' ? null : parseFloat(v); });
+  var firstNull = vals.indexOf(null);
+  out.ascending = vals.filter(function(v){ return v !== null; }).every(function(v, i, a){ return i === 0 || a[i-1] <= v; });
+  out.untimed_last = firstNull === -1 || vals.slice(firstNull).every(function(v){ return v === null; });
+  var box = document.getElementById('op-filter'); box.value = 'mm'; box.dispatchEvent(new Event('input'));
+  out.filtered = document.getElementById('op-count').textContent;
+  var p = document.createElement('pre'); p.id = 'probe'; p.textContent = JSON.stringify(out); document.body.appendChild(p);
+});
+</script>"""
+
+
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"),
+                    reason="chromium not installed (apt-get install chromium; .ci/run installs it)")
+@pytest.mark.parametrize("width", [500, 1400])
+def test_report_fits_narrow_and_wide_windows_and_its_table_sorts_and_filters(tmp_path, timed, width):
+    page = tmp_path / "report.html"
+    page.write_text(report_html(analyze(timed, calibrated=False)).replace("</body>", _PROBE + "</body>"))
+    dom = _run_chromium(tmp_path, f"--window-size={width},1000", "--dump-dom", page.as_uri()).stdout
+    import re
+
+    probe = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
+    assert probe["overflow"] <= 0, f"the page is {probe['overflow']} px wider than a {width} px window"
+    assert probe["ascending"] and probe["untimed_last"], probe
+    mm = sum(1 for o in timed.ops if "mm" in o.short_op or "mm" in o.module or "mm" in o.shapes)
+    assert probe["filtered"].endswith(f"of {len(timed.ops)} ops shown") and int(probe["filtered"].split()[0]) >= mm

@@ -79,38 +79,28 @@ def _fmt_rate(v: float) -> str:
 
 
 def roofline(points: Sequence[Point], roofs: Sequence[Roof], *, title: str = "", label_top: int = 8,
-             predicted: bool = False) -> Figure:
-    """Log-log roofline: intensity (FLOP/B) against attained FLOP/s, roofs and ridge points,
-    ops coloured by label and sized by their share of the time, the heaviest labelled."""
-    fig = new_figure()
+             predicted: bool = False, extent: Sequence[Point] = ()) -> Figure:
+    """Log-log roofline: intensity (FLOP/B) against attained FLOP/s, each roof labelled on its
+    line, ridge points marked, ops coloured by label and sized by their share of the time, the
+    heaviest labelled, the legend outside the data.  extent: points the axes must hold that the
+    caller draws itself (a sweep's paths), so every roof spans them."""
+    fig = new_figure(10.0, 6.0)
     ax = fig.add_subplot()
     ax.set_xscale("log")
     ax.set_yscale("log")
     pts = [p for p in points if p.intensity > 0 and p.flops_per_s > 0 and math.isfinite(p.intensity)]
+    room = pts + [p for p in extent if p.intensity > 0 and p.flops_per_s > 0 and math.isfinite(p.intensity)]
     mems = [r for r in roofs if r.kind == "memory"]
     comps = sorted((r for r in roofs if r.kind == "compute"), key=lambda r: -r.value)
-    xs = [p.intensity for p in pts] + [r.value / m.value for r in comps for m in mems]
+    xs = [p.intensity for p in room] + [r.value / m.value for r in comps for m in mems]
     x_lo = 10 ** math.floor(math.log10(max(min(xs, default=0.1), 1e-3))) / 2 if xs else 0.01
     x_hi = 10 ** math.ceil(math.log10(max(xs, default=1000))) * 2 if xs else 1e4
-    top = max([r.value for r in comps] + [p.flops_per_s for p in pts] + [1.0])
-    y_lo = min([p.flops_per_s for p in pts] + [top / 1e4]) / 3
+    top = max([r.value for r in comps] + [p.flops_per_s for p in room] + [1.0])
+    y_lo = min([p.flops_per_s for p in room] + [top / 1e4]) / 3
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(y_lo, top * 3)
 
-    # roofs: memory diagonal(s), one compute ceiling per class, the ridge where they meet
-    for i, m in enumerate(mems):
-        style = "-" if m.calibrated else "--"
-        ax.plot([x_lo, x_hi], [m.value * x_lo, m.value * x_hi], style, color="#444444", lw=1.6, zorder=2,
-                label=f"memory {fmt_bandwidth(m.value)} ({'calibrated' if m.calibrated else 'datasheet'})")
-    for i, r in enumerate(comps):
-        color = CLASS_COLORS[i % len(CLASS_COLORS)]
-        style = "-" if r.calibrated else "--"
-        bw = next((m.value for m in mems if m.calibrated == r.calibrated), mems[0].value if mems else None)
-        ridge = r.value / bw if bw else x_lo
-        ax.plot([ridge, x_hi], [r.value, r.value], style, color=color, lw=1.3, zorder=2,
-                label=f"{r.name} {_fmt_rate(r.value)}, ridge {ridge:.0f} FLOP/B "
-                      f"({'calibrated' if r.calibrated else 'datasheet'})")
-        ax.plot([ridge], [r.value], "D", ms=4, color=color, zorder=3)
+    draw_roofs(ax, roofs, x_lo, x_hi)
 
     # points
     total = sum(p.seconds for p in pts) or 1.0
@@ -126,11 +116,95 @@ def roofline(points: Sequence[Point], roofs: Sequence[Roof], *, title: str = "",
 
     ax.set_xlabel("arithmetic intensity (FLOP / byte of device memory)")
     ax.set_ylabel("attained FLOP/s" + (" (roofline bound: no timing)" if predicted else ""))
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7, framealpha=0.9)
+    si_axes(ax)
+    legend_outside(fig, ax)
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+# one colour per math class, the same in every chart (Okabe-Ito order; black for the commonest)
+ROOF_COLORS = {"bf16_tensor": "#222222", "fp16_tensor": "#444444", "fp16_tensor_fp16_acc": "#666666",
+               "fp8_tensor": "#E69F00", "int8_tensor": "#56B4E9", "int4_tensor": "#0072B2", "tf32_tensor": "#009E73",
+               "fp32": "#CC79A7", "fp16": "#D55E00", "bf16": "#D55E00", "fp64": "#F0E442", "fp64_tensor": "#F0E442",
+               "int32": "#999999"}
+
+
+def roof_color(name: str) -> str:
+    base = name.split(": ", 1)[-1]  # "A: bf16_tensor" (a diff's other side) takes its class's colour
+    return ROOF_COLORS.get(base, "#555555")
+
+
+def draw_roofs(ax, roofs: Sequence[Roof], x_lo: float, x_hi: float) -> None:
+    """The roofs, each labelled along its own line with its value: memory diagonals, one compute
+    ceiling per class from its ridge (marked), measured solid, datasheet dashed."""
+    mems = [r for r in roofs if r.kind == "memory"]
+    comps = sorted((r for r in roofs if r.kind == "compute"), key=lambda r: -r.value)
+    for m in mems:
+        style = "-" if m.calibrated else "--"
+        ax.plot([x_lo, x_hi], [m.value * x_lo, m.value * x_hi], style, color="#444444", lw=1.6, zorder=2)
+        x = x_lo * 1.25
+        t = ax.annotate(f"{m.name} {fmt_bandwidth(m.value)} ({'measured' if m.calibrated else 'datasheet'})",
+                        (x, m.value * x), textcoords="offset points", xytext=(-3, 5), fontsize=7, color="#444444",
+                        rotation=_slope_degrees(ax), rotation_mode="anchor", zorder=3)
+        t.set_gid(_ALONG_MEMORY)  # its angle is set again once the layout is final (legend_outside)
+    for r in comps:
+        color = roof_color(r.name)
+        style = "-" if r.calibrated else "--"
+        bw = next((m.value for m in mems if m.calibrated == r.calibrated), mems[0].value if mems else None)
+        ridge = r.value / bw if bw else x_lo
+        ax.plot([ridge, x_hi], [r.value, r.value], style, color=color, lw=1.3, zorder=2)
+        ax.plot([ridge], [r.value], "D", ms=4, color=color, zorder=3)
+        ax.annotate(f"{r.name} {_fmt_rate(r.value)} ({'measured' if r.calibrated else 'datasheet'}), "
+                    f"ridge {ridge:.0f} FLOP/B", (x_hi, r.value), textcoords="offset points", xytext=(-4, 3),
+                    ha="right", fontsize=7, color=color, zorder=3)
+
+
+def _slope_degrees(ax) -> float:
+    """The on-screen angle of a slope-1 line on log-log axes (the memory roof)."""
+    import math as _m
+
+    fig = ax.figure
+    fig.canvas.draw()
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    bbox = ax.get_window_extent()
+    dx = bbox.width / (_m.log10(x1) - _m.log10(x0))
+    dy = bbox.height / (_m.log10(y1) - _m.log10(y0))
+    return _m.degrees(_m.atan2(dy, dx))
+
+
+_ALONG_MEMORY = "rooflight-memory-roof-label"
+
+
+def _si_tick(v: float) -> str:
+    """1e15 -> '1 PFLOP/s', 1e11 -> '100 GFLOP/s' (decade ticks: no trailing zeros)."""
+    for factor, unit in ((1e15, "PFLOP/s"), (1e12, "TFLOP/s"), (1e9, "GFLOP/s"), (1e6, "MFLOP/s"), (1e3, "kFLOP/s")):
+        if v >= factor:
+            return f"{v / factor:g} {unit}"
+    return f"{v:g} FLOP/s"
+
+
+def si_axes(ax) -> None:
+    """Ticks in units: FLOP/s with SI prefixes on y, plain numbers on the intensity axis."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.yaxis.set_major_locator(LogLocator(base=10))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _si_tick(v) if v > 0 else ""))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def legend_outside(fig, ax) -> None:
+    """The legend beside the plot, never over the data."""
+    for old in list(fig.legends):  # one legend: redrawn with what was added since
+        old.remove()
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=7, frameon=False)
+    along = [t for t in ax.texts if t.get_gid() == _ALONG_MEMORY]
+    if along:  # the legend changed the axes' shape: the memory roof's angle on screen with it
+        angle = _slope_degrees(ax)
+        for t in along:
+            t.set_rotation(angle)
 
 
 def place_labels(fig: Figure, ax, points: Iterable[Point]) -> list:
@@ -139,7 +213,7 @@ def place_labels(fig: Figure, ax, points: Iterable[Point]) -> list:
     rather than overlap."""
     renderer = fig.canvas.get_renderer()
     fig.canvas.draw()
-    placed: list = []
+    placed: list = [t.get_window_extent(renderer) for t in ax.texts if t.get_text()]  # the roofs' own labels
     texts = []
     axbox = ax.get_window_extent(renderer)
     offsets = [(8, 6), (8, -14), (-8, 6), (-8, -14), (12, 16), (12, -22), (-12, 16), (-12, -22), (0, 20), (0, -26)]
@@ -194,15 +268,8 @@ def trajectories(series: dict[str, list[tuple[str, float, float]]], roofs: Seque
     """Sweeps: each kernel group's path across the roofline as a parameter grows.
     series: name -> [(point label e.g. 'batch=8', intensity, FLOP/s), ...] in sweep order."""
     pts = [Point(f"{n} {lab}", x, y, 1.0, "predicted") for n, s in series.items() for lab, x, y in s]
-    fig = roofline([], roofs, title=title)
+    fig = roofline([], roofs, title=title, extent=pts)  # every roof spans the paths
     ax = fig.axes[0]
-    xs = [p.intensity for p in pts if p.intensity > 0]
-    ys = [p.flops_per_s for p in pts if p.flops_per_s > 0]
-    if xs and ys:
-        lo_x, hi_x = ax.get_xlim()
-        lo_y, hi_y = ax.get_ylim()
-        ax.set_xlim(min(lo_x, min(xs) / 2), max(hi_x, max(xs) * 2))
-        ax.set_ylim(min(lo_y, min(ys) / 3), hi_y)
     for i, (name, s) in enumerate(series.items()):
         color = CLASS_COLORS[(i + 1) % len(CLASS_COLORS)]
         good = [(lab, x, y) for lab, x, y in s if x > 0 and y > 0]
@@ -211,7 +278,7 @@ def trajectories(series: dict[str, list[tuple[str, float, float]]], roofs: Seque
         ax.plot([x for _, x, _ in good], [y for _, _, y in good], "-o", color=color, ms=4, lw=1.2, label=name, zorder=4)
         for lab, x, y in (good[0], good[-1]):
             ax.annotate(lab, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7, color=color)
-    ax.legend(loc="lower right", fontsize=7)
+    legend_outside(fig, ax)
     return fig
 
 

@@ -7,7 +7,17 @@ from typing import Sequence
 
 from ..diff import Diff, Side
 from ..units import fmt_bytes, fmt_flops, fmt_seconds
-from .charts import LABEL_COLORS, Point, Roof, _chart_text, new_figure, place_labels
+from .charts import (
+    LABEL_COLORS,
+    Point,
+    Roof,
+    _chart_text,
+    draw_roofs,
+    legend_outside,
+    new_figure,
+    place_labels,
+    si_axes,
+)
 from .html import _label, _notes, _num, e, img, page
 
 _MARK = {"faster": "▼", "slower": "▲", "no change": "=", "only in A": "−", "only in B": "+", "counts changed": "≠",
@@ -82,7 +92,7 @@ def _y(s: Side, roofs: Sequence[Roof]) -> float:
 def diff_chart(d: Diff, roofs: Sequence[Roof], *, top: int = 12, title: str = ""):
     """One roofline with both points of every compared group (A hollow, B filled, coloured by B's
     label), an arrow from A to B; the `top` rows that moved most are labelled."""
-    fig = new_figure(9.5, 6.2)
+    fig = new_figure(10.5, 6.2)
     ax = fig.add_subplot()
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -103,14 +113,7 @@ def diff_chart(d: Diff, roofs: Sequence[Roof], *, top: int = 12, title: str = ""
     y_top = max(ys + [c.value for c in comps])
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(min(min(ys), y_top / 10) / 5, y_top * 3)
-    for m in mems:
-        ax.plot([x_lo, x_hi], [m.value * x_lo, m.value * x_hi], "-" if m.calibrated else "--", color="#444444",
-                lw=1.4, zorder=2, label=f"{m.name} roof ({'calibrated' if m.calibrated else 'datasheet'})")
-    for i, c in enumerate(sorted(comps, key=lambda c: -c.value)):
-        bw = mems[0].value if mems else None
-        ridge = c.value / bw if bw else x_lo
-        ax.plot([ridge, x_hi], [c.value, c.value], "-" if c.calibrated else "--", color="#888888" if i else "#222222",
-                lw=1.2, zorder=2, label=f"{c.name} roof")
+    draw_roofs(ax, roofs, x_lo, x_hi)
     total = sum(abs(_or0(r.delta_seconds)) for r, _, _ in pairs) or 1.0
     for r, pa, pb in pairs:
         color = LABEL_COLORS.get((r.b or r.a).label, "#777777")
@@ -133,8 +136,8 @@ def diff_chart(d: Diff, roofs: Sequence[Roof], *, top: int = 12, title: str = ""
     place_labels(fig, ax, labels)
     ax.set_xlabel("arithmetic intensity (FLOP / byte of device memory)")
     ax.set_ylabel("attained FLOP/s" if d.timed else "roofline bound FLOP/s (counts only)")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7, framealpha=0.9)
+    si_axes(ax)
+    legend_outside(fig, ax)
     ax.set_title(_chart_text(title or f"{d.a_name} → {d.b_name}: every op group on one roofline"), fontsize=10)
     return fig
 

@@ -64,14 +64,22 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .charts img{max-width:100%;border:1px solid #eee;border-radius:6px;margin:6px 0}
 .advice li{margin:0 0 10px} .advice .effect{color:#333} .advice .seed,.advice .ev{color:#777;font-size:12px}
 .controls{margin:6px 0;display:flex;gap:10px;align-items:center} input,select{font:inherit;padding:3px 6px}
-code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;word-break:break-all}
+code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;overflow-wrap:anywhere}
 .scroll{max-height:720px;overflow:auto;border:1px solid #eee}
 tr.dim td{color:#888} .noisy{color:#b25000;font-weight:600}
+.wide{overflow-x:auto;max-width:100%} details>summary{cursor:pointer;margin:6px 0;color:#0b57d0}
+"""
+
+# narrow windows (a phone, a split screen): the page keeps to the window, wide tables scroll inside
+# their own box (kept apart from CSS: scoped_css handles flat rules only)
+CSS_NARROW = """
+@media (max-width:760px){body{margin:8px auto;padding:0 8px}h1{font-size:18px}.controls{flex-wrap:wrap}
+input{width:100%}table{font-size:11.5px}}
 """
 
 _JS = """
 (function(){
-  function key(td){var v=td.getAttribute('data-v');if(v!==null&&v!==''){return parseFloat(v);}return td.textContent.toLowerCase();}
+  function key(td){var v=td.getAttribute('data-v');if(v!==null){return v===''?NaN:parseFloat(v);}return td.textContent.toLowerCase();}
   document.querySelectorAll('table.sortable').forEach(function(t){
     var heads=t.tHead.rows[0].cells;
     Array.prototype.forEach.call(heads,function(th,i){
@@ -194,6 +202,9 @@ def _groups_table(a, limit: int = 40) -> str:
             + "</th><th class=n>attained</th><th>label</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
+# Above this many ops the op table starts folded (the op groups say what they hold).
+COLLAPSE_OPS = 300
+
 # A report lists at most this many ops one by one (a 1B model's generate() runs ~40,000): the
 # heaviest by time (or roofline time), in run order; the profile's JSON and CSV keep every op.
 MAX_OP_ROWS = 5000
@@ -303,7 +314,10 @@ def report_html(a, *, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
         body += ["<h2>Hardware counters: counted beside measured</h2>", counters_html(a)]
     for title, section in extra_sections:
         body += [f"<h2>{e(title)}</h2>", section]
-    body += ["<h2>Ops</h2>", _ops_table(a), _kernels_table(a)]
+    ops = _ops_table(a) + _kernels_table(a)
+    if len(p.ops) > COLLAPSE_OPS:  # the op groups above summarize them; the full table one click away
+        ops = f"<details><summary>show all {len(p.ops)} ops</summary>{ops}</details>"
+    body += ["<h2>Ops</h2>", ops]
     return page(f"rooflight: {p.workload}", "".join(body), script=True)
 
 
@@ -311,9 +325,10 @@ def page(title: str, body: str, *, script: bool = False) -> str:
     """A whole self-contained page: the report's style, `body` (trusted HTML) and, with script=True,
     the sortable/filterable tables' script."""
     js = f"<script>{_JS}</script>" if script else ""
+    body = body.replace("<table", "<div class=wide><table").replace("</table>", "</table></div>")
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
             f"<meta name=viewport content='width=device-width,initial-scale=1'><title>{e(title)}</title>"
-            f"<style>{CSS}</style></head><body>{body}{js}</body></html>")
+            f"<style>{CSS}{CSS_NARROW}</style></head><body>{body}{js}</body></html>")
 
 
 def scoped_css(css: str, scope: str = ".rooflight") -> str:

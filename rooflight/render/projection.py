@@ -13,9 +13,9 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from ..units import fmt_seconds
 from ..groups import group_ops
-from .charts import CLASS_COLORS, Point, Roof, _chart_text, roofline
+from ..units import fmt_seconds
+from .charts import CLASS_COLORS, Point, Roof, _chart_text, legend_outside, roofline
 from .html import img
 
 e = html.escape
@@ -157,7 +157,7 @@ def llm_roofline(estimate) -> Figure:
         ax.scatter([estimate.best_decode_intensity], [estimate.best_decode_flops_per_s], marker="*", s=160,
                    color=CLASS_COLORS[6], zorder=5,
                    label=f"decode at the largest batch that fits ({estimate.max_batch})")
-        ax.legend(loc="lower right", fontsize=7, framealpha=0.9)
+        legend_outside(fig, ax)
     ax.set_ylabel("predicted FLOP/s (FLOPs / predicted GPU time)")
     return fig
 
