@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import tempfile
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -45,7 +45,7 @@ from .render.charts import Roof, chart_format, figure_bytes, roofline_of, roofs_
 from .render.diff import diff_chart, diff_html, diff_text
 from .render.html import e, report_html, summary_html
 from .render.outputs import run_files
-from .roofline import Ceilings, Roofs, from_spec, merge
+from .roofline import Ceilings, Roofs, from_spec, merge, roofs_to_dict
 from .runner import Result
 from .timing import profile as _time
 from .units import fmt_bytes, fmt_flops
@@ -65,6 +65,10 @@ def roofs(profile: ProfileData, hw: str | HardwareSpec | None = None, *, calibra
     """The roofs to hold `profile` against (see the module doc), with notes on the choice."""
     notes: list[str] = []
     timing = profile.timing
+    if hw is None and calibrated and profile.roofs:
+        stored = _stored_roofs(profile.roofs, db)
+        if stored is not None:
+            return stored
     if timing is not None and timing.device_kind == "cpu":
         return _cpu_roofs(timing.device_name, measure)
 
@@ -102,6 +106,28 @@ def roofs(profile: ProfileData, hw: str | HardwareSpec | None = None, *, calibra
     return Roofs(sheet, sheet, spec, tuple(notes))
 
 
+def _stored_roofs(record: Mapping[str, Any], db: HardwareDB | None) -> Roofs | None:
+    """The roofs a profile kept from its first analysis (None if the record is damaged: the
+    roofs are then chosen afresh, as for a profile without one)."""
+    from .roofline import ceilings_from_dict
+
+    try:
+        ceilings = ceilings_from_dict(record["ceilings"])
+        sheet = ceilings_from_dict(record["datasheet"]) if record.get("datasheet") else None
+    except (KeyError, TypeError, ValueError):
+        return None
+    spec = None
+    if record.get("spec"):
+        try:
+            spec = (db or load_database()).get(str(record["spec"]))
+        except RooflightError:
+            spec = None
+    notes = tuple(str(n) for n in record.get("notes") or ()) + (
+        f"held against the roofs it was analysed against when profiled ({ceilings.name}, {ceilings.source}), kept "
+        "in the profile; --hw or --datasheet chooses others",)
+    return Roofs(ceilings, sheet, spec, notes)
+
+
 def _cpu_roofs(cpu: str, measure: bool) -> Roofs:
     cal = _cal.load_cached(cpu)
     notes: list[str] = []
@@ -130,7 +156,11 @@ def analyze(profile: ProfileData, hw: str | HardwareSpec | None = None, *, calib
             db: HardwareDB | None = None, advice_top: int = 5, measure: bool = False) -> Analysis:
     """Classify and advise a profile against a GPU's roofs (default: where it ran, or this
     machine's GPU, or an H100 SXM for a count-only profile), calibrated where cached."""
-    a = _analyze(profile, roofs(profile, hw, calibrated=calibrated, db=db, measure=measure), advice_top=advice_top)
+    return _wrap(_analyze(profile, roofs(profile, hw, calibrated=calibrated, db=db, measure=measure),
+                          advice_top=advice_top))
+
+
+def _wrap(a: _Analysis) -> Analysis:
     return Analysis(**{f.name: getattr(a, f.name) for f in fields(_Analysis)})
 
 
@@ -374,7 +404,10 @@ def render_run(results: Sequence[Result | ProfileData] | ProfileData, *, formats
         results = [results]
     rs = tuple(_as_result(r) for r in results)
     db = db or load_database()
-    analyses = tuple(analyze(r.profile, hw, db=db, measure=measure) for r in rs)
+    chosen = [roofs(r.profile, hw, db=db, measure=measure) for r in rs]
+    # each profile keeps the roofs it is analysed against here, so a re-render elsewhere agrees
+    rs = tuple(replace(r, profile=replace(r.profile, roofs=roofs_to_dict(c))) for r, c in zip(rs, chosen))
+    analyses = tuple(_wrap(_analyze(r.profile, c)) for r, c in zip(rs, chosen))
     name = source or (rs[0].workload if rs else "run")
     return RunOutputs(rs, analyses, run_files(rs, analyses, tuple(formats), name))
 

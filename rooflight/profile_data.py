@@ -243,6 +243,9 @@ class Profile:
     steps: tuple[Step, ...] = ()  # a script's steps (rooflight.steps); () when none were found or looked for
     notes: tuple[str, ...] = ()  # how it was made, e.g. how the steps were found
     counters: Counters | None = None  # hardware counters of one more run (profile --counters)
+    # the roofs it was analysed against when it was made (rooflight.roofline.roofs_to_dict): a
+    # re-render anywhere holds it against the same ones unless told otherwise
+    roofs: Mapping[str, Any] | None = None
 
     # ------------------------------------------------------------------ totals
 
@@ -357,6 +360,7 @@ class Profile:
             "timing": _timing_to_dict(self.timing) if self.timing is not None else None,
             "steps": [asdict(st) for st in self.steps], "notes": list(self.notes),
             "counters": asdict(self.counters) if self.counters is not None else None,
+            "roofs": dict(self.roofs) if self.roofs is not None else None,
         }
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -386,6 +390,7 @@ class Profile:
                 timing=_timing_from_dict(d["timing"]) if d.get("timing") else None,
                 steps=tuple(Step(**st) for st in d.get("steps", ())), notes=tuple(d.get("notes", ())),
                 counters=_counters_from_dict(d["counters"]) if d.get("counters") else None,
+                roofs=d["roofs"] if isinstance(d.get("roofs"), Mapping) else None,
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ProfileFormatError(f"profile is corrupt ({type(err).__name__}: {err}); re-create it") from None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 from .hardware import HardwareSpec
 from .math_class import FALLBACK, MathClass
@@ -204,5 +204,36 @@ class Roofs:
     notes: tuple[str, ...] = ()
 
 
-__all__ = ["Ceilings", "Cost", "Floors", "Roofs", "compute_floor_s", "floors", "from_spec", "intensity", "memory_floor_s",
+def ceilings_to_dict(c: Ceilings) -> dict[str, Any]:
+    return {"name": c.name, "memory_bytes_per_s": c.memory_bytes_per_s,
+            "flops_per_s": {k.value: v for k, v in c.flops_per_s.items()}, "link_bytes_per_s": dict(c.link_bytes_per_s),
+            "launch_overhead_s": c.launch_overhead_s, "graph_launch_overhead_s": c.graph_launch_overhead_s,
+            "source": c.source, "measured": sorted(c.measured), "device_kind": c.device_kind}
+
+
+def ceilings_from_dict(d: Mapping[str, Any]) -> Ceilings:
+    """The inverse of ceilings_to_dict; a ValueError names what is wrong with a damaged record."""
+    try:
+        c = Ceilings(name=str(d["name"]), memory_bytes_per_s=float(d["memory_bytes_per_s"]),
+                     flops_per_s={MathClass(k): float(v) for k, v in dict(d["flops_per_s"]).items()},
+                     link_bytes_per_s={str(k): float(v) for k, v in dict(d.get("link_bytes_per_s") or {}).items()},
+                     launch_overhead_s=d.get("launch_overhead_s"), graph_launch_overhead_s=d.get("graph_launch_overhead_s"),
+                     source=str(d.get("source", "datasheet")), measured=frozenset(d.get("measured") or ()),
+                     device_kind=str(d.get("device_kind", "cuda")))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"a damaged roofs record ({type(err).__name__}: {err})") from None
+    values = [c.memory_bytes_per_s, *c.flops_per_s.values()]
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError("a roofs record with a zero, negative or non-finite roof")
+    return c
+
+
+def roofs_to_dict(r: "Roofs") -> dict[str, Any]:
+    """What a profile keeps of the roofs it was analysed against (plain data, JSON-ready)."""
+    return {"ceilings": ceilings_to_dict(r.ceilings),
+            "datasheet": ceilings_to_dict(r.datasheet) if r.datasheet is not None else None,
+            "spec": r.spec.key if r.spec is not None else None, "notes": list(r.notes)}
+
+
+__all__ = ["Ceilings", "Cost", "Floors", "Roofs", "ceilings_from_dict", "ceilings_to_dict", "roofs_to_dict", "compute_floor_s", "floors", "from_spec", "intensity", "memory_floor_s",
            "merge", "peak_flops_per_s", "peak_or_fp32", "resolve_class", "ridge_point"]

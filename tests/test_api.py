@@ -236,3 +236,21 @@ def test_a_wheel_finds_its_built_in_gpus(tmp_path):
     lines = r.stdout.split()
     assert r.returncode == 0 and lines[0] == str(pkg / "hw_specs") and int(lines[1]) >= 11, r.stdout + r.stderr
     assert hardware.builtin_spec_dir() == ROOT / "hw_specs"  # a source checkout: the top-level folder
+
+
+def test_a_profile_keeps_the_roofs_it_was_analysed_against(tmp_path):
+    """`profile --hw h200`, then a re-render with no --hw: the same H200 roofs (not this machine's
+    GPU nor the H100 default), and saying so; --hw and --datasheet still choose others."""
+    torch.manual_seed(0)
+    prof = rooflight.count(torch.nn.Linear(64, 64), torch.randn(4, 64))
+    out = api.render_run(prof, formats=("json",), hw="h200")
+    (name,) = [n for n in out.files if n.endswith(".json")]
+    saved = Profile.from_json(out.files[name].decode() if isinstance(out.files[name], bytes) else out.files[name])
+    assert saved.roofs["ceilings"]["name"] == "H200 SXM" and saved.roofs["spec"] == "h200_sxm"
+    again = api.analyze(saved)
+    assert again.ceilings.name == "H200 SXM" and again.spec.key == "h200_sxm"
+    assert any("analysed against when profiled" in n for n in again.notes)
+    assert api.analyze(saved, "a10").ceilings.name == "A10"
+    damaged = dataclasses.replace(saved, roofs={"ceilings": {"name": "x", "memory_bytes_per_s": -1}})
+    assert api.analyze(damaged).ceilings.name != "x"  # a damaged record is ignored, never trusted
+    assert Profile.from_json(saved.to_json()).roofs == saved.roofs
