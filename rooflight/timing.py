@@ -21,6 +21,8 @@ and every output says these are CPU results.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 import os
@@ -28,7 +30,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -68,6 +70,7 @@ def profile(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 
     if single_pass and (warmup or cuda_graph or flush_l2):
         raise UsageError("a single pass runs the workload once: no warm-up runs, no CUDA graph, no L2 flush")
     name = workload or getattr(fn, "__qualname__", type(fn).__name__)
+    _WORKLOAD.set(name + (" [" + ", ".join(f"{k}={v}" for k, v in params.items()) + "]" if params else ""))
     seg = dict(steps=steps, select_steps=select_steps)
     for _ in range(warmup):
         fn(*args, **kwargs)
@@ -109,7 +112,24 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _run_profiler(body: Callable[[], None], *, cuda: bool) -> dict:
+# `keep_traces()` collects the profiler's raw traces (Chrome trace JSON, which Perfetto and
+# Holistic Trace Analysis open) instead of dropping them: (workload, pass, trace) in run order
+_TRACES: contextvars.ContextVar[list | None] = contextvars.ContextVar("rooflight_traces", default=None)
+_WORKLOAD: contextvars.ContextVar[str] = contextvars.ContextVar("rooflight_trace_workload", default="")
+
+
+@contextlib.contextmanager
+def keep_traces() -> Iterator[list[tuple[str, str, dict]]]:
+    """Inside it, every profiled pass's trace is kept in the yielded list (nothing is written)."""
+    sink: list[tuple[str, str, dict]] = []
+    token = _TRACES.set(sink)
+    try:
+        yield sink
+    finally:
+        _TRACES.reset(token)
+
+
+def _run_profiler(body: Callable[[], None], *, cuda: bool, name: str = "timed") -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
@@ -121,9 +141,13 @@ def _run_profiler(body: Callable[[], None], *, cuda: bool) -> dict:
     try:
         prof.export_chrome_trace(path)
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+            raw = json.load(fh)
     finally:
         os.unlink(path)
+    sink = _TRACES.get()
+    if sink is not None:
+        sink.append((_WORKLOAD.get(), name, raw))
+    return raw
 
 
 def _labelled_pass(fn, args, kwargs, seg: dict) -> tuple[Profile, dict]:
@@ -134,7 +158,7 @@ def _labelled_pass(fn, args, kwargs, seg: dict) -> tuple[Profile, dict]:
             fn(*args, **kwargs)
             _sync()
 
-    raw = _run_profiler(body, cuda=True)
+    raw = _run_profiler(body, cuda=True, name="labelled")
     return cap.profile(mode="count"), raw
 
 

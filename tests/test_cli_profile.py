@@ -232,3 +232,26 @@ def test_a_model_file_that_imports_another_declares_only_its_own(tmp_path):
     assert run.options == {"cuda_graph": True, "repeats": 3}
     with pytest.raises(Exception, match="Run options colour: use cuda_graph, flush_l2, warmup, repeats"):
         Run(lambda: None, options={"colour": 1})
+
+
+def test_kept_traces_are_the_profilers_own():
+    import torch
+
+    from rooflight import timing
+
+    with timing.keep_traces() as kept:
+        timing._WORKLOAD.set("w")
+        raw = timing._run_profiler(lambda: torch.mm(torch.ones(8, 8), torch.ones(8, 8)), cuda=False)
+    assert kept == [("w", "timed", raw)] and any(ev.get("name") == "aten::mm" for ev in raw["traceEvents"])
+    timing._run_profiler(lambda: None, cuda=False)
+    assert len(kept) == 1  # outside keep_traces nothing is kept
+
+
+@pytest.mark.gpu
+def test_trace_dir_keeps_each_timed_pass(tmp_path, model):
+    r = rooflight("profile", str(model), "--no-sweep", "--format", "json", "-o", "out", "--trace", "tr", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    files = sorted(p.name for p in (tmp_path / "tr").glob("*.trace.json"))
+    assert files == ["block_seq-64.labelled.trace.json", "block_seq-64.timed.trace.json"], files
+    raw = json.loads((tmp_path / "tr" / files[1]).read_text())
+    assert any(ev.get("cat") == "kernel" for ev in raw["traceEvents"])

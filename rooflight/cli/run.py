@@ -3,6 +3,8 @@ profile rendered again, no GPU needed)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,10 +14,12 @@ from rich.markup import escape as esc
 from .. import api
 from ..analysis import training_text
 from ..errors import RooflightError, UsageError
-from ..files import check_files, parse_formats, write_files
+from .. import timing as _timing
+from ..files import OutputDir, check_files, parse_formats, write_files
 from ..render.charts import figure_bytes, roofline_of
 from ..render.counters import counters_table
 from ..render.html import report_html
+from ..render.outputs import slug
 from ..render.projection import projection_html
 from ..render.steps import headline_text, phase_summary, steps_table, summary_lines
 from ..render.tables import groups_table
@@ -63,6 +67,9 @@ def profile_cmd(
     counters: bool = typer.Option(False, "--counters", help="Also read the GPU's hardware counters (Nsight Compute, "
                                                             "one more run): executed FLOPs, DRAM and L2 bytes beside "
                                                             "the counted ones."),
+    trace: Optional[Path] = typer.Option(None, "--trace", metavar="DIR",
+                                         help="Keep the profiler's traces (Chrome trace JSON: open them in Perfetto "
+                                              "or Holistic Trace Analysis) in DIR, one per timed pass (GPU runs)."),
     force: bool = ForceOption,
     hw_dir: Optional[List[Path]] = HwDirOption,
 ) -> None:
@@ -96,34 +103,41 @@ def profile_cmd(
                    dtype=parse_dtype(dtype), flush_l2=flush_l2, cuda_graph=cuda_graph, check=not no_check,
                    select_steps=parse_select(steps) if steps else None, single_pass=single_pass)
     con = console()
-    if is_model:
-        if script_args:
-            raise UsageError("arguments after -- are for scripts; a model file takes --param NAME=VALUE and --sweep")
-        if steps or single_pass:
-            raise UsageError("--steps and --single-pass apply to scripts; each workload point of a model file is "
-                             "one step already")
-        workloads = load_model_file(file)
-        if workload:
-            known = {w.name for w in workloads}
-            unknown = [w for w in workload if w not in known]
-            if unknown:
-                raise UsageError(f"{file.name} has no workload {', '.join(unknown)} (workloads: {', '.join(sorted(known))})")
-            workloads = [w for w in workloads if w.name in workload]
-        params, sweeps = parse_assignments(param or [], many=False), parse_assignments(sweep or [], many=True)
-        with progress("profiling") as bar:
-            task = bar.add_task("", total=None)
-            results = profile_workloads(
-                file, workloads, opts, params=params, sweeps=sweeps, default_sweep=not no_sweep,
-                progress=lambda name, i, n: bar.update(task, total=n, completed=i, description=name))
-    else:
-        for flag, value in (("--param", param), ("--sweep", sweep), ("--workload", workload), ("--dtype", dtype)):
-            if value:
-                raise UsageError(f"{flag} applies to model files with @rooflight.workload; {file.name} is a script")
-        if single_pass and (warmup or repeats not in (None, 1)):
-            raise UsageError("--single-pass runs the script once: drop --warmup and --repeats")
-        with progress("running") as bar:
-            bar.add_task(file.name, total=None)
-            results = [profile_script(file, script_args or [], opts)]
+    if trace is not None:
+        if opts.count_only or not dev.startswith("cuda"):
+            raise UsageError("--trace keeps the GPU profiler's traces: it needs a timed run on a CUDA GPU (CPU runs are "
+                             "timed by the wall clock, not the profiler; drop --count-only / --device cpu)")
+        if trace.exists() and not trace.is_dir():
+            raise UsageError(f"--trace {trace}: a file is in the way; give a directory")
+    with (_timing.keep_traces() if trace is not None else contextlib.nullcontext([])) as kept:
+        if is_model:
+            if script_args:
+                raise UsageError("arguments after -- are for scripts; a model file takes --param NAME=VALUE and --sweep")
+            if steps or single_pass:
+                raise UsageError("--steps and --single-pass apply to scripts; each workload point of a model file is "
+                                 "one step already")
+            workloads = load_model_file(file)
+            if workload:
+                known = {w.name for w in workloads}
+                unknown = [w for w in workload if w not in known]
+                if unknown:
+                    raise UsageError(f"{file.name} has no workload {', '.join(unknown)} (workloads: {', '.join(sorted(known))})")
+                workloads = [w for w in workloads if w.name in workload]
+            params, sweeps = parse_assignments(param or [], many=False), parse_assignments(sweep or [], many=True)
+            with progress("profiling") as bar:
+                task = bar.add_task("", total=None)
+                results = profile_workloads(
+                    file, workloads, opts, params=params, sweeps=sweeps, default_sweep=not no_sweep,
+                    progress=lambda name, i, n: bar.update(task, total=n, completed=i, description=name))
+        else:
+            for flag, value in (("--param", param), ("--sweep", sweep), ("--workload", workload), ("--dtype", dtype)):
+                if value:
+                    raise UsageError(f"{flag} applies to model files with @rooflight.workload; {file.name} is a script")
+            if single_pass and (warmup or repeats not in (None, 1)):
+                raise UsageError("--single-pass runs the script once: drop --warmup and --repeats")
+            with progress("running") as bar:
+                bar.add_task(file.name, total=None)
+                results = [profile_script(file, script_args or [], opts)]
     counter_error = None
     if counters:
         with progress("reading hardware counters (ncu)") as bar:
@@ -134,6 +148,9 @@ def profile_cmd(
         print_summary(con, r, a)
     for p in run.write(out, force=force):
         con.print(f"wrote {esc(str(p))}")
+    if trace is not None:
+        for p in _write_traces(trace, kept, force):
+            con.print(f"wrote {esc(str(p))}")
     if counter_error is not None:
         raise counter_error  # after the profile without counters was written
     failed = [r for r in results if r.check_passed is False]
@@ -169,6 +186,18 @@ def print_summary(con, r, a) -> None:
                   f"{r.check[0]:.2e}, tolerance {r.check[1]:.0e})")
     for n in (*r.notes, *a.notes):
         con.print(f"  [dim]note: {esc(n)}[/dim]")
+
+
+def _write_traces(folder: Path, kept, force: bool) -> list[Path]:
+    """The kept traces as DIR/<workload>.<pass>.trace.json (under the one overwrite policy)."""
+    od = OutputDir(folder, force=force)
+    seen: dict[str, int] = {}
+    for workload, kind, raw in kept:
+        base = f"{slug(workload or 'run')}.{kind}"
+        seen[base] = seen.get(base, 0) + 1
+        name = base if seen[base] == 1 else f"{base}-{seen[base]}"
+        od.add(f"{name}.trace.json", json.dumps(raw))
+    return od.commit()
 
 
 @commands.command("report")
