@@ -1,11 +1,5 @@
-"""The `rooflight` command: a thin typer layer over the library (rooflight.api).
-
-One module per command group, each parsing its arguments, calling the library and printing:
-hw.py (`hw list|show|detect`), run.py (`profile`, `report`), check.py (`baseline`, `check`),
-calibrate.py, project.py, llm.py; what they share (console, one-line errors, common options) is
-in common.py.  `main()` turns click's own usage errors into one line and exit code 2, so no
-traceback reaches the user.
-"""
+"""The `rooflight` command's typer app: every command group registered, and `main()`, which
+turns click's own usage errors into one line and exit code 2, so no traceback reaches the user."""
 
 from __future__ import annotations
 
