@@ -235,3 +235,20 @@ def test_report_fits_narrow_and_wide_windows_and_its_table_sorts_and_filters(tmp
     assert probe["ascending"] and probe["untimed_last"], probe
     mm = sum(1 for o in timed.ops if "mm" in o.short_op or "mm" in o.module or "mm" in o.shapes)
     assert probe["filtered"].endswith(f"of {len(timed.ops)} ops shown") and int(probe["filtered"].split()[0]) >= mm
+
+
+def test_csv_says_what_it_is_and_names_its_units(timed):
+    import io
+
+    import pandas as pd
+
+    from rooflight.render.outputs import ops_csv
+
+    text = ops_csv(analyze(timed, calibrated=False))
+    head = [ln for ln in text.splitlines() if ln.startswith("#")]
+    assert len(head) == 3 and "timed on" in head[1] and "held against H100 SXM (datasheet roofs)" in head[2]
+    df = pd.read_csv(io.StringIO(text), comment="#")
+    assert {"attained_flops_per_s", "of_roof", "label", "evidence"} <= set(df.columns)
+    assert len(df) == len(timed.ops)
+    timed_rows = df[df["attained_flops_per_s"] > 0]
+    assert not timed_rows.empty and (df["of_roof"].dropna() <= 1.5).all()  # a fraction, not a percentage

@@ -19,7 +19,7 @@ from ..files import OutputDir, check_files, parse_formats, write_files
 from ..render.charts import figure_bytes, roofline_of
 from ..render.counters import counters_table
 from ..render.html import report_html
-from ..render.outputs import slug
+from ..render.outputs import ops_csv, slug
 from ..render.projection import projection_html
 from ..render.steps import headline_text, phase_summary, steps_table, summary_lines
 from ..render.tables import groups_table
@@ -207,8 +207,10 @@ def report_cmd(
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report file (default: PROFILE.html beside it)."),
     hw: Optional[str] = typer.Option(None, "--hw", help="GPU to hold it against (default: where it ran; "
                                                         "count-only: this machine's GPU, else H100 SXM)."),
-    png: bool = typer.Option(False, "--png", help="Also write the roofline chart as PNG."),
-    svg: bool = typer.Option(False, "--svg", help="Also write the roofline chart as SVG."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Comma-separated, as for profile: html, png, svg, csv "
+                                                             "(default: html)."),
+    png: bool = typer.Option(False, "--png", help="Also write the roofline chart as PNG (= --format html,png)."),
+    svg: bool = typer.Option(False, "--svg", help="Also write the roofline chart as SVG (= --format html,svg)."),
     force: bool = ForceOption,
     no_calibration: bool = typer.Option(False, "--datasheet", help="Use datasheet roofs even if calibrated ones "
                                                                    "are cached."),
@@ -221,15 +223,22 @@ def report_cmd(
     db = database(hw_dir)
     prof = api.load(profile_json)
     a = api.analyze(prof, hw, calibrated=not no_calibration, db=db)
+    formats = parse_formats(fmt) if fmt else ["html"]
+    if "json" in formats:
+        raise UsageError("--format json: the profile is the JSON already; report writes html, png, svg, csv")
+    png, svg = png or "png" in formats, svg or "svg" in formats
+    csv = "csv" in formats
     target = out or profile_json.with_suffix(".html")
     if target.resolve() == profile_json.resolve():
         raise UsageError(f"the report would overwrite the profile {profile_json}; give another -o")
-    check_files([target] + [target.with_suffix(f".{f}") for f, wanted in (("png", png), ("svg", svg)) if wanted],
-                force=force)
+    check_files([target] + [target.with_suffix(f".{f}") for f, wanted in (("png", png), ("svg", svg), ("csv", csv))
+                            if wanted], force=force)
     extra = []
     if project_to:
         extra.append(("Projected onto other GPUs", projection_html(api.project(prof, project_to, db=db))))
     files = {target: report_html(a, extra_sections=extra)}
+    if csv:
+        files[target.with_suffix(".csv")] = ops_csv(a)
     charts = [fmt for fmt, wanted in (("png", png), ("svg", svg)) if wanted]
     if charts:
         fig = roofline_of(a)

@@ -199,7 +199,7 @@ def _groups_table(a, limit: int = 40) -> str:
             f"<td>{_label(g.label)}</td></tr>")
     return ("<table class=sortable><thead><tr><th>op group</th><th class=n>ops</th><th class=n>FLOPs</th>"
             "<th class=n>bytes</th><th class=n>FLOP/B</th><th class=n>" + ("time" if a.timed else "roofline time")
-            + "</th><th class=n>attained</th><th>label</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+            + "</th><th class=n>attained FLOP/s</th><th>label</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
 # Above this many ops the op table starts folded (the op groups say what they hold).
@@ -252,7 +252,7 @@ def _ops_table(a) -> str:
             f"<select id=label-filter><option value=''>all labels</option>{opts}</select><span id=op-count></span></div>"
             "<div class=scroll><table id=ops class=sortable><thead><tr><th class=n>#</th><th>module</th><th>region</th>"
             "<th>op</th><th>shapes</th><th>dtype</th><th class=n>FLOPs</th><th class=n>bytes</th><th class=n>FLOP/B</th>"
-            "<th class=n>time</th><th class=n>attained</th><th>label</th><th>note</th></tr></thead><tbody>"
+            "<th class=n>time</th><th class=n>of roof</th><th>label</th><th>note</th></tr></thead><tbody>"
             + "".join(rows) + "</tbody></table></div>")
 
 

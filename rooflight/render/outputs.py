@@ -9,6 +9,7 @@ notebook's `rooflight.write(...)` writes are the same files, made here.
 from __future__ import annotations
 
 import html
+import math
 import re
 from typing import Sequence
 
@@ -32,12 +33,29 @@ def point_name(workload: str, label: str) -> str:
 
 
 def ops_csv(a) -> str:
-    """One row per op: the profile's columns, then its label, attained fraction and evidence."""
-    df = a.profile.df.copy()
-    df["label"] = [str(a.diagnosis.verdicts[i].label) for i in df.index]
-    df["attained"] = [a.diagnosis.verdicts[i].attained for i in df.index]
-    df["evidence"] = [a.diagnosis.verdicts[i].evidence for i in df.index]
-    return df.to_csv()
+    """One row per op: the profile's columns, then its label, attained FLOP/s, the fraction of its
+    roof attained (of_roof, 0-1) and the evidence; '#' lines first say what the file is
+    (pandas.read_csv(path, comment="#") skips them)."""
+    from .._version import __version__
+
+    p = a.profile
+    df = p.df.copy()
+    v = a.diagnosis.verdicts
+    df["label"] = [str(v[i].label) for i in df.index]
+    flops = {o.index: o.total_flops for o in p.ops}
+    df["attained_flops_per_s"] = [flops[i] / v[i].seconds if a.timed and v[i].seconds > 0 else math.nan
+                                  for i in df.index]
+    df["of_roof"] = [v[i].attained for i in df.index]
+    df["evidence"] = [v[i].evidence for i in df.index]
+    where = (f"timed on {p.timing.device_name}, median of {p.timing.repeats}" if p.timing is not None
+             else f"counted only on {p.device_name or p.device}")
+    held = a.spec.name if a.spec is not None else a.ceilings.name
+    head = [f"# rooflight {p.rooflight_version or __version__}: {p.workload or 'workload'}"
+            + (f" [{', '.join(f'{k}={x}' for k, x in p.params.items())}]" if p.params else ""),
+            f"# {where}; torch {p.torch_version}; created {p.created}",
+            f"# held against {held} ({a.ceilings.source} roofs); units: FLOPs, bytes, seconds, FLOP/s; "
+            "of_roof = the largest roofline floor / the time (1 = at the roof)"]
+    return "\n".join(x.replace("\n", " ") for x in head) + "\n" + df.to_csv()
 
 
 def check_section(check: tuple[float, float] | None) -> list[tuple[str, str]]:

@@ -80,7 +80,7 @@ def calibration_table(rows: list[dict], title: str) -> Table:
 def groups_table(a, n: int = 5) -> Table:
     """The heaviest op groups of an Analysis: time, FLOPs, bytes, intensity, attained rate, label."""
     t = Table(show_edge=False, pad_edge=False, box=None)
-    for col in ("op group", "time" if a.timed else "roofline time", "FLOPs", "bytes", "FLOP/B", "attained", "label"):
+    for col in ("op group", "time" if a.timed else "roofline time", "FLOPs", "bytes", "FLOP/B", "attained FLOP/s", "label"):
         t.add_column(col, no_wrap=True)
     for g in a.groups[:n]:
         att = fmt_flops_rate(g.flops_per_s) if a.timed and g.flops_per_s == g.flops_per_s else "–"
