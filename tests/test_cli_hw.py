@@ -112,3 +112,27 @@ def test_installed_console_script_runs_as_a_subprocess():
     assert r.stderr.startswith("rooflight: error: unknown GPU") and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "rooflight", "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("rooflight ")
+
+
+def test_every_commands_help_shows_flags_as_flags():
+    """Each command's --help works, and a flag is shown as a flag (no '<bool>' value to give)."""
+    import typer.main
+
+    cmd = typer.main.get_command(app)  # what CliRunner runs: the flags' own declarations, no patching
+    names = []
+    for top, sub in cmd.commands.items():
+        if getattr(sub, "commands", None):
+            names += [[top, s] for s in sub.commands]
+        else:
+            names.append([top])
+    assert len(names) >= 10
+    for args in names:
+        r = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+        assert r.exit_code == 0, (args, r.output[-500:])
+        flags = [ln for ln in r.output.splitlines() if "<bool>" in ln and "--help" not in ln]
+        assert not flags, (args, flags)
+
+
+def test_a_flag_given_true_says_it_is_a_flag(capsys):
+    code, out, err = run_main(capsys, "diff", "a.json", "b.json", "--changed", "true")
+    assert code == 2 and "--changed is a flag, give it alone" in err and err.count("\n") == 1

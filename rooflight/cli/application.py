@@ -28,7 +28,7 @@ for _group in (run, diff, check, calibrate, project, llm):
 
 @app.callback(invoke_without_command=True)
 def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    version: bool = typer.Option(False, "--version", metavar="", help="Print the version and exit.", is_eager=True),
 ) -> None:
     if version:
         print(f"rooflight {__version__}")
@@ -53,7 +53,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     abort = tuple(getattr(m, "Abort") for m in mods if hasattr(m, "Abort")) + (typer.Abort, KeyboardInterrupt)
     other = tuple(m.ClickException for m in mods)
     cmd = typer.main.get_command(app)
-    _flags_take_no_value(cmd)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         rv = cmd.main(args=args, prog_name="rooflight", standalone_mode=False)
@@ -77,20 +76,6 @@ def main(argv: Optional[List[str]] = None) -> None:
         err_line(str(err))
         sys.exit(err.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)
-
-
-def _walk(cmd):
-    yield cmd
-    for sub in getattr(cmd, "commands", {}).values():
-        yield from _walk(sub)
-
-
-def _flags_take_no_value(cmd) -> None:
-    """Help shows a flag as a flag (`--count-only`), not as an option taking `<bool>`."""
-    for c in _walk(cmd):
-        for p in c.params:
-            if getattr(p, "is_flag", False) and p.metavar is None:
-                p.metavar = ""
 
 
 _BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}

@@ -22,8 +22,8 @@ commands = typer.Typer()
 @handles_errors
 def calibrate_cmd(
     device: str = typer.Option("auto", "--device", help="cuda, cpu, or auto (the GPU if there is one)."),
-    quick: bool = typer.Option(False, "--quick", help="Smaller sizes: a few seconds, less exact."),
-    no_save: bool = typer.Option(False, "--no-save", help="Do not write the result to the cache."),
+    quick: bool = typer.Option(False, "--quick", metavar="", help="Smaller sizes: a few seconds, less exact."),
+    no_save: bool = typer.Option(False, "--no-save", metavar="", help="Do not write the result to the cache."),
     hw_dir: Optional[List[Path]] = HwDirOption,
 ) -> None:
     """Measure this machine's practical roofs: memory bandwidth, matmul FLOP/s per math class, launch

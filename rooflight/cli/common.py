@@ -74,9 +74,9 @@ def database(hw_dir: Optional[List[Path]]) -> HardwareDB:
     return load_database(hw_dir or ())
 
 
-ForceOption = typer.Option(False, "--force", help="Overwrite files that rooflight did not write.")
+ForceOption = typer.Option(False, "--force", metavar="", help="Overwrite files that rooflight did not write.")
 
 # a model file's workload points: the same three options for profile, baseline and check
 ParamOption = typer.Option(None, "--param", metavar="NAME=VALUE", help="Set a workload parameter.")
 SweepOption = typer.Option(None, "--sweep", metavar="NAME=V1,V2", help="Sweep a parameter (repeatable: crossed).")
-NoSweepOption = typer.Option(False, "--no-sweep", help="Ignore the workloads' own default sweeps.")
+NoSweepOption = typer.Option(False, "--no-sweep", metavar="", help="Ignore the workloads' own default sweeps.")

@@ -33,10 +33,10 @@ def diff_cmd(
                                        help="Also write the comparison report (HTML: both runs on one roofline)."),
     fmt: DiffFormat = typer.Option(DiffFormat.text, "--format", help="What to print: the table, or JSON."),
     limit: int = typer.Option(0, "--limit", help="Print at most this many rows (0: all of them)."),
-    changed: bool = typer.Option(False, "--changed", help="Print only the rows that changed."),
+    changed: bool = typer.Option(False, "--changed", metavar="", help="Print only the rows that changed."),
     hw: Optional[str] = typer.Option(None, "--hw", help="GPU whose roofs both are held against (default: each "
                                                         "its own: where it ran)."),
-    no_calibration: bool = typer.Option(False, "--datasheet", help="Datasheet roofs even if calibrated ones are "
+    no_calibration: bool = typer.Option(False, "--datasheet", metavar="", help="Datasheet roofs even if calibrated ones are "
                                                                    "cached."),
     force: bool = ForceOption,
     hw_dir: Optional[List[Path]] = HwDirOption,

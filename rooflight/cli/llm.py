@@ -59,13 +59,13 @@ def llm_cmd(
                                                     "(a serving engine's 9)."),
     reserve: float = typer.Option(0.10, "--reserve", help="Fraction of GPU memory held back (CUDA context, "
                                                           "workspaces, fragmentation)."),
-    train: bool = typer.Option(False, "--train", help="Show the training footprint (Adam, mixed precision) "
+    train: bool = typer.Option(False, "--train", metavar="", help="Show the training footprint (Adam, mixed precision) "
                                                       "instead."),
     zero: int = typer.Option(0, "--zero", help="ZeRO stage for --train: 0, 1, 2 or 3."),
     gpus: int = typer.Option(1, "--gpus", help="GPUs the ZeRO states are partitioned over (--train)."),
     micro_batch: int = typer.Option(1, "--micro-batch", help="Sequences per GPU per step (--train)."),
     out: Path = typer.Option(Path("rooflight-out"), "-o", "--out", help="Directory for the chart (created)."),
-    no_chart: bool = typer.Option(False, "--no-chart", help="Print the tables only."),
+    no_chart: bool = typer.Option(False, "--no-chart", metavar="", help="Print the tables only."),
     force: bool = ForceOption,
     hw_dir: Optional[List[Path]] = HwDirOption,
 ) -> None:

@@ -36,7 +36,7 @@ def project_cmd(
                                                "for every GPU in the database."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Also write a roofline chart per target "
                                                                  "(PNG) and projection.json into DIR."),
-    measured: bool = typer.Option(True, "--measured/--default-efficiency",
+    measured: bool = typer.Option(True, "--measured/--default-efficiency", metavar="",
                                   help="Carry each op's measured efficiency over (timed profiles), or use "
                                        "the default efficiencies."),
     kernel_fixed_us: Optional[float] = typer.Option(None, "--kernel-fixed-us", metavar="US",

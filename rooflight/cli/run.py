@@ -48,7 +48,7 @@ def profile_cmd(
     fmt: str = typer.Option("html,json,png", "--format", help="Comma-separated: html, json, png, svg, csv."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cpu or meta (meta: count-only). "
                                                                 "Default: cuda if present, else cpu."),
-    count_only: bool = typer.Option(False, "--count-only", help="Count FLOPs and bytes only; no timing, no GPU."),
+    count_only: bool = typer.Option(False, "--count-only", metavar="", help="Count FLOPs and bytes only; no timing, no GPU."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up runs (default 3; scripts 0)."),
     repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed runs (default 10; scripts 1)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16, fp16, fp32 ... for workloads taking a dtype."),
@@ -56,15 +56,15 @@ def profile_cmd(
     sweep: Optional[List[str]] = SweepOption,
     no_sweep: bool = NoSweepOption,
     workload: Optional[List[str]] = typer.Option(None, "--workload", "-w", help="Only these workloads."),
-    flush_l2: bool = typer.Option(False, "--flush-l2", help="Flush L2 before each timed run (cold cache)."),
-    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="Time the workload replayed as a CUDA graph."),
-    no_check: bool = typer.Option(False, "--no-check", help="Skip the workloads' correctness checks."),
+    flush_l2: bool = typer.Option(False, "--flush-l2", metavar="", help="Flush L2 before each timed run (cold cache)."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", metavar="", help="Time the workload replayed as a CUDA graph."),
+    no_check: bool = typer.Option(False, "--no-check", metavar="", help="Skip the workloads' correctness checks."),
     steps: Optional[str] = typer.Option(None, "--steps", metavar="N|A:B|A:",
                                         help="Scripts: the steps the headline describes, 1-based and inclusive "
                                              "(default: all but the first of each kind, the warm-up)."),
-    single_pass: bool = typer.Option(False, "--single-pass", help="Scripts: run the body once, counted and timed "
+    single_pass: bool = typer.Option(False, "--single-pass", metavar="", help="Scripts: run the body once, counted and timed "
                                                                   "together (for scripts with side effects)."),
-    counters: bool = typer.Option(False, "--counters", help="Also read the GPU's hardware counters (Nsight Compute, "
+    counters: bool = typer.Option(False, "--counters", metavar="", help="Also read the GPU's hardware counters (Nsight Compute, "
                                                             "one more run): executed FLOPs, DRAM and L2 bytes beside "
                                                             "the counted ones."),
     trace: Optional[Path] = typer.Option(None, "--trace", metavar="DIR",
@@ -209,10 +209,10 @@ def report_cmd(
                                                         "count-only: this machine's GPU, else H100 SXM)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Comma-separated, as for profile: html, png, svg, csv "
                                                              "(default: html)."),
-    png: bool = typer.Option(False, "--png", help="Also write the roofline chart as PNG (= --format html,png)."),
-    svg: bool = typer.Option(False, "--svg", help="Also write the roofline chart as SVG (= --format html,svg)."),
+    png: bool = typer.Option(False, "--png", metavar="", help="Also write the roofline chart as PNG (= --format html,png)."),
+    svg: bool = typer.Option(False, "--svg", metavar="", help="Also write the roofline chart as SVG (= --format html,svg)."),
     force: bool = ForceOption,
-    no_calibration: bool = typer.Option(False, "--datasheet", help="Use datasheet roofs even if calibrated ones "
+    no_calibration: bool = typer.Option(False, "--datasheet", metavar="", help="Use datasheet roofs even if calibrated ones "
                                                                    "are cached."),
     project_to: Optional[str] = typer.Option(None, "--project", metavar="GPUS",
                                              help="Add a projection onto other GPUs: comma-separated names, or "
