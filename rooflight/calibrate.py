@@ -14,6 +14,7 @@ under the user's cache directory; the classifier uses them as the practical roof
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import statistics
@@ -24,12 +25,12 @@ from typing import Callable, Mapping
 
 import torch
 
-from .roofline import Ceilings
 from .detect import describe_cpu
 from .errors import NoGPUError, RooflightError
 from .files import write_text_atomic
 from .math_class import MathClass
-from .profile_data import now_iso
+from .profile_data import now_iso, strict_json
+from .roofline import Ceilings
 
 CACHE_ENV = "ROOFLIGHT_CACHE_DIR"
 SCHEMA = "rooflight.calibration"
@@ -97,6 +98,10 @@ class Calibration:
                                  "run `rooflight calibrate` again")
         d = {k: v for k, v in d.items() if k not in ("schema", "version")}
         d["figures"] = {k: Measurement(**m) for k, m in d["figures"].items()}
+        for k, m in d["figures"].items():
+            v = m.value
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"figures[{k!r}].value = {v!r}: must be a finite number above zero")
         return cls(**d)
 
 
@@ -137,7 +142,7 @@ def cache_path(device_name: str) -> Path:
 
 
 def save(cal: Calibration) -> Path:
-    return write_text_atomic(cache_path(cal.device_name), json.dumps(cal.to_dict(), indent=1))
+    return write_text_atomic(cache_path(cal.device_name), json.dumps(strict_json(cal.to_dict()), indent=1, allow_nan=False))
 
 
 def load_cached(device_name: str) -> Calibration | None:
@@ -147,8 +152,10 @@ def load_cached(device_name: str) -> Calibration | None:
         return None
     try:
         return Calibration.from_dict(json.loads(p.read_text()))
-    except (OSError, ValueError, KeyError, TypeError, RooflightError):
-        return None
+    except (OSError, KeyError, TypeError, RooflightError, json.JSONDecodeError):
+        return None  # unreadable or of another version: as if none were cached (a new one replaces it)
+    except ValueError as err:  # readable, with a number no roof can have: never used, and said
+        raise RooflightError(f"{p}: {err}; delete the file or run `rooflight calibrate` again") from None
 
 
 def cached() -> list[Calibration]:

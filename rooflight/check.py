@@ -51,8 +51,9 @@ class Tolerances:
                 f"{self.max_flops_growth:.1%} / {self.max_bytes_growth:.1%}")
 
 
-def parse_fraction(text: str, option: str) -> float:
-    """'5%' -> 0.05, '0.05' -> 0.05."""
+def parse_fraction(text: str, option: str, *, at_most_one: bool = False) -> float:
+    """'5%' -> 0.05, '0.05' -> 0.05; a bare number above 1 ('5') is refused, not read as 500%.
+    at_most_one: the value cannot pass 100% (an intensity cannot fall by more than all of it)."""
     t = str(text).strip()
     try:
         value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
@@ -60,11 +61,33 @@ def parse_fraction(text: str, option: str) -> float:
         raise UsageError(f"{option} {text!r}: give a percentage like 5% or a fraction like 0.05") from None
     if value < 0 or not math.isfinite(value):
         raise UsageError(f"{option} {text!r}: must be zero or more")
+    if not t.endswith("%") and value > 1:
+        raise UsageError(f"{option} {text!r}: a bare number is a fraction (0.05 = 5%); write {t}% for {t} percent")
+    if at_most_one and value > 1:
+        raise UsageError(f"{option} {text!r}: more than 100% would let any drop pass; give at most 100%")
     return value
 
 
-def _entry(flops: float, nbytes: float) -> dict[str, float]:
-    return {"flops": flops, "bytes": nbytes, "intensity": intensity(flops, nbytes)}
+def _entry(flops: float, nbytes: float) -> dict[str, float | None]:
+    i = intensity(flops, nbytes)
+    return {"flops": flops, "bytes": nbytes, "intensity": i if math.isfinite(i) else None}  # strict JSON: no Infinity
+
+
+def _read_entry(p: Path, where: str, entry: Any) -> dict[str, float]:
+    """A baseline entry, its numbers checked (finite, zero or more); its intensity recomputed from
+    them (the stored one is derived: it cannot disagree)."""
+    if not isinstance(entry, dict):
+        raise BaselineError(f"{p}: {where} is {type(entry).__name__}, not an entry of flops and bytes; re-create "
+                            "the baseline with `rooflight baseline`")
+    out = {}
+    for key in ("flops", "bytes"):
+        v = entry.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise BaselineError(f"{p}: {where}.{key} = {v!r}: must be a finite number, zero or more; re-create the "
+                                "baseline with `rooflight baseline`")
+        out[key] = float(v)
+    out["intensity"] = intensity(out["flops"], out["bytes"])
+    return out
 
 
 def summarize(profile: Profile) -> dict[str, Any]:
@@ -118,6 +141,13 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
     points = data.get("points")
     if not isinstance(points, dict) or not all(isinstance(v, dict) and "total" in v for v in points.values()):
         raise BaselineError(f"{p}: corrupt baseline (no points); re-create it with `rooflight baseline`")
+    for key, point in points.items():
+        point["total"] = _read_entry(p, f"points[{key!r}].total", point["total"])
+        for scope in ("regions", "groups"):
+            entries = point.get(scope, {})
+            if not isinstance(entries, dict):
+                raise BaselineError(f"{p}: points[{key!r}].{scope} is not a table of entries; re-create the baseline")
+            point[scope] = {name: _read_entry(p, f"points[{key!r}].{scope}[{name!r}]", e) for name, e in entries.items()}
     return data
 
 
@@ -135,9 +165,15 @@ class Change:
         return bool(self.problems)
 
     def delta(self, key: str) -> float:
-        if not self.old or not self.new or not self.old.get(key):
+        if not self.old or not self.new:
             return math.nan
-        return (self.new[key] - self.old[key]) / self.old[key]
+        if key == "intensity":
+            a, b = intensity(self.old["flops"], self.old["bytes"]), intensity(self.new["flops"], self.new["bytes"])
+        else:
+            a, b = self.old.get(key), self.new.get(key)
+        if not a or a is None or b is None or not math.isfinite(a) or not math.isfinite(b):
+            return math.nan
+        return (b - a) / a
 
 
 @dataclass(frozen=True)
@@ -161,8 +197,8 @@ class CheckResult:
         rows = sorted((c for c in self.changes if c.failed or _moved(c)), key=lambda c: (not c.failed, c.point))
         lines = [f"{'':2}{'point':<24} {'scope':<7} {'name':<40} {'intensity':>20} {'FLOPs':>9} {'bytes':>9}"]
         for c in rows[:limit] if limit else rows:
-            old_i = f"{c.old['intensity']:.3g}" if c.old else "(new)"
-            new_i = f"{c.new['intensity']:.3g}" if c.new else "(gone)"
+            old_i = f"{intensity(c.old['flops'], c.old['bytes']):.3g}" if c.old else "(new)"
+            new_i = f"{intensity(c.new['flops'], c.new['bytes']):.3g}" if c.new else "(gone)"
             lines.append(f"{'✗' if c.failed else ' ':2}{c.point[:24]:<24} {c.scope:<7} {c.name[:40]:<40} "
                          f"{old_i:>9} -> {new_i:<8} {_pct(c.delta('flops')):>9} {_pct(c.delta('bytes')):>9}"
                          + (f"  {'; '.join(c.problems)}" if c.problems else ""))
@@ -238,7 +274,8 @@ def _finite(entry: Mapping[str, float] | None) -> dict[str, float | None] | None
 
 def _entry_text(c: Change) -> str:
     def one(e: Mapping[str, float] | None) -> str:
-        return "absent" if e is None else f"{e['flops']:.6g} FLOPs, {e['bytes']:.6g} B, {e['intensity']:.6g} FLOP/B"
+        return ("absent" if e is None
+                else f"{e['flops']:.6g} FLOPs, {e['bytes']:.6g} B, {intensity(e['flops'], e['bytes']):.6g} FLOP/B")
 
     return f"baseline: {one(c.old)}; now: {one(c.new)}"
 
@@ -276,8 +313,10 @@ def compare_baselines(baseline: Mapping[str, Any], current: Mapping[str, Any], t
                 old, new = olds.get(name), news.get(name)
                 problems: list[str] = []
                 if old is not None and new is not None:
-                    if old["intensity"] > 0 and (old["intensity"] - new["intensity"]) / old["intensity"] > tol.max_intensity_drop:
-                        problems.append(f"intensity fell {(old['intensity'] - new['intensity']) / old['intensity']:.1%}")
+                    i_old, i_new = intensity(old["flops"], old["bytes"]), intensity(new["flops"], new["bytes"])
+                    drop = (i_old - i_new) / i_old if 0 < i_old < math.inf and i_new < math.inf else 0.0
+                    if drop > tol.max_intensity_drop:
+                        problems.append(f"intensity fell {drop:.1%}")
                     if old["flops"] > 0 and (new["flops"] - old["flops"]) / old["flops"] > tol.max_flops_growth:
                         problems.append(f"FLOPs grew {(new['flops'] - old['flops']) / old['flops']:.1%}")
                     if old["bytes"] > 0 and (new["bytes"] - old["bytes"]) / old["bytes"] > tol.max_bytes_growth:

@@ -20,15 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .errors import UsageError
+from .errors import RooflightError, UsageError
 
 MANIFEST = ".rooflight-manifest.json"
+
+
+class OutputError(RooflightError):
+    """The results could not be written (a full disk, a vanished directory)."""
 FORMATS = ("html", "json", "png", "svg", "csv")
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write to a temporary file beside `path`, then rename it over `path` in one step."""
-    path = Path(path)
+def _stage(path: Path, data: bytes) -> str:
+    """`data` written in full to a temporary file beside `path` (nothing replaced yet); its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -41,12 +44,27 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
         except FileNotFoundError:
             mode = 0o666 & ~_umask()
         os.chmod(tmp, mode)
+    except BaseException:
+        _drop(tmp)
+        raise
+    return tmp
+
+
+def _drop(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write to a temporary file beside `path`, then rename it over `path` in one step."""
+    path = Path(path)
+    tmp = _stage(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _drop(tmp)
         raise
     return path
 
@@ -110,13 +128,47 @@ class OutputDir:
                 raise UsageError(f"{target} exists and was not written by rooflight; pass --force to overwrite it "
                                  "or choose another output")
 
-    def commit(self) -> list[Path]:
+    def preflight(self) -> None:
+        """Before any work: the destination is a directory (or can become one) rooflight may write
+        into, and none of the queued files is one rooflight did not write."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"{self.path} is a file, not a directory: give -o a directory (it is created)")
+        probe = self.path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            raise UsageError(f"{probe} is a file, so {self.path} cannot be created: give -o another directory")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write into {probe} (permission denied): give -o a directory you can write to")
         self.check()
-        self.path.mkdir(parents=True, exist_ok=True)
-        written = []
+
+    def commit(self) -> list[Path]:
+        """Every queued file, as one transaction: all are written in full beside their targets
+        first, then renamed into place, then the manifest.  A failure or Ctrl-C before the renames
+        leaves every earlier file as it was (and no temporary file behind)."""
+        self.preflight()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"cannot create {self.path} ({err.strerror}): nothing was written") from None
+        staged: list[tuple[str, Path]] = []
+        try:
+            for target, data in self.pending.items():
+                staged.append((_stage(target, data), target))
+        except OSError as err:
+            for tmp, _ in staged:
+                _drop(tmp)
+            raise OutputError(f"could not write {target} ({err.strerror or err}): nothing was written, the files already "
+                              f"in {self.path} are untouched") from None
+        except BaseException:
+            for tmp, _ in staged:
+                _drop(tmp)
+            raise
         ours = self._manifest()
-        for target, data in self.pending.items():
-            written.append(write_bytes_atomic(target, data))
+        written = []
+        for tmp, target in staged:
+            os.replace(tmp, target)
+            written.append(target)
             ours.add(target.name)
         write_text_atomic(self.path / MANIFEST, json.dumps({"writer": "rooflight", "files": sorted(ours)}, indent=1))
         self.pending.clear()

@@ -145,6 +145,12 @@ def _closest(word: str, options: Iterable[str]) -> str:
     return f" (did you mean '{near[0]}'?)" if near else ""
 
 
+# the range a figure of each kind can take on any real chip (base units): a number outside it is a
+# typo or a wrong unit (1e-30 TB/s would make every op "memory-bound" by 30 orders of magnitude)
+PLAUSIBLE = {"bytes": (1e6, 1e14), "bytes_per_s": (1e6, 1e16), "flops_per_s": (1e8, 1e19),
+             "ops_per_s": (1e8, 1e19), "hz": (1e6, 1e11), "watts": (1.0, 1e5)}
+
+
 def load_spec_file(path: str | Path, origin: str = "built-in") -> HardwareSpec:
     """Load and validate one spec file; every problem is a SpecError naming the file and field."""
     path = Path(path)
@@ -155,6 +161,8 @@ def load_spec_file(path: str | Path, origin: str = "built-in") -> HardwareSpec:
         raise _fail(path, f"cannot read: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise _fail(path, f"not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise _fail(path, "not UTF-8 text: save the spec file as UTF-8") from None
     return parse_spec(raw, path, origin)
 
 
@@ -290,6 +298,10 @@ def _parse_figure(path: Path, dotted: str, entry: Any, sources: Mapping[str, str
             raise _fail(path, f"field '{dotted}': {err}") from None
     if not isinstance(value, str) and value <= 0:
         raise _fail(path, f"field '{dotted}' must be positive, got {raw_value!r}")
+    lo_hi = PLAUSIBLE.get(kind)
+    if lo_hi is not None and not (lo_hi[0] <= value <= lo_hi[1]):
+        raise _fail(path, f"field '{dotted}' = {raw_value!r} is outside what any accelerator has "
+                          f"({lo_hi[0]:.0e} to {lo_hi[1]:.0e} in base units): check the number and its unit")
     return Figure(value=value, text=str(raw_value), source=sources[source_key], note=note,
                   source_key=source_key)
 

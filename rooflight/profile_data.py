@@ -364,7 +364,8 @@ class Profile:
         }
 
     def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent, default=_json_default, allow_nan=True)
+        """Strict JSON: a value not measured (NaN) is null, as any JSON parser expects."""
+        return json.dumps(strict_json(self.to_dict()), indent=indent, default=_json_default, allow_nan=False)
 
     def save(self, path: str | Path) -> Path:
         """Write the profile as JSON, atomically (a half-written file never replaces a good one)."""
@@ -392,7 +393,9 @@ class Profile:
                 counters=_counters_from_dict(d["counters"]) if d.get("counters") else None,
                 roofs=d["roofs"] if isinstance(d.get("roofs"), Mapping) else None,
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except ValueError as err:  # a number out of range: the field and the value
+            raise ProfileFormatError(f"profile has a bad number: {err}; re-create it") from None
+        except (KeyError, TypeError) as err:
             raise ProfileFormatError(f"profile is corrupt ({type(err).__name__}: {err}); re-create it") from None
 
     @classmethod
@@ -458,8 +461,49 @@ def _op_to_dict(o: OpRecord) -> dict[str, Any]:
     return d
 
 
+def strict_json(x: Any) -> Any:
+    """`x` with every NaN or infinite float replaced by None (JSON null), recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, Mapping):
+        return {k: strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict_json(v) for v in x]
+    return x
+
+
+def _seconds(cls, d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A timing record's fields with null read back as NaN (not measured) and every time checked:
+    a number, finite and zero or more, else a ValueError naming the field and the value."""
+    out = dict(d)
+    for f in fields(cls):
+        if f.name not in out or str(f.type) not in ("float", "float | None"):
+            continue
+        v = out[f.name]
+        if v is None:
+            out[f.name] = math.nan
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isnan(v) or (math.isfinite(v) and v >= 0)):
+            raise ValueError(f"{where}.{f.name} = {v!r}: must be a finite number, zero or more (or null)")
+    return out
+
+
+def _check_amount(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{where} = {v!r}: must be a finite number, zero or more")
+    return v  # as written (an int stays an int: the JSON round-trips byte for byte)
+
+
 def _op_from_dict(d: Mapping[str, Any]) -> OpRecord:
     d = dict(d)
+    where = f"ops[{d.get('index', '?')}]"
+    for key in ("bytes_read", "bytes_written", "comm_bytes"):
+        if key in d:
+            d[key] = _check_amount(d[key], f"{where}.{key}")
+    if "flops" in d:
+        if not isinstance(d["flops"], Mapping):
+            raise ValueError(f"{where}.flops is not a table of math class -> FLOPs")
+        d["flops"] = {str(c): _check_amount(v, f"{where}.flops[{c!r}]") for c, v in d["flops"].items()}
     d["inputs"] = tuple(_meta_from_list(t) for t in d.get("inputs", ()))
     d["outputs"] = tuple(_meta_from_list(t) for t in d.get("outputs", ()))
     known = {f.name for f in fields(OpRecord)}
@@ -470,7 +514,9 @@ def _op_from_dict(d: Mapping[str, Any]) -> OpRecord:
 
 
 def _counters_from_dict(d: Mapping[str, Any]) -> Counters:
-    kernels = tuple(KernelCounters(**{**k, "flops": {str(c): float(v) for c, v in k["flops"].items()}})
+    kernels = tuple(KernelCounters(**_seconds(KernelCounters, {**k, "flops": {str(c): _check_amount(v, f"counters.flops[{c!r}]")
+                                                                         for c, v in k["flops"].items()}},
+                                              "counters.kernels"))
                     for k in d.get("kernels", ()))
     return Counters(d["tool"], kernels, tuple(d.get("metrics", ())), d.get("clock_control", "none"),
                     d.get("cache_control", "all"), tuple(d.get("notes", ())))
@@ -487,9 +533,13 @@ def _timing_to_dict(t: Timing) -> dict[str, Any]:
 
 def _timing_from_dict(d: Mapping[str, Any]) -> Timing:
     d = dict(d)
-    d["ops"] = tuple(OpTiming(**{k: v for k, v in o.items() if k != "noisy"}) for o in d.get("ops", ()))
-    d["kernels"] = tuple(KernelRecord(**{**k, "grid": tuple(k.get("grid", ())), "block": tuple(k.get("block", ()))})
+    d["ops"] = tuple(OpTiming(**_seconds(OpTiming, {k: v for k, v in o.items() if k != "noisy"},
+                                         f"timing.ops[{o.get('op_index', '?')}]")) for o in d.get("ops", ()))
+    d["kernels"] = tuple(KernelRecord(**_seconds(KernelRecord, {**k, "grid": tuple(k.get("grid", ())),
+                                                                "block": tuple(k.get("block", ()))}, "timing.kernels"))
                          for k in d.get("kernels", ()))
-    d["regions"] = tuple(RegionTiming(**r) for r in d.get("regions", ()))
+    d["regions"] = tuple(RegionTiming(**_seconds(RegionTiming, r, f"timing.regions[{r.get('region', '')!r}]"))
+                         for r in d.get("regions", ()))
+    d = _seconds(Timing, d, "timing")
     d["notes"] = tuple(d.get("notes", ()))
     return Timing(**d)

@@ -110,6 +110,32 @@ def _profile_run(run: Run, options: Options, workload: str, params: Mapping[str,
     return replace(prof, params=dict(params))
 
 
+SEED = 0  # every workload point starts from the same random state (a `seed` parameter overrides it)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+class PointFailed(RooflightError):
+    """A workload point failed after earlier points had finished: they travel with the error, so
+    the caller can keep them (the CLI writes them, then reports the failure)."""
+
+    def __init__(self, message: str, finished: tuple, exit_code: int = 1):
+        super().__init__(message)
+        self.finished = finished
+        self.exit_code = exit_code
+
+
 def profile_workloads(path: Path, workloads: Sequence[Workload], options: Options, *,
                       params: Mapping[str, Any] | None = None, sweeps: Mapping[str, Sequence[Any]] | None = None,
                       default_sweep: bool = True,
@@ -124,10 +150,17 @@ def profile_workloads(path: Path, workloads: Sequence[Workload], options: Option
         name = f"{w.name}{' [' + label + ']' if label else ''}"
         if progress:
             progress(name, i, len(plan))
-        with user_code(files, f"workload {name} in {path.name}"):
-            run = build(w, p, device=options.device, dtype=options.dtype)
-            checked = check_run(run) if options.check and options.device != "meta" else None
-            prof = _profile_run(run, options, w.name, p)
+        try:
+            with user_code(files, f"workload {name} in {path.name}"):
+                seed_everything(p.get("seed", SEED) if isinstance(p.get("seed"), int) else SEED)
+                run = build(w, p, device=options.device, dtype=options.dtype)
+                checked = check_run(run) if options.check and options.device != "meta" else None
+                prof = _profile_run(run, options, w.name, p)
+        except RooflightError as err:
+            if not results:
+                raise
+            raise PointFailed(f"{name}: {err} ({len(results)} earlier point{'s' if len(results) > 1 else ''} "
+                              "finished and kept)", tuple(results), getattr(err, "exit_code", 1)) from err
         notes = ()
         if checked is not None and checked[0] > checked[1]:
             notes = (f"correctness check FAILED: relative error {checked[0]:.3g} > tolerance {checked[1]:.3g}",)
@@ -212,5 +245,5 @@ def with_counters(path: Path, results: Sequence[Result], options: Options, argv:
     return out, None
 
 
-__all__ = ["ModelFileError", "Options", "Result", "ScriptExit", "counter_spec", "default_device", "profile_script",
+__all__ = ["ModelFileError", "Options", "PointFailed", "SEED", "seed_everything", "Result", "ScriptExit", "counter_spec", "default_device", "profile_script",
            "profile_workloads", "validate", "with_counters"]

@@ -21,6 +21,8 @@ from ..check import (
 )
 from ..errors import UsageError
 from ..files import check_files, write_files
+from ..profile_data import strict_json
+from ..roofline import intensity
 from ..workloads import declares_workloads, parse_assignments
 from .common import (
     ForceOption,
@@ -51,11 +53,12 @@ def baseline_cmd(
     check_files([out], force=force)  # refuse now, before counting, to replace a file rooflight did not write
     data = count_model(file, device=device, params=parse_assignments(param or [], many=False),
                        sweeps=parse_assignments(sweep or [], many=True), default_sweep=not no_sweep)
-    write_files({out: json.dumps(data, indent=1)}, force=force)
+    write_files({out: json.dumps(strict_json(data), indent=1, allow_nan=False)}, force=force)
     con = console()
     for key, p in data["points"].items():
         t = p["total"]
-        con.print(esc(f"{key}: {t['flops']:.4g} FLOPs, {t['bytes']:.4g} bytes, intensity {t['intensity']:.4g} FLOP/B"))
+        con.print(esc(f"{key}: {t['flops']:.4g} FLOPs, {t['bytes']:.4g} bytes, intensity "
+                      f"{intensity(t['flops'], t['bytes']):.4g} FLOP/B"))
     con.print(f"wrote {esc(str(out))}")
 
 
@@ -88,7 +91,7 @@ def check_cmd(
 ) -> None:
     """Compare counts with a baseline. Exit 0: no regression; 1: intensity fell, or FLOPs or bytes grew, beyond the
     tolerances; 2: a usage error, or a missing, unreadable or mismatched baseline."""
-    tol = Tolerances(parse_fraction(max_intensity_drop, "--max-intensity-drop"),
+    tol = Tolerances(parse_fraction(max_intensity_drop, "--max-intensity-drop", at_most_one=True),
                      parse_fraction(max_flops_growth, "--max-flops-growth"),
                      parse_fraction(max_bytes_growth, "--max-bytes-growth"))
     if limit < 0:
@@ -105,7 +108,7 @@ def check_cmd(
         result = check_model(file, baseline, tol, device=device, params=parse_assignments(param or [], many=False),
                              sweeps=parse_assignments(sweep or [], many=True), default_sweep=not no_sweep)
     if fmt is CheckFormat.json:
-        print(json.dumps(result.to_dict(), indent=1))
+        print(json.dumps(strict_json(result.to_dict()), indent=1, allow_nan=False))
     elif fmt is CheckFormat.junit:
         print(result.junit(), end="")
     elif fmt is CheckFormat.github:

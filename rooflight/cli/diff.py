@@ -12,8 +12,8 @@ from rich.markup import escape as esc
 
 from .. import api
 from ..errors import UsageError
-from ..profile_data import ProfileFormatError
 from ..files import check_files, write_files
+from ..profile_data import ProfileFormatError, strict_json
 from .common import ForceOption, HwDirOption, console, database, handles_errors
 
 commands = typer.Typer()
@@ -59,7 +59,7 @@ def diff_cmd(
     except ProfileFormatError as err:  # an unreadable input is a usage error here, as for `check`'s baseline
         raise UsageError(str(err)) from None
     if fmt is DiffFormat.json:
-        print(json.dumps({**d.to_dict(), "a_file": str(a), "b_file": str(b)}, indent=1))
+        print(json.dumps(strict_json({**d.to_dict(), "a_file": str(a), "b_file": str(b)}), indent=1, allow_nan=False))
     else:
         print(f"A: {a}\nB: {b}")
         print(d.text(limit or None, unchanged=not changed))

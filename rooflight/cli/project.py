@@ -14,6 +14,7 @@ from rich.table import Table
 from .. import api
 from ..errors import UsageError
 from ..files import OutputDir
+from ..profile_data import strict_json
 from ..render.charts import figure_bytes
 from ..render.outputs import slug
 from ..render.projection import outer_regions, projection_roofline
@@ -90,7 +91,7 @@ def project_cmd(
         od = OutputDir(out, force=force)
         for tp in proj.targets:
             od.add(f"projection_{slug(tp.key)}.png", figure_bytes(projection_roofline(proj, tp), "png"))
-        od.add("projection.json", json.dumps({"writer": "rooflight", **proj.to_dict()}, indent=1,
-                                             allow_nan=True))
+        od.add("projection.json", json.dumps(strict_json({"writer": "rooflight", **proj.to_dict()}), indent=1,
+                                             allow_nan=False))
         for p in od.commit():
             con.print(f"wrote {esc(str(p))}")

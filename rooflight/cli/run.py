@@ -23,9 +23,10 @@ from ..render.outputs import ops_csv, slug
 from ..render.projection import projection_html
 from ..render.steps import headline_text, phase_summary, steps_table, summary_lines
 from ..render.tables import groups_table
-from ..runner import Options, default_device, profile_script, profile_workloads, with_counters
+from ..runner import Options, PointFailed, default_device, profile_script, profile_workloads, with_counters
 from ..steps import parse_select
 from ..workloads import declares_workloads, load_model_file, parse_assignments, parse_dtype
+from ..profile_data import strict_json
 from .common import (ForceOption, HwDirOption, NoSweepOption, ParamOption, SweepOption, console, database,
                      handles_errors, progress)
 
@@ -92,6 +93,7 @@ def profile_cmd(
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
     formats = parse_formats(fmt)
+    OutputDir(out, force=force).preflight()  # a destination that cannot take the results fails now, not after the run
     db = database(hw_dir)
     if hw:
         db.get(hw)  # an unknown GPU name is an error before anything runs
@@ -109,6 +111,7 @@ def profile_cmd(
                              "timed by the wall clock, not the profiler; drop --count-only / --device cpu)")
         if trace.exists() and not trace.is_dir():
             raise UsageError(f"--trace {trace}: a file is in the way; give a directory")
+    point_failure = None
     with (_timing.keep_traces() if trace is not None else contextlib.nullcontext([])) as kept:
         if is_model:
             if script_args:
@@ -126,9 +129,12 @@ def profile_cmd(
             params, sweeps = parse_assignments(param or [], many=False), parse_assignments(sweep or [], many=True)
             with progress("profiling") as bar:
                 task = bar.add_task("", total=None)
-                results = profile_workloads(
-                    file, workloads, opts, params=params, sweeps=sweeps, default_sweep=not no_sweep,
-                    progress=lambda name, i, n: bar.update(task, total=n, completed=i, description=name))
+                try:
+                    results = profile_workloads(
+                        file, workloads, opts, params=params, sweeps=sweeps, default_sweep=not no_sweep,
+                        progress=lambda name, i, n: bar.update(task, total=n, completed=i, description=name))
+                except PointFailed as err:  # the finished points are written below, then the failure is raised
+                    results, point_failure = list(err.finished), err
         else:
             for flag, value in (("--param", param), ("--sweep", sweep), ("--workload", workload), ("--dtype", dtype)):
                 if value:
@@ -151,6 +157,8 @@ def profile_cmd(
     if trace is not None:
         for p in _write_traces(trace, kept, force):
             con.print(f"wrote {esc(str(p))}")
+    if point_failure is not None:
+        raise point_failure  # after the finished points were written
     if counter_error is not None:
         raise counter_error  # after the profile without counters was written
     failed = [r for r in results if r.check_passed is False]
@@ -175,7 +183,8 @@ def print_summary(con, r, a) -> None:
         for line in phase_summary(a):
             con.print("  " + esc(line))
         con.print(steps_table(a))
-    con.print(groups_table(a))
+    if a.groups:
+        con.print(groups_table(a))
     if a.profile.counters is not None:
         con.print(counters_table(a))
     if a.advice:
@@ -196,7 +205,7 @@ def _write_traces(folder: Path, kept, force: bool) -> list[Path]:
         base = f"{slug(workload or 'run')}.{kind}"
         seen[base] = seen.get(base, 0) + 1
         name = base if seen[base] == 1 else f"{base}-{seen[base]}"
-        od.add(f"{name}.trace.json", json.dumps(raw))
+        od.add(f"{name}.trace.json", json.dumps(strict_json(raw), allow_nan=False))
     return od.commit()
 
 

@@ -8,6 +8,7 @@ notebook's `rooflight.write(...)` writes are the same files, made here.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 import re
@@ -77,12 +78,30 @@ def sweep_figures(results: Sequence, analyses: Sequence) -> dict[str, object]:
             for w, idx in by_workload.items() if len(idx) > 1}
 
 
+def point_names(results: Sequence) -> list[str]:
+    """Each result's file stem, unique within the run: a stem that two points would share (names
+    differing only in punctuation, non-ASCII names, names cut at 120 characters) gets a short hash
+    of the point's full name, never a silent overwrite."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for r in results:
+        stem = point_name(r.workload, r.label)
+        if stem in seen:
+            full = f"{r.workload}[{r.label}]"
+            stem = f"{stem[:110]}-{hashlib.sha1(full.encode('utf-8')).hexdigest()[:8]}"
+            n = 2
+            while stem in seen:
+                stem, n = f"{stem}-{n}", n + 1
+        seen.add(stem)
+        out.append(stem)
+    return out
+
+
 def index_html(results: Sequence, analyses: Sequence, source_name: str, sweeps: dict[str, object]) -> str:
     """The page across a run's points: each point's summary and check, linked to its report, and
     the sweep charts."""
     rows = []
-    for r, a in zip(results, analyses):
-        name = point_name(r.workload, r.label)
+    for r, a, name in zip(results, analyses, point_names(results)):
         check = "" if r.check is None else ("pass" if r.check[0] <= r.check[1] else "FAIL")
         rows.append(f"<tr><td><a href='{e(name)}.html'>{e(r.workload)}</a></td>"
                     f"<td>{e(r.label or 'defaults')}</td><td>{e(summary(a.diagnosis))}</td>"
@@ -103,8 +122,7 @@ def run_files(results: Sequence, analyses: Sequence, formats: Sequence[str], sou
     def add(name: str, data: bytes | str) -> None:
         files[name] = data.encode("utf-8") if isinstance(data, str) else data
 
-    for r, a in zip(results, analyses):
-        name = point_name(r.workload, r.label)
+    for r, a, name in zip(results, analyses, point_names(results)):
         if "json" in formats:
             add(f"{name}.json", r.profile.to_json())
         if "html" in formats:
@@ -126,4 +144,4 @@ def run_files(results: Sequence, analyses: Sequence, formats: Sequence[str], sou
     return files
 
 
-__all__ = ["slug", "check_section", "index_html", "ops_csv", "point_name", "run_files", "sweep_figures"]
+__all__ = ["point_names", "slug", "check_section", "index_html", "ops_csv", "point_name", "run_files", "sweep_figures"]
