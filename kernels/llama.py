@@ -159,6 +159,7 @@ def build(config: str | LlamaConfig = "tiny", *, batch: int = 1, max_seq: int | 
             model = Llama(cfg)
     finally:
         torch.set_default_dtype(previous)
+    _check_fits(model, cfg, batch, dtype, device)
     _materialize(model, device)
     real = device.type != "meta" and not _in_fake_mode()
     if real:
@@ -167,6 +168,28 @@ def build(config: str | LlamaConfig = "tiny", *, batch: int = 1, max_seq: int | 
     model.rope_cos, model.rope_sin = rope_tables(cfg, device)  # RoPE tables stay fp32
     model.setup_cache(batch, cfg.max_seq)
     return model.eval()
+
+
+def _check_fits(model: nn.Module, cfg, batch: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Before any memory is taken: the weights and the KV cache against the device's free memory,
+    with the numbers in the error (a 70B on a 24 GB machine fails here, not in the OOM killer)."""
+    import os
+
+    from rooflight.errors import UsageError
+
+    if device.type == "cuda" and torch.cuda.is_available():
+        free = torch.cuda.mem_get_info(device)[0]
+    elif device.type == "cpu" and hasattr(os, "sysconf"):
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    else:
+        return  # meta and fake devices hold no data
+    item = torch.empty((), dtype=dtype).element_size()
+    weights = sum(p.numel() for p in model.parameters()) * item
+    kv = 2 * cfg.n_layers * batch * cfg.max_seq * cfg.n_kv_heads * cfg.head_dim * item
+    if weights + kv > 0.9 * free:
+        raise UsageError(f"{cfg.name} needs about {(weights + kv) / 2**30:.1f} GiB ({weights / 2**30:.1f} GiB of weights, "
+                         f"{kv / 2**30:.1f} GiB of KV cache) and {device.type} has {free / 2**30:.1f} GiB free: count it "
+                         "with --device meta --count-only (no memory), or choose a smaller config, batch or context")
 
 
 def _materialize(model: nn.Module, device: torch.device) -> None:

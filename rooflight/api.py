@@ -133,9 +133,13 @@ def _cpu_roofs(cpu: str, measure: bool) -> Roofs:
     notes: list[str] = []
     if cal is None and measure and cpu == describe_cpu().model:
         cal = _cal.calibrate("cpu", quick=True)
-        path = _cal.save(cal)
-        notes.append(f"no cached CPU calibration for {cpu}: measured a quick one now and cached it in {path} "
-                     "(run `rooflight calibrate --device cpu` for a full one)")
+        try:
+            path = _cal.save(cal)
+            notes.append(f"no cached CPU calibration for {cpu}: measured a quick one now and cached it in {path} "
+                         "(run `rooflight calibrate --device cpu` for a full one)")
+        except OSError as err:  # an unwritable cache costs the cache, never the results
+            notes.append(f"no cached CPU calibration for {cpu}: measured a quick one now, but could not cache it "
+                         f"({err.strerror or err}; set ROOFLIGHT_CACHE_DIR to a writable directory)")
     if cal is None:
         raise MissingCalibrationError(
             f"these are CPU timings of {cpu}, and no calibration of that CPU is cached here to hold them against: "

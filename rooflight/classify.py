@@ -372,6 +372,9 @@ def summary(diagnosis: Diagnosis, region: str | None = None) -> str:
     r = diagnosis.region(region)
     name = r.region or "whole run"  # a region stands under its own name (advice's "" can be a steady state)
     total = r.total_seconds
+    if not r.ops:  # nothing ran that could be placed on a roofline: not "100% overhead-bound"
+        held = f" ({fmt_seconds(total)} of wall time with no op in it)" if total > 0 else ""
+        return f"{name}: no PyTorch op was recorded{held}: nothing to classify"
     if total <= 0:
         return f"{name}: no time to classify"
     shares = sorted(((r.fraction(label), label) for label in Label), key=lambda x: -x[0])

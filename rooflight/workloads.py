@@ -191,14 +191,39 @@ def parse_value(text: str) -> Any:
 def parse_assignments(items: Iterable[str], *, many: bool) -> dict[str, Any]:
     """['batch=1,8', 'seq=512'] -> {'batch': [1, 8], 'seq': [512]} (many) or {'batch': 1, ...}."""
     out: dict[str, Any] = {}
+    flag = "--sweep" if many else "--param"
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            flag = "--sweep" if many else "--param"
             raise UsageError(f"{flag} {item!r}: write NAME=VALUE" + (",VALUE..." if many else ""))
-        values = [parse_value(v) for v in value.split(",")] if many else parse_value(value)
-        out[key.strip()] = values
+        key = key.strip()
+        if key in RESERVED:
+            raise UsageError(f"{flag} {key}=...: {key} is chosen with --{key}, not as a workload parameter")
+        if key in out:
+            raise UsageError(f"{flag} {key} is given twice; give it once"
+                             + (f" with every value ({flag} {key}=A,B,C); different names are crossed" if many else ""))
+        if many:
+            parts = value.split(",")
+            if any(not p.strip() for p in parts):
+                raise UsageError(f"--sweep {item!r}: an empty value between commas; write {key}=A,B,C")
+            values = [parse_value(v) for v in parts]
+            if len(set(map(repr, values))) != len(values):
+                raise UsageError(f"--sweep {item!r}: a value repeats; give each point once")
+            out[key] = values
+        else:
+            out[key] = parse_value(value)
     return out
+
+
+# workload arguments the command line sets with its own options, never through --param/--sweep
+RESERVED = ("device", "dtype")
+
+
+def check_param_sweep(params: Mapping[str, Any], sweeps: Mapping[str, Any]) -> None:
+    """A name both fixed (--param) and swept (--sweep) is a contradiction, never silently resolved."""
+    both = sorted(set(params) & set(sweeps))
+    if both:
+        raise UsageError(f"{', '.join(both)} is both set (--param) and swept (--sweep): give one of them")
 
 
 def points(w: Workload, params: Mapping[str, Any], sweeps: Mapping[str, Sequence[Any]], *,
@@ -207,6 +232,7 @@ def points(w: Workload, params: Mapping[str, Any], sweeps: Mapping[str, Sequence
     the sweeps (the workload's own sweep applies to parameters the user did not set).  A point's
     label names its swept values ('seq=128,batch=8'); without a sweep, the parameters set away
     from their defaults ('' for the defaults)."""
+    check_param_sweep(params, sweeps)
     for key in (*params, *sweeps):
         if key not in w.params and not w.accepts(key):
             known = ", ".join(w.params) or "none"

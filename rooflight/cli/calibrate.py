@@ -11,6 +11,7 @@ from rich.markup import escape as esc
 
 from ..calibrate import calibrate, compare_to_datasheet, save, steps
 from ..detect import detect
+from ..errors import UsageError
 from ..render.tables import calibration_table
 from ..roofline import from_spec
 from .common import HwDirOption, console, database, handles_errors, progress
@@ -29,6 +30,8 @@ def calibrate_cmd(
     """Measure this machine's practical roofs: memory bandwidth, matmul FLOP/s per math class, launch
     overhead, PCIe bandwidth.  Cached per device; the classifier then uses them as the roof."""
     db = database(hw_dir)
+    if device not in ("auto", "cuda", "cpu") and not device.startswith("cuda:"):
+        raise UsageError(f"--device {device!r}: give cuda, cpu or auto")
     kind = device if device != "auto" else ("cuda" if _cuda() else "cpu")
     spec = None
     if kind.startswith("cuda"):
