@@ -32,6 +32,7 @@ from .capture import count
 from .errors import NoGPUError, RooflightError, UsageError
 from .profile_data import Profile
 from .timing import profile as time_profile
+from .timing import trace_name as _trace_name
 from .workloads import ModelFileError, Run, Workload, build, check_run, declares_workloads, points, user_traceback
 
 
@@ -155,7 +156,8 @@ def profile_workloads(path: Path, workloads: Sequence[Workload], options: Option
                 seed_everything(p.get("seed", SEED) if isinstance(p.get("seed"), int) else SEED)
                 run = build(w, p, device=options.device, dtype=options.dtype)
                 checked = check_run(run) if options.check and options.device != "meta" else None
-                prof = _profile_run(run, options, w.name, p)
+                with _trace_name(f"{w.name}__{label}" if label else w.name):
+                    prof = _profile_run(run, options, w.name, p)
         except RooflightError as err:
             if not results:
                 raise

@@ -70,7 +70,7 @@ def profile(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 
     if single_pass and (warmup or cuda_graph or flush_l2):
         raise UsageError("a single pass runs the workload once: no warm-up runs, no CUDA graph, no L2 flush")
     name = workload or getattr(fn, "__qualname__", type(fn).__name__)
-    _WORKLOAD.set(name + (" [" + ", ".join(f"{k}={v}" for k, v in params.items()) + "]" if params else ""))
+    _WORKLOAD.set(name)
     seg = dict(steps=steps, select_steps=select_steps)
     for _ in range(warmup):
         fn(*args, **kwargs)
@@ -116,6 +116,17 @@ def _sync() -> None:
 # Holistic Trace Analysis open) instead of dropping them: (workload, pass, trace) in run order
 _TRACES: contextvars.ContextVar[list | None] = contextvars.ContextVar("rooflight_traces", default=None)
 _WORKLOAD: contextvars.ContextVar[str] = contextvars.ContextVar("rooflight_trace_workload", default="")
+_POINT: contextvars.ContextVar[str] = contextvars.ContextVar("rooflight_trace_point", default="")
+
+
+@contextlib.contextmanager
+def trace_name(name: str) -> Iterator[None]:
+    """Name the traces kept inside (a model file's point: `block__seq-64`), over the workload's name."""
+    token = _POINT.set(name)
+    try:
+        yield
+    finally:
+        _POINT.reset(token)
 
 
 @contextlib.contextmanager
@@ -146,7 +157,7 @@ def _run_profiler(body: Callable[[], None], *, cuda: bool, name: str = "timed") 
         os.unlink(path)
     sink = _TRACES.get()
     if sink is not None:
-        sink.append((_WORKLOAD.get(), name, raw))
+        sink.append((_POINT.get() or _WORKLOAD.get(), name, raw))
     return raw
 
 

@@ -234,6 +234,16 @@ def test_a_model_file_that_imports_another_declares_only_its_own(tmp_path):
         Run(lambda: None, options={"colour": 1})
 
 
+@pytest.mark.gpu
+def test_each_sweep_point_keeps_its_own_traces(tmp_path, model):
+    r = rooflight("profile", str(model), "--sweep", "seq=16,32", "--format", "json", "-o", "out", "--trace", "tr",
+                  "--repeats", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "tr").glob("*.trace.json")) == [
+        "block__seq-16.labelled.trace.json", "block__seq-16.timed.trace.json",
+        "block__seq-32.labelled.trace.json", "block__seq-32.timed.trace.json"]
+
+
 def test_kept_traces_are_the_profilers_own():
     import torch
 
@@ -252,6 +262,6 @@ def test_trace_dir_keeps_each_timed_pass(tmp_path, model):
     r = rooflight("profile", str(model), "--no-sweep", "--format", "json", "-o", "out", "--trace", "tr", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     files = sorted(p.name for p in (tmp_path / "tr").glob("*.trace.json"))
-    assert files == ["block_seq-64.labelled.trace.json", "block_seq-64.timed.trace.json"], files
+    assert files == ["block.labelled.trace.json", "block.timed.trace.json"], files  # --no-sweep: the defaults' point
     raw = json.loads((tmp_path / "tr" / files[1]).read_text())
     assert any(ev.get("cat") == "kernel" for ev in raw["traceEvents"])
