@@ -138,6 +138,9 @@ class OpFacts:
     link: str = ""
     direction: str = ""
     strided_inputs: tuple[str, ...] = ()  # inputs of the representative op that are not contiguous
+    # hardware counters (profile --counters): measured over the counted, over the group; NaN without
+    dram_read_ratio: float = math.nan  # DRAM bytes read / the modelled bytes read
+    executed_ratio: float = math.nan  # tensor-pipe FLOPs executed / the useful tensor FLOPs counted
 
     @property
     def is_decode(self) -> bool:
@@ -481,6 +484,20 @@ def _prefix_cache_effect(r: RegionFacts, c: Ceilings) -> str:
 # ------------------------------------------------------------------ predicates
 
 
+def _rereads_effect(f: OpFacts, c: Ceilings) -> str:
+    r = f.dram_read_ratio
+    at_min = f.seconds / r if r > 0 else math.nan
+    pad = (f"; its {f.executed_ratio:.1f}x executed FLOPs (tile padding) cost nothing here: the time is bytes"
+           if f.executed_ratio == f.executed_ratio and f.executed_ratio > 2 else "")
+    return (f"Nsight Compute read {r:.1f}x the bytes this group must move from DRAM: at its minimum it would take "
+            f"about {fmt_seconds(at_min)} instead of {fmt_seconds(f.seconds)} (up to {r:.1f}x), and a faster "
+            f"memory would not close that gap{pad}")
+
+
+def _rereads(f: OpFacts) -> bool:
+    return f.dram_read_ratio == f.dram_read_ratio and f.dram_read_ratio >= REREAD_RATIO
+
+
 def _small_batch_weight_gemm(f: OpFacts) -> bool:
     return f.has_weight and f.m_rows is not None and f.m_rows < f.m_ridge
 
@@ -537,7 +554,19 @@ _L = Label
 _K = Kind
 _GPU = frozenset({"cuda"})  # GPU techniques: no use for a diagnosis of CPU timings
 
+# A memory-bound kernel reading this many times the bytes it must move has a tiling, fusion or
+# layout problem (re-reads, gathers by sector), not a bandwidth one (seen with --counters).
+REREAD_RATIO = 2.0
+
 RULES: tuple[Rule, ...] = (
+    # ---- what the hardware counters show (profile --counters)
+    Rule("dram-rereads", "op", frozenset({_L.MEMORY}), when=_rereads,
+         recommendation="Make the kernel read each byte once: its DRAM reads are several times the bytes it must "
+                        "move, so the fix is its tiling, fusion or data layout (keep reused tiles in shared memory "
+                        "or L2, avoid strided gathers), not more bandwidth",
+         effect=_rereads_effect,
+         seed="001 memory-bound: the roofline counts the bytes that must move; Nsight Compute's dram__bytes_read "
+              "measures the bytes that did"),
     # ---- matmuls
     Rule("batch-more", "op", frozenset({_L.MEMORY}), kinds=frozenset({_K.MATMUL}), when=_small_batch_weight_gemm,
          recommendation="Batch more: run more sequences (or tokens) per step so each weight read serves more rows; "
@@ -830,8 +859,24 @@ def _strided(op: OpRecord) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _measured(profile: Profile) -> dict[int, tuple[float, float]]:
+    """Per op: (DRAM bytes read, tensor-pipe FLOPs executed) from the counter pass, if any."""
+    out: dict[int, tuple[float, float]] = {}
+    c = getattr(profile, "counters", None)
+    if c is None:
+        return out
+    for k in c.kernels:
+        if k.op_index < 0:
+            continue
+        tensor = sum(v for cls, v in k.flops.items() if cls.endswith("_tensor") or cls in ("tensor",
+                                                                                           "fp16_tensor_fp16_acc"))
+        r, t = out.get(k.op_index, (0.0, 0.0))
+        out[k.op_index] = (r + k.dram_read, t + tensor)
+    return out
+
+
 def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis, ceilings: Ceilings,
-              total_s: float) -> OpFacts:
+              total_s: float, measured: Mapping[int, tuple[float, float]] | None = None) -> OpFacts:
     ops = [by_index[i] for i in g.ops]
     verdicts = [diagnosis.verdicts[i] for i in g.ops]
     seconds = sum(v.weight_s for v in verdicts if v.weight_s > 0)
@@ -851,6 +896,13 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
         comm_bytes=rep.comm_bytes, link=rep.link, direction=rep.note if rep.link == "pcie" else "",
         strided_inputs=_strided(rep), chain_ops=g.chain_ops,
     )
+    if measured and all(i in measured for i in g.ops):  # every op of the group was read by the counters
+        read = sum(o.bytes_read for o in ops)
+        useful = sum(v for o in ops for cls, v in o.flops.items() if cls.endswith("_tensor"))
+        if read > 0:
+            facts["dram_read_ratio"] = sum(measured[i][0] for i in g.ops) / read
+        if useful > 0:
+            facts["executed_ratio"] = sum(measured[i][1] for i in g.ops) / useful
     if g.kind is Kind.MATMUL:
         mf = _matmul_facts(rep)
         if mf:
@@ -928,7 +980,8 @@ def advise(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, top: int 
     groups = sorted(_groups(profile, diagnosis, kinds),
                     key=lambda g: -sum(diagnosis.verdicts[i].weight_s for i in g.ops))
     by_index = {o.index: o for o in profile.ops}
-    facts = [_op_facts(g, by_index, diagnosis, ceilings, total_s) for g in groups]
+    measured = _measured(profile)
+    facts = [_op_facts(g, by_index, diagnosis, ceilings, total_s, measured) for g in groups]
     facts = [f for f in facts if f.seconds > 0]
 
     found: dict[str, Advice] = {}

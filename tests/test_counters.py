@@ -173,3 +173,41 @@ def test_the_report_shows_the_counters(h100_decode):
     a = api.analyze(api.Profile.of(p), "H200 SXM")
     html = report_html(a)
     assert "Hardware counters: counted beside measured" in html and "8.00x" in html and "padding" in html
+
+
+def test_advice_reads_the_counters_where_they_change_the_verdict():
+    """A GEMV at ~8x executed FLOPs reading its minimum bytes: no re-read advice (it is
+    memory-bound either way); the same kernel made to read 3x its bytes: the advice says the
+    fix is its tiling, not the bandwidth, and that the padded FLOPs are free."""
+    from dataclasses import replace
+
+    from rooflight.advice import advise
+    from rooflight.api import analyze
+
+    p = load("gemm_bf16_m-1")
+    a = analyze(p, calibrated=False)
+    assert "dram-rereads" not in {x.rule for x in advise(p, a.diagnosis, a.ceilings)}
+    tripled = replace(p.counters, kernels=tuple(replace(k, dram_read=3 * k.dram_read) for k in p.counters.kernels))
+    q = replace(p, counters=tripled)
+    a = analyze(q, calibrated=False)
+    (tip,) = [x for x in advise(q, a.diagnosis, a.ceilings) if x.rule == "dram-rereads"]
+    model = sum(o.bytes_read for o in q.ops if o.short_op == "mm")
+    measured = sum(k.dram_read for k in tripled.kernels if k.op_index >= 0)
+    assert f"read {measured / model:.1f}x the bytes" in tip.effect and "tile padding" in tip.effect
+
+
+def test_the_report_draws_counted_dram_and_l2_points_per_group():
+    from rooflight.api import analyze
+    from rooflight.render.counters import counters_html, counters_roofline
+
+    a = analyze(load("softmax"), calibrated=False)
+    fig = counters_roofline(a)
+    ax = fig.axes[0]
+    # one group: its counted point (hollow), its DRAM point and its L2 point, joined by one line
+    offsets = [c.get_offsets() for c in ax.collections if len(c.get_offsets())]
+    assert len(offsets) == 3
+    (c,) = C.compare(a.profile, by="group")
+    xs = sorted(float(o[0][0]) for o in offsets)
+    counted = (c.useful_tensor + c.useful_core) / (c.model_read + c.model_write)
+    assert xs == pytest.approx(sorted([counted, c.measured_intensity, c.l2_intensity]))
+    assert "counted and measured intensity" in counters_html(a)

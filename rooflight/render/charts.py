@@ -143,7 +143,8 @@ def draw_roofs(ax, roofs: Sequence[Roof], x_lo: float, x_hi: float) -> None:
     for m in mems:
         style = "-" if m.calibrated else "--"
         ax.plot([x_lo, x_hi], [m.value * x_lo, m.value * x_hi], style, color="#444444", lw=1.6, zorder=2)
-        x = x_lo * 1.25
+        y_lo = ax.get_ylim()[0]
+        x = max(x_lo * 1.25, y_lo * 1.6 / m.value)  # where the diagonal is inside the plot
         t = ax.annotate(f"{m.name} {fmt_bandwidth(m.value)} ({'measured' if m.calibrated else 'datasheet'})",
                         (x, m.value * x), textcoords="offset points", xytext=(-3, 5), fontsize=7, color="#444444",
                         rotation=_slope_degrees(ax), rotation_mode="anchor", zorder=3)
