@@ -265,3 +265,16 @@ def test_trace_dir_keeps_each_timed_pass(tmp_path, model):
     assert files == ["block.labelled.trace.json", "block.timed.trace.json"], files  # --no-sweep: the defaults' point
     raw = json.loads((tmp_path / "tr" / files[1]).read_text())
     assert any(ev.get("cat") == "kernel" for ev in raw["traceEvents"])
+
+
+def test_quiet_prints_a_line_per_point_and_verbose_every_group(tmp_path, model):
+    q = rooflight("profile", str(model), "--count-only", "--format", "json", "-o", "out", "-q", cwd=tmp_path)
+    assert q.returncode == 0, q.stderr
+    lines = [ln for ln in q.stdout.splitlines() if ln.strip()]
+    assert [ln.split(":")[0] for ln in lines if not ln.startswith("wrote")] == ["block [seq=64]", "block [seq=128]"]
+    v = rooflight("profile", str(model), "--count-only", "--no-sweep", "--format", "json", "-o", "out", "-v",
+                  cwd=tmp_path)
+    n = rooflight("profile", str(model), "--count-only", "--no-sweep", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert v.stdout.count("advice:") >= n.stdout.count("advice:") and len(v.stdout) > len(n.stdout)
+    both = rooflight("profile", str(model), "--count-only", "-q", "-v", cwd=tmp_path)
+    assert both.returncode == 2 and "give one of them" in both.stderr

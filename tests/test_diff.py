@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -28,8 +29,9 @@ EXAMPLES = ROOT / "reports" / "examples"
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}  # this checkout, whatever is installed
     return subprocess.run([sys.executable, "-m", "rooflight", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
 # ---------------------------------------------------------------------------- two real GPU runs
@@ -293,7 +295,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(_chromium() is None and not __import__("os").environ.get("CI"),
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"),
                     reason="chromium not installed (apt-get install chromium; .ci/run installs it)")
 def test_comparison_report_in_headless_chromium(tmp_path):
     from tests.test_render import _run_chromium

@@ -68,6 +68,10 @@ def profile_cmd(
     counters: bool = typer.Option(False, "--counters", metavar="", help="Also read the GPU's hardware counters (Nsight Compute, "
                                                             "one more run): executed FLOPs, DRAM and L2 bytes beside "
                                                             "the counted ones."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Print one line per workload point (and "
+                                                                        "what was written)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Print every op group and every piece "
+                                                                          "of advice."),
     trace: Optional[Path] = typer.Option(None, "--trace", metavar="DIR",
                                          help="Keep the profiler's traces (Chrome trace JSON: open them in Perfetto "
                                               "or Holistic Trace Analysis) in DIR, one per timed pass (GPU runs)."),
@@ -150,8 +154,10 @@ def profile_cmd(
             bar.add_task(file.name, total=None)
             results, counter_error = with_counters(file, results, opts, script_args or [])
     run = api.render_run(results, formats=formats, hw=hw, db=db, source=file.name, measure=True)
+    if quiet and verbose:
+        raise UsageError("--quiet and --verbose: give one of them")
     for r, a in zip(run.results, run.analyses):
-        print_summary(con, r, a)
+        print_summary(con, r, a, -1 if quiet else 1 if verbose else 0)
     for p in run.write(out, force=force):
         con.print(f"wrote {esc(str(p))}")
     if trace is not None:
@@ -168,9 +174,13 @@ def profile_cmd(
             + ": the profiled kernels compute the wrong result (see above)")
 
 
-def print_summary(con, r, a) -> None:
-    """One workload point in the terminal: its summaries, heaviest groups, first advice, check, notes."""
+def print_summary(con, r, a, verbosity: int = 0) -> None:
+    """One workload point in the terminal: its summaries, heaviest groups, first advice, check, notes.
+    verbosity -1 (-q): the headline line only; 1 (-v): every op group and every piece of advice."""
     head = f"[bold]{esc(r.workload)}[/bold]{esc(' [' + r.label + ']') if r.label else ''}"
+    if verbosity < 0:
+        con.print(f"{head}: {esc(summary_lines(a)[0]) if summary_lines(a) else ''}")
+        return
     con.print(f"\n{head} on {esc(a.spec.name if a.spec else a.ceilings.name)}")
     scope = headline_text(a)
     if scope:
@@ -184,11 +194,11 @@ def print_summary(con, r, a) -> None:
             con.print("  " + esc(line))
         con.print(steps_table(a))
     if a.groups:
-        con.print(groups_table(a))
+        con.print(groups_table(a, n=len(a.groups) if verbosity > 0 else 5))
     if a.profile.counters is not None:
         con.print(counters_table(a))
-    if a.advice:
-        con.print(f"  advice: [bold]{esc(a.advice[0].recommendation)}[/bold] — {esc(a.advice[0].effect)}")
+    for tip in a.advice[:None if verbosity > 0 else 1]:
+        con.print(f"  advice: [bold]{esc(tip.recommendation)}[/bold] — {esc(tip.effect)}")
     if r.check is not None:
         ok = r.check[0] <= r.check[1]
         con.print(f"  correctness: {'[green]pass[/green]' if ok else '[red]FAIL[/red]'} (relative error "
