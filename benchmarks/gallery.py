@@ -564,8 +564,9 @@ def _render(meta: dict, runs: list[dict], out: Path, args) -> int:
     charts = {}  # technique -> its figure
     for t in techniques:
         sel = [p for p, r in zip(points, charted) if r.technique == t]
-        if sel:
-            charts[t] = roofline(sel, roofs, title=f"{t} on {hw_name}", label_top=10)
+        if sel:  # only the roofs of the math classes this technique's runs use
+            used = sorted({c for r in charted if r.technique == t for c in r.profile.flops_by_class()})
+            charts[t] = roofline(sel, roofs_of(rows[0].analysis, used), title=f"{t} on {hw_name}", label_top=10)
             files[out / f"roofline-{slug(t.lower())}.png"] = figure_bytes(charts[t], "png")
 
     # the tables

@@ -140,13 +140,17 @@ def draw_roofs(ax, roofs: Sequence[Roof], x_lo: float, x_hi: float) -> None:
     ceiling per class from its ridge (marked), measured solid, datasheet dashed."""
     mems = [r for r in roofs if r.kind == "memory"]
     comps = sorted((r for r in roofs if r.kind == "compute"), key=lambda r: -r.value)
+    labels: list[tuple[float, str, str]] = []  # (roof value, colour, text) of the compute roofs
     for m in mems:
         style = "-" if m.calibrated else "--"
         ax.plot([x_lo, x_hi], [m.value * x_lo, m.value * x_hi], style, color="#444444", lw=1.6, zorder=2)
         y_lo = ax.get_ylim()[0]
         x = max(x_lo * 1.25, y_lo * 1.6 / m.value)  # where the diagonal is inside the plot
+        # with a measured and a datasheet memory roof, the higher one's label above its line, the other below
+        below = len(mems) > 1 and m.value < max(o.value for o in mems)
         t = ax.annotate(f"{m.name} {fmt_bandwidth(m.value)} ({'measured' if m.calibrated else 'datasheet'})",
-                        (x, m.value * x), textcoords="offset points", xytext=(-3, 5), fontsize=7, color="#444444",
+                        (x * (3 if below else 1), m.value * x * (3 if below else 1)), textcoords="offset points",
+                        xytext=(4, -11) if below else (-3, 5), fontsize=7, color="#444444",
                         rotation=_slope_degrees(ax), rotation_mode="anchor", zorder=3)
         t.set_gid(_ALONG_MEMORY)  # its angle is set again once the layout is final (legend_outside)
     for r in comps:
@@ -156,9 +160,35 @@ def draw_roofs(ax, roofs: Sequence[Roof], x_lo: float, x_hi: float) -> None:
         ridge = r.value / bw if bw else x_lo
         ax.plot([ridge, x_hi], [r.value, r.value], style, color=color, lw=1.3, zorder=2)
         ax.plot([ridge], [r.value], "D", ms=4, color=color, zorder=3)
-        ax.annotate(f"{r.name} {_fmt_rate(r.value)} ({'measured' if r.calibrated else 'datasheet'}), "
-                    f"ridge {ridge:.0f} FLOP/B", (x_hi, r.value), textcoords="offset points", xytext=(-4, 3),
-                    ha="right", fontsize=7, color=color, zorder=3)
+        labels.append((r.value, color, f"{r.name} {_fmt_rate(r.value)} ({'measured' if r.calibrated else 'datasheet'}), "
+                                       f"ridge {ridge:.0f} FLOP/B"))
+    _stack_labels(ax, labels, x_hi)
+
+
+def _stack_labels(ax, labels: Sequence[tuple[float, str, str]], x_hi: float) -> None:
+    """The compute roofs' labels at the right end of their lines, just above each; where roofs lie
+    closer than a line of text, the labels are pushed apart vertically (never overlapping)."""
+    if not labels:
+        return
+    fig = ax.figure
+    fig.canvas.draw()
+    to_px = ax.transData.transform
+    pt = fig.dpi / 72.0  # pixels per point
+    height = 9 * pt  # a 7-pt line of text and a little air
+    ys = [to_px((x_hi, v))[1] for v, _, _ in labels]
+
+    def spot(y: float) -> float:  # above its line; below it when another roof runs just above
+        crowded = any(0 < other - y < height + 3 * pt for other in ys)
+        return y - 3 * pt - height + 2 * pt if crowded else y + 3 * pt
+
+    wanted = sorted(((spot(to_px((x_hi, v))[1]), v, color, text) for v, color, text in labels))
+    placed: list[float] = []
+    for y, v, color, text in wanted:
+        y = max(y, placed[-1] + height) if placed else y
+        placed.append(y)
+        offset = (y - to_px((x_hi, v))[1]) / pt
+        ax.annotate(text, (x_hi, v), textcoords="offset points", xytext=(-4, offset), ha="right", va="bottom",
+                    fontsize=7, color=color, zorder=3)
 
 
 def _slope_degrees(ax) -> float:
@@ -175,6 +205,7 @@ def _slope_degrees(ax) -> float:
 
 
 _ALONG_MEMORY = "rooflight-memory-roof-label"
+_ROOF_LABEL = "rooflight-compute-roof-label"
 
 
 def _si_tick(v: float) -> str:
