@@ -90,6 +90,26 @@ def _read_entry(p: Path, where: str, entry: Any) -> dict[str, float]:
     return out
 
 
+# ops whose output shape follows tensor values (a boolean mask's True count, the unique values):
+# the counts of what follows them depend on the data, not only on the shapes
+_DATA_DEPENDENT = frozenset({"nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
+                             "_unique", "argwhere", "nonzero_numpy"})
+
+
+def data_dependent_ops(profile: Profile) -> dict[str, int]:
+    """{op: count} of the ops whose output shape depends on tensor values (boolean-mask indexing
+    included)."""
+    out: dict[str, int] = {}
+    for o in profile.ops:
+        name = o.short_op
+        masked = name in ("index", "index_put", "index_put_", "_index_put_impl_") and any(
+            t.dtype == "bool" for t in o.inputs[1:])
+        if name in _DATA_DEPENDENT or masked:
+            key = f"{name} (boolean mask)" if masked else name
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
 def summarize(profile: Profile) -> dict[str, Any]:
     """What a baseline keeps of one profile: totals, per region, per op group."""
     regions: dict[str, list[float]] = {}
@@ -107,6 +127,7 @@ def summarize(profile: Profile) -> dict[str, Any]:
         "regions": {k: _entry(*v) for k, v in regions.items()},
         "groups": {f"{g.module} {g.op}".strip(): _entry(g.flops, g.bytes) for g in groups},
         "uncounted": profile.uncounted(),
+        "data_dependent": data_dependent_ops(profile),
     }
 
 
@@ -323,6 +344,12 @@ def compare_baselines(baseline: Mapping[str, Any], current: Mapping[str, Any], t
                         problems.append(f"bytes grew {(new['bytes'] - old['bytes']) / old['bytes']:.1%}")
                 changes.append(Change(key, scope, name or "whole run", old, new, tuple(problems)))
     notes = []
+    for key, point in current["points"].items():
+        dd = point.get("data_dependent") or {}
+        if dd:
+            ops = ", ".join(f"{k} x{v}" for k, v in sorted(dd.items()))
+            notes.append(f"{key}: its counts depend on tensor values ({ops}): each point is seeded, so they repeat "
+                         "from run to run, but other data would change them")
     if baseline.get("torch_version") and baseline.get("torch_version") != current.get("torch_version"):
         notes.append(f"baseline counted with torch {baseline['torch_version']}, now {current.get('torch_version')}")
     return CheckResult(tuple(changes), tol, missing, tuple(notes))

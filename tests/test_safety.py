@@ -293,3 +293,33 @@ def test_an_unwritable_calibration_cache_costs_the_cache_not_the_results(tmp_pat
     monkeypatch.setattr(api, "describe_cpu", lambda: type("C", (), {"model": "Fuzz CPU"})())
     r = api._cpu_roofs("Fuzz CPU", measure=True)
     assert "could not cache it (Permission denied" in r.notes[0] and r.ceilings.memory_bytes_per_s == 1e10
+
+
+def test_check_says_when_counts_depend_on_the_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "dd.py"
+    f.write_text(textwrap.dedent("""
+        import torch, rooflight
+
+        @rooflight.workload
+        def pick(n: int = 4096, device="cpu", dtype=torch.float32):
+            x = torch.randn(n, device=device, dtype=dtype)
+            return (lambda x: x[x > 0.5] * 2), (x,)
+    """))
+    assert main(capsys, "baseline", str(f), "-o", "b.json")[0] == 0
+    code, out, _ = main(capsys, "check", str(f), "-b", "b.json")
+    assert code == 0 and "its counts depend on tensor values (index (boolean mask) x1)" in out
+
+
+@pytest.mark.skipif(hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0,
+                    reason="root writes into read-only directories; the full-disk test covers writing")
+def test_a_read_only_output_directory_fails_before_the_run(tmp_path, model, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        code, _, err = main(capsys, "profile", str(model), "--count-only", "-o", "ro/out")
+        assert code == 2 and "permission denied" in err and not (ro / "out").exists()
+    finally:
+        ro.chmod(0o700)
