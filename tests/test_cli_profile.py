@@ -278,3 +278,13 @@ def test_quiet_prints_a_line_per_point_and_verbose_every_group(tmp_path, model):
     assert v.stdout.count("advice:") >= n.stdout.count("advice:") and len(v.stdout) > len(n.stdout)
     both = rooflight("profile", str(model), "--count-only", "-q", "-v", cwd=tmp_path)
     assert both.returncode == 2 and "give one of them" in both.stderr
+
+
+def test_report_and_diff_take_a_directory_for_o_as_profile_does(tmp_path, model):
+    assert rooflight("profile", str(model), "--count-only", "--no-sweep", "--format", "json", "-o", "out",
+                     cwd=tmp_path).returncode == 0
+    (tmp_path / "reports").mkdir()
+    r = rooflight("report", "out/block.json", "-o", "reports", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "reports" / "block.html").is_file(), r.stderr
+    d = rooflight("diff", "out/block.json", "out/block.json", "-o", "reports/", cwd=tmp_path)
+    assert d.returncode == 0 and (tmp_path / "reports" / "block-vs-block.html").is_file(), d.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -29,8 +30,9 @@ class DiffFormat(str, Enum):
 def diff_cmd(
     a: Path = typer.Argument(..., metavar="A.json", help="The run before: a profile, or a baseline file."),
     b: Path = typer.Argument(..., metavar="B.json", help="The run after: a profile, or a baseline file."),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", metavar="REPORT.html",
-                                       help="Also write the comparison report (HTML: both runs on one roofline)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", metavar="REPORT.html|DIR",
+                                       help="Also write the comparison report (HTML: both runs on one roofline); a "
+                                            "directory gets A-vs-B.html."),
     fmt: DiffFormat = typer.Option(DiffFormat.text, "--format", help="What to print: the table, or JSON."),
     limit: int = typer.Option(0, "--limit", help="Print at most this many rows (0: all of them)."),
     changed: bool = typer.Option(False, "--changed", metavar="", help="Print only the rows that changed."),
@@ -48,6 +50,8 @@ def diff_cmd(
                              "baseline file)")
     if limit < 0:
         raise UsageError(f"--limit {limit}: give 0 (every row) or a positive number")
+    if out is not None and (out.is_dir() or str(out).endswith(("/", os.sep))):
+        out = out / f"{a.stem}-vs-{b.stem}.html"
     if out is not None:
         if out.suffix.lower() not in (".html", ".htm"):
             raise UsageError(f"-o {out}: the comparison report is HTML; name it REPORT.html")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -223,7 +224,9 @@ def _write_traces(folder: Path, kept, force: bool) -> list[Path]:
 @handles_errors
 def report_cmd(
     profile_json: Path = typer.Argument(..., metavar="PROFILE.json", help="A profile saved by rooflight."),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report file (default: PROFILE.html beside it)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", metavar="FILE.html|DIR",
+                                       help="Report file, or a directory to put PROFILE.html in (default: beside "
+                                            "the profile)."),
     hw: Optional[str] = typer.Option(None, "--hw", help="GPU to hold it against (default: where it ran; "
                                                         "count-only: this machine's GPU, else H100 SXM)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Comma-separated, as for profile: html, png, svg, csv "
@@ -248,6 +251,8 @@ def report_cmd(
     png, svg = png or "png" in formats, svg or "svg" in formats
     csv = "csv" in formats
     target = out or profile_json.with_suffix(".html")
+    if out is not None and (out.is_dir() or str(out).endswith(("/", os.sep))):  # -o DIR, as profile takes it
+        target = out / profile_json.with_suffix(".html").name
     if target.resolve() == profile_json.resolve():
         raise UsageError(f"the report would overwrite the profile {profile_json}; give another -o")
     check_files([target] + [target.with_suffix(f".{f}") for f, wanted in (("png", png), ("svg", svg), ("csv", csv))
