@@ -147,6 +147,13 @@ def _group_size(args: tuple, kwargs: dict, names: tuple[str, ...]) -> int | None
         return values["group_size"]
     for key in ("process_group", "group"):
         pg = values.get(key)
+        if pg is not None and not hasattr(pg, "size") and isinstance(pg, torch.ScriptObject):
+            try:  # the eager c10d ops (dist.all_reduce) hand over the group boxed as a ScriptObject
+                from torch.distributed import ProcessGroup
+
+                pg = ProcessGroup.unbox(pg)
+            except Exception:
+                pg = None
         if pg is not None and hasattr(pg, "size"):
             try:
                 return int(pg.size())

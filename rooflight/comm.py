@@ -1,0 +1,137 @@
+"""Communication on the roofline: collectives' bus bandwidth, and how much of their time is exposed.
+
+Bandwidth is computed the nccl-tests way (NCCL's PERFORMANCE.md): a collective of size S (the
+buffer of an all-reduce or a broadcast, the whole gathered output of an all-gather, the whole
+scattered input of a reduce-scatter or an all-to-all) that took t seconds has an algorithm
+bandwidth S / t; its bus bandwidth is that times the share of S each rank's link must carry, so
+that it compares with the link's peak whatever the rank count:
+
+    all_reduce      busbw = algbw · 2(n-1)/n
+    all_gather      busbw = algbw · (n-1)/n
+    reduce_scatter  busbw = algbw · (n-1)/n
+    all_to_all      busbw = algbw · (n-1)/n
+    broadcast, send/recv   busbw = algbw
+
+Exposed communication (the seed's figure 4): of a step's communication time, the part no compute
+kernel on the same GPU overlaps: what the step would save if the communication were hidden.
+Time spent waiting for a late rank inside a collective is not bandwidth; `straggler_wait` names it.
+Pure functions of their inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+# short aten op -> the collective it is (both the functional and the eager c10d spellings)
+KINDS = {
+    "all_reduce": "all_reduce", "all_reduce_": "all_reduce", "allreduce_": "all_reduce",
+    "all_reduce_coalesced": "all_reduce", "all_reduce_coalesced_": "all_reduce", "allreduce_coalesced_": "all_reduce",
+    "all_gather_into_tensor": "all_gather", "all_gather_into_tensor_out": "all_gather", "allgather_": "all_gather",
+    "_allgather_base_": "all_gather", "allgather_into_tensor_coalesced_": "all_gather",
+    "reduce_scatter_tensor": "reduce_scatter", "reduce_scatter_": "reduce_scatter",
+    "_reduce_scatter_base_": "reduce_scatter", "reduce_scatter_tensor_coalesced": "reduce_scatter",
+    "all_to_all_single": "all_to_all", "alltoall_base_": "all_to_all", "alltoall_": "all_to_all",
+    "broadcast": "broadcast", "broadcast_": "broadcast",
+    "send": "send_recv", "recv_": "send_recv", "recv_any_source_": "send_recv",
+}
+
+
+def bus_factor(kind: str, n: int) -> float:
+    """busbw / algbw for a collective of `kind` over n ranks (nccl-tests)."""
+    if n < 1:
+        raise ValueError(f"a group of {n} ranks")
+    if kind == "all_reduce":
+        return 2 * (n - 1) / n
+    if kind in ("all_gather", "reduce_scatter", "all_to_all"):
+        return (n - 1) / n
+    if kind in ("broadcast", "send_recv"):
+        return 1.0
+    raise ValueError(f"unknown collective {kind!r}")
+
+
+def per_rank_bytes(kind: str, size: float, n: int) -> float:
+    """The bytes each rank's link carries for a collective of size S: busbw's share of S (ring
+    algorithms; a send moves S)."""
+    if kind == "broadcast":  # a pipelined ring: each rank but the root forwards S once
+        return size * (n - 1) / n
+    return size * bus_factor(kind, n)
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    kind: str
+    size: float  # S, bytes (see the module doc)
+    ranks: int
+    seconds: float
+
+    @property
+    def algbw(self) -> float:
+        return self.size / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def busbw(self) -> float:
+        return self.algbw * bus_factor(self.kind, self.ranks)
+
+
+def _union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for a, b in sorted((a, b) for a, b in intervals if b > a):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _length(intervals: Sequence[tuple[float, float]]) -> float:
+    return sum(b - a for a, b in intervals)
+
+
+def _intersection(x: Sequence[tuple[float, float]], y: Sequence[tuple[float, float]]) -> float:
+    """Total length of the overlap of two unions of intervals (both sorted and disjoint)."""
+    i = j = 0
+    total = 0.0
+    while i < len(x) and j < len(y):
+        lo, hi = max(x[i][0], y[j][0]), min(x[i][1], y[j][1])
+        if hi > lo:
+            total += hi - lo
+        if x[i][1] < y[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+@dataclass(frozen=True)
+class Exposure:
+    comm_seconds: float  # the union of the communication kernels' intervals
+    overlapped_seconds: float  # of it, while a compute kernel ran on the same GPU
+    compute_seconds: float
+
+    @property
+    def exposed_seconds(self) -> float:
+        return self.comm_seconds - self.overlapped_seconds
+
+    @property
+    def exposed_fraction(self) -> float:
+        return self.exposed_seconds / self.comm_seconds if self.comm_seconds > 0 else 0.0
+
+
+def exposure(kernels: Iterable[tuple[float, float, bool]]) -> Exposure:
+    """Kernels of one GPU as (start, end, is_communication): how much communication time no
+    compute kernel overlaps (concurrent streams overlap; the same stream never does)."""
+    ks = list(kernels)
+    comm = _union((a, b) for a, b, c in ks if c)
+    comp = _union((a, b) for a, b, c in ks if not c)
+    return Exposure(_length(comm), _intersection(comm, comp), _length(comp))
+
+
+def straggler_wait(arrivals: Sequence[float]) -> list[float]:
+    """Per rank, the time it waited inside a collective for the last rank to arrive (every rank
+    leaves together once all have arrived): waiting, not moving bytes."""
+    last = max(arrivals)
+    return [last - a for a in arrivals]
+
+
+__all__ = ["Bandwidth", "Exposure", "KINDS", "bus_factor", "exposure", "per_rank_bytes", "straggler_wait"]

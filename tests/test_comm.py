@@ -1,0 +1,96 @@
+"""Communication: nccl-tests bus bandwidth, exposed time on known timelines, and a tensor-parallel
+block counted on two CPU ranks (gloo) with its all-reduce bytes against the closed form."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rooflight.comm import Bandwidth, bus_factor, exposure, per_rank_bytes, straggler_wait
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("kind, n, factor", [("all_reduce", 8, 2 * 7 / 8), ("all_reduce", 2, 1.0),
+                                             ("all_gather", 4, 3 / 4), ("reduce_scatter", 8, 7 / 8),
+                                             ("all_to_all", 2, 1 / 2), ("broadcast", 8, 1.0), ("send_recv", 2, 1.0),
+                                             ("all_reduce", 1, 0.0)])
+def test_bus_factor_is_nccl_tests(kind, n, factor):
+    assert bus_factor(kind, n) == pytest.approx(factor)
+
+
+def test_bandwidth_arithmetic():
+    # 1 GiB all-reduce over 8 ranks in 10 ms: algbw 107.4 GB/s, busbw x 2*7/8 = 187.9 GB/s
+    b = Bandwidth("all_reduce", 2**30, 8, 0.010)
+    assert b.algbw == pytest.approx(2**30 / 0.010)
+    assert b.busbw == pytest.approx(2**30 / 0.010 * 1.75)
+    # what each rank's link carries: the ring's share of S
+    assert per_rank_bytes("all_reduce", 1000, 4) == pytest.approx(1500)  # 2 * 3/4
+    assert per_rank_bytes("all_gather", 1000, 4) == pytest.approx(750)  # S = the gathered output
+    assert per_rank_bytes("broadcast", 1000, 4) == pytest.approx(750)
+    with pytest.raises(ValueError):
+        bus_factor("gossip", 2)
+
+
+def test_exposed_communication_on_a_known_timeline():
+    # compute 0-10 and 12-20 µs; communication 8-14 (2 under compute, 2 exposed, 2 under compute) and 22-25
+    ks = [(0, 10, False), (12, 20, False), (8, 14, True), (22, 25, True)]
+    e = exposure(ks)
+    assert e.comm_seconds == 9 and e.overlapped_seconds == 4 and e.exposed_seconds == 5
+    assert e.compute_seconds == 18 and e.exposed_fraction == pytest.approx(5 / 9)
+    # two comm kernels overlapping each other count once; fully hidden communication exposes nothing
+    assert exposure([(0, 10, False), (2, 5, True), (3, 6, True)]).exposed_seconds == 0
+    assert exposure([(0, 4, True)]).exposed_fraction == 1.0
+
+
+def test_straggler_wait():
+    assert straggler_wait([1.0, 1.5, 4.0]) == [3.0, 2.5, 0.0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, n: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      ROOFLIGHT_TP_BACKEND="gloo")
+    sys.path.insert(0, str(ROOT))
+    import torch.distributed as dist
+
+    import rooflight
+    from kernels import tensor_parallel as tp
+    from rooflight.workloads import build, load_model_file
+
+    (w,) = [w for w in load_model_file(ROOT / "kernels" / "tensor_parallel.py") if w.name == "block"]
+    run = build(w, {**w.params, "tokens": 64}, device="cpu", dtype=torch.float32)
+    prof = rooflight.count(run.fn, *run.args)
+    rows = [{"op": o.short_op, "comm": o.comm_bytes, "read": o.bytes_read, "note": o.note} for o in prof.ops
+            if o.comm_bytes or "allreduce" in o.op or "all_reduce" in o.op]
+    mm = sum(o.total_flops for o in prof.ops if o.short_op in ("mm", "addmm", "bmm", "linear", "matmul"))
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"rows": rows, "mm_flops": mm, "n": tp.group_ranks()[1]}))
+    dist.destroy_process_group()
+
+
+def test_a_tensor_parallel_block_on_two_cpu_ranks_moves_the_closed_form_bytes(tmp_path):
+    import torch.multiprocessing as mp
+
+    n = 2
+    mp.spawn(_rank, args=(n, _free_port(), str(tmp_path)), nprocs=n, join=True)
+    for rank in range(n):
+        d = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert d["n"] == 2
+        reduces = [r for r in d["rows"] if "allreduce" in r["op"] or "all_reduce" in r["op"]]
+        # two all-reduces a block (after wo and after w2) of [1, 64, 512] fp32 = 131,072 B each;
+        # each rank's link carries 2 (n-1)/n of it: 131,072 B at n = 2
+        assert [r["comm"] for r in reduces] == [131_072, 131_072], d["rows"]
+        assert all("all-reduce over 2 ranks" in r["note"] for r in reduces)
+        # this rank's matmuls are half the unsplit block's: 2*64*512*(3*512 + 512 + 2*1536 + 1536)/2
+        assert d["mm_flops"] == 2 * 64 * 512 * (3 * 512 + 512 + 2 * 1536 + 1536) / 2
