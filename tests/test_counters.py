@@ -210,4 +210,6 @@ def test_the_report_draws_counted_dram_and_l2_points_per_group():
     xs = sorted(float(o[0][0]) for o in offsets)
     counted = (c.useful_tensor + c.useful_core) / (c.model_read + c.model_write)
     assert xs == pytest.approx(sorted([counted, c.measured_intensity, c.l2_intensity]))
-    assert "counted and measured intensity" in counters_html(a)
+    from rooflight.render.html import report_html
+
+    assert "counted and measured intensity" in report_html(a) and "<table" in counters_html(a)

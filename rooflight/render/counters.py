@@ -112,7 +112,8 @@ def counters_roofline(a, *, top: int = 10):
     return fig
 
 
-def counters_html(a) -> str:
+def counters_html(a, chart: str = "") -> str:
+    """The report's counters section; `chart`: the embedded counters_roofline image (html.py makes it)."""
     rows = comparisons(a)
     if not rows:
         return ""
@@ -131,16 +132,11 @@ def counters_html(a) -> str:
         f"<td>{e(fmt_bytes(r.l2_bytes))}</td><td>{r.measured_intensity:.3g}, {r.l2_intensity:.3g}</td></tr>"
         for r in rows)
     notes = "".join(f"<li>{e(n)}</li>" for n in c.notes)
-    fig = counters_roofline(a)
-    if fig is not None:
-        from .html import img
-
-        chart = (f"<div class=charts>{img(fig, 'counted and measured intensity')}</div><p class=meta>Each op "
+    if chart:
+        chart = (f"<div class=charts>{chart}</div><p class=meta>Each op "
                  "group three times: counted (useful FLOPs over the modelled bytes), measured against DRAM "
                  "(executed FLOPs over DRAM bytes) and against L2 (over L2 bytes), at the FLOP/s it attained; "
                  "the hardware database has no L2 bandwidth, so the L2 points have no roof of their own.</p>")
-    else:
-        chart = ""
     return (f"<p class=meta>{e(c.tool)}; clock control {e(c.clock_control)}, cache control {e(c.cache_control)} "
             f"(caches flushed before each kernel's replay); {len(c.kernels)} kernels of one run, {len(c.metrics)} "
             "metrics. Tensor-pipe counters count an FMA as 2, as rooflight does; CUDA-core FLOPs are add + mul + "

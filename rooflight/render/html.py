@@ -13,7 +13,7 @@ import html
 import math
 from typing import Iterable, Sequence
 
-from .counters import counters_html
+from .counters import counters_html, counters_roofline
 from .._version import __version__
 from ..analysis import training_text
 from ..classify import Label
@@ -311,7 +311,9 @@ def report_html(a, *, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
         "<h2>Op groups (the same op at the same place of every layer)</h2>", _groups_table(a),
     ]
     if p.counters is not None:
-        body += ["<h2>Hardware counters: counted beside measured</h2>", counters_html(a)]
+        fig = counters_roofline(a)
+        chart = img(fig, "counted and measured intensity") if fig is not None else ""
+        body += ["<h2>Hardware counters: counted beside measured</h2>", counters_html(a, chart)]
     for title, section in extra_sections:
         body += [f"<h2>{e(title)}</h2>", section]
     ops = _ops_table(a) + _kernels_table(a)
