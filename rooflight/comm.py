@@ -21,7 +21,9 @@ Pure functions of their inputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
+
+from .profile_data import Profile
 
 # short aten op -> the collective it is (both the functional and the eager c10d spellings)
 KINDS = {
@@ -134,4 +136,27 @@ def straggler_wait(arrivals: Sequence[float]) -> list[float]:
     return [last - a for a in arrivals]
 
 
-__all__ = ["Bandwidth", "Exposure", "KINDS", "bus_factor", "exposure", "per_rank_bytes", "straggler_wait"]
+def collective_rows(profile: Profile) -> list[dict[str, Any]]:
+    """Per collective kind of one rank's profile: how many ran, the bytes its link carried, their
+    time where timed and the bus bandwidth that makes (link bytes over time: busbw, nccl-tests)."""
+    rows: dict[str, dict[str, Any]] = {}
+    t = profile.timing
+    for o in profile.ops:
+        kind = KINDS.get(o.short_op)
+        if kind is None:
+            continue
+        r = rows.setdefault(kind, {"collective": kind, "count": 0, "link_bytes": 0.0, "seconds": 0.0,
+                                   "timed": t is not None, "ranks": ""})
+        r["count"] += 1
+        r["link_bytes"] += o.comm_bytes
+        ot = t.op(o.index) if t is not None else None
+        if ot is not None and ot.seconds == ot.seconds:
+            r["seconds"] += ot.seconds
+        groups = o.note.split(" over ")[-1].split(" ranks")[0] if " over " in o.note else ""
+        r["ranks"] = groups
+    for r in rows.values():
+        r["busbw"] = r["link_bytes"] / r["seconds"] if r["timed"] and r["seconds"] > 0 else None
+    return list(rows.values())
+
+
+__all__ = ["Bandwidth", "collective_rows", "Exposure", "KINDS", "bus_factor", "exposure", "per_rank_bytes", "straggler_wait"]

@@ -172,6 +172,51 @@ def profile_workloads(path: Path, workloads: Sequence[Workload], options: Option
     return results
 
 
+# ---------------------------------------------------------------------------- several ranks
+
+
+@dataclass(frozen=True)
+class RankRun:
+    rank: int
+    returncode: int
+    stderr_tail: str
+    folder: Path  # where the rank wrote its files
+
+
+def launch_ranks(argv: Sequence[str], n: int, out: Path, *, backend: str, timeout: float | None = None
+                 ) -> list[RankRun]:
+    """Run `rooflight <argv>` once per rank, as torchrun would: RANK, WORLD_SIZE, LOCAL_RANK and a
+    rendezvous on this host in each child's environment (`backend`: gloo or nccl, for workloads
+    that initialise their group from it), each writing into out/rank<k>.  All ranks start
+    together (a collective needs every rank); each one's exit code and last lines come back."""
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(n):
+        folder = out / f"rank{rank}"
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(n), "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "ROOFLIGHT_TP_BACKEND": backend}
+        cmd = [sys.executable, "-m", "rooflight", *argv, "-o", str(folder)]
+        procs.append((rank, folder, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                     text=True)))
+    runs = []
+    for rank, folder, p in procs:
+        try:
+            _, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+        runs.append(RankRun(rank, p.returncode, " | ".join(ln for ln in (err or "").splitlines()[-3:] if ln.strip()),
+                            folder))
+    return runs
+
+
 # ---------------------------------------------------------------------------- scripts
 
 
@@ -247,5 +292,5 @@ def with_counters(path: Path, results: Sequence[Result], options: Options, argv:
     return out, None
 
 
-__all__ = ["ModelFileError", "Options", "PointFailed", "SEED", "seed_everything", "Result", "ScriptExit", "counter_spec", "default_device", "profile_script",
+__all__ = ["ModelFileError", "Options", "PointFailed", "RankRun", "launch_ranks", "SEED", "seed_everything", "Result", "ScriptExit", "counter_spec", "default_device", "profile_script",
            "profile_workloads", "validate", "with_counters"]

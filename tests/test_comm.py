@@ -94,3 +94,26 @@ def test_a_tensor_parallel_block_on_two_cpu_ranks_moves_the_closed_form_bytes(tm
         assert all("all-reduce over 2 ranks" in r["note"] for r in reduces)
         # this rank's matmuls are half the unsplit block's: 2*64*512*(3*512 + 512 + 2*1536 + 1536)/2
         assert d["mm_flops"] == 2 * 64 * 512 * (3 * 512 + 512 + 2 * 1536 + 1536) / 2
+
+
+def test_profile_nproc_runs_the_ranks_and_puts_their_collectives_side_by_side(tmp_path):
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    for k in ("RANK", "WORLD_SIZE"):
+        env.pop(k, None)
+    r = subprocess.run([sys.executable, "-m", "rooflight", "profile", str(ROOT / "kernels" / "tensor_parallel.py"),
+                        "--nproc", "2", "--count-only", "--device", "cpu", "--no-sweep", "--format", "json",
+                        "-o", "out"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "out" / "ranks.json").read_text())
+    assert summary["ranks"] == 2 and summary["backend"] == "gloo"
+    assert sorted(p["rank"] for p in summary["per_rank"]) == [0, 1]
+    for p in summary["per_rank"]:
+        (c,) = p["collectives"]
+        # the defaults: 16 tokens x 512 fp32 = 32,768 B per all-reduce, two a block, 2(n-1)/n = 1 at n = 2
+        assert (c["collective"], c["count"], c["link_bytes"], c["ranks"]) == ("all_reduce", 2, 65_536, "2")
+    assert (tmp_path / "out" / "rank1" / "block.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "rooflight", "profile", str(ROOT / "kernels" / "tensor_parallel.py"),
+                          "--nproc", "1", "--count-only"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "give 2 or more ranks" in bad.stderr

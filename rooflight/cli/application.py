@@ -12,6 +12,7 @@ import typer
 from .._version import __version__
 from ..errors import RooflightError
 from . import calibrate, check, diff, hw, llm, project, run
+from . import common
 from .common import err_line
 
 app = typer.Typer(
@@ -54,6 +55,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     other = tuple(m.ClickException for m in mods)
     cmd = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
+    common.ARGS[:] = args  # what `profile --nproc` hands each rank again
     try:
         rv = cmd.main(args=args, prog_name="rooflight", standalone_mode=False)
     except usage as err:

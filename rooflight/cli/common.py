@@ -20,6 +20,9 @@ from ..errors import RooflightError
 from ..hardware import HardwareDB, load_database
 
 
+ARGS: list[str] = []  # the command line being run, without the program name (set by application.main)
+
+
 def console() -> Console:
     """Rich decides the width on a terminal; piped output gets $COLUMNS or 160 so tables stay whole."""
     width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS") or 160)

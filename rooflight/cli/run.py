@@ -69,6 +69,10 @@ def profile_cmd(
     counters: bool = typer.Option(False, "--counters", metavar="", help="Also read the GPU's hardware counters (Nsight Compute, "
                                                             "one more run): executed FLOPs, DRAM and L2 bytes beside "
                                                             "the counted ones."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", metavar="N",
+                                        help="Run N ranks on this machine, as torchrun does (RANK, WORLD_SIZE, a "
+                                             "rendezvous; gloo on the CPU, nccl on GPUs): one profile per rank in "
+                                             "OUT/rank<k>, and the collectives of every rank side by side."),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Print one line per workload point (and "
                                                                         "what was written)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Print every op group and every piece "
@@ -99,6 +103,8 @@ def profile_cmd(
         raise UsageError(f"{file}: no such file")
     formats = parse_formats(fmt)
     OutputDir(out, force=force).preflight()  # a destination that cannot take the results fails now, not after the run
+    if nproc is not None:
+        return _profile_ranks(file, nproc, out, device, count_only, force)
     db = database(hw_dir)
     if hw:
         db.get(hw)  # an unknown GPU name is an error before anything runs
@@ -206,6 +212,78 @@ def print_summary(con, r, a, verbosity: int = 0) -> None:
                   f"{r.check[0]:.2e}, tolerance {r.check[1]:.0e})")
     for n in (*r.notes, *a.notes):
         con.print(f"  [dim]note: {esc(n)}[/dim]")
+
+
+def _without(args: list[str], options: tuple[str, ...]) -> list[str]:
+    """`args` less each of `options` and its value (`--nproc 2`, `--nproc=2`, `-o out`)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a in options:
+            skip = True
+            continue
+        if any(a.startswith(o + "=") for o in options if o.startswith("--")):
+            continue
+        out.append(a)
+    return out
+
+
+def _profile_ranks(file: Path, nproc: int, out: Path, device: Optional[str], count_only: bool, force: bool) -> None:
+    """`profile --nproc N`: N ranks of the same command, each into OUT/rank<k>; then every rank's
+    collectives side by side (and OUT/ranks.json)."""
+    from .common import ARGS
+    from ..comm import collective_rows
+    from ..profile_data import Profile
+    from ..runner import launch_ranks
+
+    if nproc < 2:
+        raise UsageError(f"--nproc {nproc}: give 2 or more ranks (one rank is a plain profile)")
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        raise UsageError("--nproc launches the ranks itself; under torchrun, drop --nproc (each rank profiles "
+                         "itself)")
+    dev = device or default_device()
+    gpus = torch_cuda_count() if dev.startswith("cuda") and not count_only else 0
+    if dev.startswith("cuda") and not count_only and gpus < nproc:
+        raise UsageError(f"--nproc {nproc} on CUDA needs {nproc} GPUs and this machine has {gpus}: use --device cpu "
+                         "(gloo) or fewer ranks")
+    args = [a for a in ARGS if a != "profile"] if ARGS and ARGS[0] == "profile" else list(ARGS)
+    child = ["profile", *_without(args, ("--nproc", "-o", "--out"))]
+    con = console()
+    backend = "nccl" if gpus else "gloo"
+    with progress(f"running {nproc} ranks ({backend})") as bar:
+        bar.add_task(file.name, total=None)
+        runs = launch_ranks(child, nproc, out, backend=backend)
+    failed = [r for r in runs if r.returncode != 0]
+    summary = {"writer": "rooflight", "ranks": nproc, "backend": backend, "per_rank": []}
+    for r in runs:
+        for p in sorted(r.folder.glob("[!.]*.json")):
+            try:
+                prof = Profile.load(p)
+            except RooflightError:
+                continue
+            rows = collective_rows(prof)
+            summary["per_rank"].append({"rank": r.rank, "profile": str(p), "workload": prof.workload,
+                                        "params": dict(prof.params), "collectives": rows})
+            for c in rows:
+                bw = f", bus bandwidth {c['busbw'] / 1e9:.3g} GB/s" if c["busbw"] else ""
+                con.print(esc(f"rank {r.rank} {prof.workload} {dict(prof.params) or ''}: {c['count']} x "
+                              f"{c['collective']} over {c['ranks']} ranks, {c['link_bytes']:.4g} B over its link"
+                              + (f" in {c['seconds'] * 1e3:.3g} ms" if c["timed"] else "") + bw))
+    od = OutputDir(out, force=force)
+    od.add("ranks.json", json.dumps(strict_json(summary), indent=1, allow_nan=False))
+    for p in od.commit():
+        con.print(f"wrote {esc(str(p))} (and rank0 ... rank{nproc - 1}/)")
+    if failed:
+        first = failed[0]
+        raise RooflightError(f"rank {first.rank} of {nproc} exited {first.returncode}: {first.stderr_tail[:300]}")
+
+
+def torch_cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _write_traces(folder: Path, kept, force: bool) -> list[Path]:
