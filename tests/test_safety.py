@@ -202,6 +202,16 @@ def test_spec_file_numbers_are_checked(tmp_path, value, message, capsys):
 
 # ---------------------------------------------------------------------------- 3. the CI gate
 
+# a workload whose shapes depend on random data: how many of 4096 normal values exceed 0.5
+DATA_DEPENDENT = textwrap.dedent("""
+    import torch, rooflight
+
+    @rooflight.workload
+    def pick(n: int = 4096, device="cpu", dtype=torch.float32):
+        x = torch.randn(n, device=device, dtype=dtype)
+        return (lambda x: x[x > 0.5] * 2), (x,)
+""")
+
 
 @pytest.mark.parametrize("text, expected", [("5%", 0.05), ("0.05", 0.05), ("0", 0.0), ("100%", 1.0)])
 def test_tolerances_parse_one_way(text, expected):
@@ -222,14 +232,7 @@ def test_data_dependent_workloads_count_the_same_every_time(tmp_path, capsys, mo
     counts the same on every run (it used to pass and fail the gate at random)."""
     monkeypatch.chdir(tmp_path)
     f = tmp_path / "dd.py"
-    f.write_text(textwrap.dedent("""
-        import torch, rooflight
-
-        @rooflight.workload
-        def pick(n: int = 4096, device="cpu", dtype=torch.float32):
-            x = torch.randn(n, device=device, dtype=dtype)
-            return (lambda x: x[x > 0.5] * 2), (x,)
-    """))
+    f.write_text(DATA_DEPENDENT)
     code, _, err = main(capsys, "baseline", str(f), "-o", "b.json")
     assert code == 0, err
     for _ in range(3):
@@ -298,14 +301,7 @@ def test_an_unwritable_calibration_cache_costs_the_cache_not_the_results(tmp_pat
 def test_check_says_when_counts_depend_on_the_data(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     f = tmp_path / "dd.py"
-    f.write_text(textwrap.dedent("""
-        import torch, rooflight
-
-        @rooflight.workload
-        def pick(n: int = 4096, device="cpu", dtype=torch.float32):
-            x = torch.randn(n, device=device, dtype=dtype)
-            return (lambda x: x[x > 0.5] * 2), (x,)
-    """))
+    f.write_text(DATA_DEPENDENT)
     assert main(capsys, "baseline", str(f), "-o", "b.json")[0] == 0
     code, out, _ = main(capsys, "check", str(f), "-b", "b.json")
     assert code == 0 and "its counts depend on tensor values (index (boolean mask) x1)" in out
