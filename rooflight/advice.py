@@ -424,9 +424,16 @@ def _collective_effect(f: OpFacts, c: Ceilings) -> str:
     rate = f" = {fmt_bandwidth(f.comm_bytes / per_s)}" if per_s > 0 else ""
     attained = f", {f.attained:.0%} of {fmt_bandwidth(c.link(f.link) or math.nan)} each way" \
         if not math.isnan(f.attained) else ""
+    small = (f"; at {fmt_bytes(f.comm_bytes)} a message the link's latency, not its bandwidth, sets the time: "
+             "bucket them into fewer, larger ones" if 0 < f.comm_bytes < SMALL_MESSAGE_BYTES else "")
     return (f"{fmt_bytes(f.comm_bytes)} per call over the {f.link} link in {fmt_seconds(per_s)}{rate}{attained}; "
             f"{f.copies} calls, {f.share:.0%} of the run: overlapped with independent compute it hides up to that "
-            "share; a partitioning that moves fewer bytes shortens it")
+            f"share; a partitioning that moves fewer bytes shortens it{small}")
+
+
+# below this a collective is latency-bound on NVLink/InfiniBand (NCCL's bus bandwidth curves
+# reach their plateau in the tens of MB)
+SMALL_MESSAGE_BYTES = 1e6
 
 
 # ------------------------------------------------------------------ effects: regions
@@ -660,9 +667,12 @@ RULES: tuple[Rule, ...] = (
          devices=_GPU,
          seed="002 §3 pipelining (don't wait for detokenize: the next decode can start at once)"),
     Rule("collective-overlap", "op", frozenset({_L.COMMUNICATION}), kinds=frozenset({_K.COLLECTIVE}),
-         recommendation="Overlap the collective with independent compute (async collectives, bucketing), or "
-                        "re-partition so fewer bytes move (fewer tensor-parallel ranks for decode; for long "
-                        "prefills keep activations stationary and gather weights)",
+         recommendation="Overlap the collective with independent compute (async collectives, bucketing), send "
+                        "fewer and larger messages, or re-partition so fewer bytes move: tensor parallelism inside "
+                        "a node and pipeline parallelism across nodes, fewer tensor-parallel ranks for decode, "
+                        "activations stationary with gathered weights for long prefills, communication in bf16 or "
+                        "fp8, and for data parallelism ZeRO-1/2 before ZeRO-3 (which gathers the weights every "
+                        "step)",
          effect=_collective_effect,
          devices=_GPU,
          seed="001 communication-bound: better partitioning and collectives (Pope et al. weight-gathered layouts); "

@@ -366,6 +366,9 @@ def test_collective_gets_overlap_or_repartition():
     assert col.label is Label.COMMUNICATION and col.kind == "collective"
     assert "Overlap" in col.recommendation and "re-partition" in col.recommendation
     assert "459 KB per call over the peer link" in col.effect and "50% of 450 GB/s each way" in col.effect
+    # 459 KB a message is under the 1 MB where NCCL's bus bandwidth plateaus: latency-bound, bucket them
+    assert "the link's latency, not its bandwidth, sets the time: bucket them" in col.effect
+    assert "pipeline parallelism across nodes" in col.recommendation and "ZeRO-1/2 before ZeRO-3" in col.recommendation
 
 
 # ---------------------------------------------------------------------------- regions and whole profiles
