@@ -630,20 +630,42 @@ def _rope_eager(cfg: ModelConfig, prefix: str, b: int, s: int, heads: int) -> li
     return ks
 
 
-def _attention(cfg: ModelConfig, b: int, s: int, end: int, causal: bool) -> Kernel:
+def _attention(cfg: ModelConfig, b: int, s: int, end: int, causal: bool, tp: int = 1) -> Kernel:
     # q: [B, Hq, S, D], k, v: [B, Hkv, end, D] -> o: [B, Hq, S, D]; fused: scores never reach memory
     a, d, kv = cfg.act_bytes, cfg.head_dim, kv_bytes_per_element(cfg)
+    hq, hkv = _heads(cfg, tp)
     per_head = causal_pairs(s, end, "upper_left", Settings().attention_tile) if causal else s * end
-    pairs = b * cfg.n_heads * per_head
+    pairs = b * hq * per_head
     flops = attention_flops(pairs, d, d, _ACT[cfg.dtype][1])
-    read = b * cfg.n_heads * s * d * a + 2 * b * cfg.n_kv_heads * end * d * kv
-    return Kernel("attention.sdpa", OpCost(flops, read, b * cfg.n_heads * s * d * a), True, "attention")
+    read = b * hq * s * d * a + 2 * b * hkv * end * d * kv
+    return Kernel("attention.sdpa", OpCost(flops, read, b * hq * s * d * a), True, "attention")
+
+
+def _heads(cfg: ModelConfig, tp: int) -> tuple[int, int]:
+    """(query heads, KV heads) on one of `tp` tensor-parallel ranks: the query heads split evenly;
+    the KV heads too, or, where there are fewer KV heads than ranks, each rank keeps the one its
+    query heads read (a replicated KV head, as Megatron and vLLM do)."""
+    if cfg.n_heads % tp:
+        raise UsageError(f"{cfg.name}: {cfg.n_heads} heads do not split over {tp} tensor-parallel ranks")
+    return cfg.n_heads // tp, max(cfg.n_kv_heads // tp, 1)
+
+
+def _all_reduce(cfg: ModelConfig, name: str, t: int, tp: int) -> Kernel:
+    """The all-reduce after a row-parallel projection: the [T, dim] partial sums, each rank's link
+    carrying 2(tp-1)/tp of them (rooflight.costs.comm); read and written once in memory."""
+    size = t * cfg.dim * cfg.act_bytes
+    cost = OpCost({}, size, size, comm_bytes=2 * (tp - 1) / tp * size, link="peer", note=f"all-reduce over {tp} ranks")
+    return Kernel(name, cost, True, "collective")
 
 
 def step_cost(model: str | Mapping[str, Any] | ModelConfig, phase: str, batch: int, *, prompt: int | None = None,
-              context: int | None = None, mode: str = "eager") -> StepCost:
+              context: int | None = None, mode: str = "eager", tp: int = 1) -> StepCost:
     """The kernels of a prefill of `prompt` tokens per sequence, or of one decode step against a
-    cache of `context` tokens per sequence (the new token attends context + 1 keys)."""
+    cache of `context` tokens per sequence (the new token attends context + 1 keys).  tp > 1: the
+    kernels of one of `tp` tensor-parallel ranks (Megatron: q/k/v and w1/w3 split by columns, wo
+    and w2 by rows, each of those followed by an all-reduce of the [tokens, dim] activations)."""
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise UsageError(f"tensor-parallel degree {tp!r}: give 1 or more ranks")
     cfg = get_config(model)
     if mode not in MODES:
         raise UsageError(f"unknown mode '{mode}'; choose from {', '.join(MODES)}")
@@ -661,7 +683,9 @@ def step_cost(model: str | Mapping[str, Any] | ModelConfig, phase: str, batch: i
     else:
         raise UsageError(f"unknown phase '{phase}'; choose prefill or decode")
     causal = s > 1 and start == 0
-    ks = (_eager if mode == "eager" else _fused)(cfg, batch, s, end, causal)
+    if cfg.intermediate % tp:
+        raise UsageError(f"{cfg.name}: the MLP's {cfg.intermediate} columns do not split over {tp} ranks")
+    ks = (_eager if mode == "eager" else _fused)(cfg, batch, s, end, causal, tp)
     return StepCost(phase, mode, batch, s, end, cfg.n_layers, tuple(ks))
 
 
@@ -673,52 +697,62 @@ def _outside(cfg: ModelConfig, b: int, s: int, norm: list[Kernel]) -> list[Kerne
     return [emb, *norm, head]
 
 
-def _eager(cfg: ModelConfig, b: int, s: int, end: int, causal: bool) -> list[Kernel]:
-    h, a, t, i = cfg.dim, cfg.act_bytes, b * s, cfg.intermediate
+def _eager(cfg: ModelConfig, b: int, s: int, end: int, causal: bool, tp: int = 1) -> list[Kernel]:
+    h, a, t, i = cfg.dim, cfg.act_bytes, b * s, cfg.intermediate // tp
     kv = kv_bytes_per_element(cfg)
+    hq, hkv = _heads(cfg, tp)
+    q_dim, kv_dim = hq * cfg.head_dim, hkv * cfg.head_dim
     ks = _rms_norm_eager(cfg, "attention_norm", t)
-    ks += [_mm(cfg, "attention.wq", t, h, cfg.q_dim), _mm(cfg, "attention.wk", t, h, cfg.kv_dim),
-           _mm(cfg, "attention.wv", t, h, cfg.kv_dim)]
-    ks += _rope_eager(cfg, "attention.rope_q", b, s, cfg.n_heads)
-    ks += _rope_eager(cfg, "attention.rope_k", b, s, cfg.n_kv_heads)
+    ks += [_mm(cfg, "attention.wq", t, h, q_dim), _mm(cfg, "attention.wk", t, h, kv_dim),
+           _mm(cfg, "attention.wv", t, h, kv_dim)]
+    ks += _rope_eager(cfg, "attention.rope_q", b, s, hq)
+    ks += _rope_eager(cfg, "attention.rope_k", b, s, hkv)
     # KV cache: positions = arange(start, end) (int64); k, v: [B, Hkv, S, D] index_copy_'d in place
     ks.append(Kernel("attention.positions", _cost(0, written=s * 8)))
-    cache = _cost(0, read=b * cfg.kv_dim * s * kv + s * 8, written=b * cfg.kv_dim * s * kv)
+    cache = _cost(0, read=b * kv_dim * s * kv + s * 8, written=b * kv_dim * s * kv)
     ks += [Kernel("attention.cache_k", cache), Kernel("attention.cache_v", cache)]
-    ks.append(_attention(cfg, b, s, end, causal))
-    ks.append(_mm(cfg, "attention.wo", t, cfg.q_dim, h))
+    ks.append(_attention(cfg, b, s, end, causal, tp))
+    ks.append(_mm(cfg, "attention.wo", t, q_dim, h))
+    if tp > 1:
+        ks.append(_all_reduce(cfg, "attention.all_reduce", t, tp))
     ks.append(Kernel("residual_attention", _cost(t * h, read=2 * t * h * a, written=t * h * a)))
     ks += _rms_norm_eager(cfg, "ffn_norm", t)
     ks += [_mm(cfg, "feed_forward.w1", t, h, i),
            Kernel("feed_forward.silu", _cost(4 * t * i, read=t * i * a, written=t * i * a)),
            _mm(cfg, "feed_forward.w3", t, h, i),
            Kernel("feed_forward.mul", _cost(t * i, read=2 * t * i * a, written=t * i * a)),
-           _mm(cfg, "feed_forward.w2", t, i, h),
-           Kernel("residual_ffn", _cost(t * h, read=2 * t * h * a, written=t * h * a))]
+           _mm(cfg, "feed_forward.w2", t, i, h)]
+    if tp > 1:
+        ks.append(_all_reduce(cfg, "feed_forward.all_reduce", t, tp))
+    ks.append(Kernel("residual_ffn", _cost(t * h, read=2 * t * h * a, written=t * h * a)))
     # the final norm and the LM head see the last position of each sequence only
     final = [replace(k, per_layer=False, name="norm." + k.name.split(".", 1)[1])
              for k in _rms_norm_eager(cfg, "norm", b)]
     return ks + _outside(cfg, b, s, final)
 
 
-def _fused(cfg: ModelConfig, b: int, s: int, end: int, causal: bool) -> list[Kernel]:
-    h, a, t, i = cfg.dim, cfg.act_bytes, b * s, cfg.intermediate
+def _fused(cfg: ModelConfig, b: int, s: int, end: int, causal: bool, tp: int = 1) -> list[Kernel]:
+    h, a, t, i = cfg.dim, cfg.act_bytes, b * s, cfg.intermediate // tp
     kv = kv_bytes_per_element(cfg)
     # add + RMSNorm: read the residual and the branch's output, write the new residual and the normed input
     add_norm = _cost(5 * t * h, read=2 * t * h * a + h * a, written=2 * t * h * a)
     hd = cfg.head_dim
-    qk = t * (cfg.n_heads + cfg.n_kv_heads) * hd
+    hq, hkv = _heads(cfg, tp)
+    q_dim, kv_dim = hq * hd, hkv * hd
+    qk = t * (hq + hkv) * hd
+    reduce_attn = [_all_reduce(cfg, "attention.all_reduce", t, tp)] if tp > 1 else []
+    reduce_ffn = [_all_reduce(cfg, "feed_forward.all_reduce", t, tp)] if tp > 1 else []
     ks = [Kernel("attention_norm", add_norm),
-          _mm(cfg, "attention.wqkv", t, h, cfg.q_dim + 2 * cfg.kv_dim),
+          _mm(cfg, "attention.wqkv", t, h, q_dim + 2 * kv_dim),
           # RoPE on q and k (3 FLOPs per element: 2 mul + 1 add), k and v written to the cache
-          Kernel("attention.rope_cache", _cost(3 * qk, read=t * (cfg.q_dim + 2 * cfg.kv_dim) * a + s * hd * 4,
-                                               written=t * cfg.q_dim * a + 2 * t * cfg.kv_dim * kv)),
-          _attention(cfg, b, s, end, causal),
-          _mm(cfg, "attention.wo", t, cfg.q_dim, h),
+          Kernel("attention.rope_cache", _cost(3 * qk, read=t * (q_dim + 2 * kv_dim) * a + s * hd * 4,
+                                               written=t * q_dim * a + 2 * t * kv_dim * kv)),
+          _attention(cfg, b, s, end, causal, tp),
+          _mm(cfg, "attention.wo", t, q_dim, h), *reduce_attn,
           Kernel("ffn_norm", add_norm),
           _mm(cfg, "feed_forward.w13", t, h, 2 * i),
           Kernel("feed_forward.silu_mul", _cost(5 * t * i, read=2 * t * i * a, written=t * i * a)),
-          _mm(cfg, "feed_forward.w2", t, i, h)]
+          _mm(cfg, "feed_forward.w2", t, i, h), *reduce_ffn]
     final = [Kernel("norm", _cost(5 * b * h, read=2 * b * h * a + h * a, written=b * h * a), False)]
     return ks + _outside(cfg, b, s, final)
 

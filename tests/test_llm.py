@@ -338,3 +338,30 @@ def test_benchmark_compare_projects_h100_onto_h200(tmp_path):
     # the analytic model of a tiny decode on the H100: its 108 kernels' fixed cost, within 20%
     assert abs(row["analytic_source_error"]) < 0.20 and res["analytic_source_pass"]
     assert json.loads((tmp_path / "cmp.json").read_text())["rows"][0]["batch"] == 2
+
+
+def test_a_tensor_parallel_rank_does_its_share_and_adds_two_all_reduces_a_layer():
+    from rooflight.hardware import load_database
+    from rooflight.llm import step_cost, step_time
+    from rooflight.roofline import from_spec
+
+    one = step_cost("llama-2-7b", "decode", 8, context=1024)
+    two = step_cost("llama-2-7b", "decode", 8, context=1024, tp=2)
+    # every GEMM of a layer and its attention's matrix FLOPs halve on each of 2 ranks
+    assert {k: v / 2 for k, v in one.layer_matmul_flops().items()} == two.layer_matmul_flops()
+    reduces = [k for k in two.layer if k.kind == "collective"]
+    assert [k.name for k in reduces] == ["attention.all_reduce", "feed_forward.all_reduce"]
+    # [8 tokens, 4096] bf16 = 65,536 B each; a rank's link carries 2 (n-1)/n = 1x of it at n = 2
+    assert [k.cost.comm_bytes for k in reduces] == [65_536, 65_536]
+    h100 = from_spec(load_database().get("h100"))
+    t1, t2 = step_time(one, h100), step_time(two, h100)
+    # half the weights per rank: the memory-bound decode step gets faster, less than 2x (the
+    # all-reduces' link time and per-kernel fixed costs do not split)
+    assert 1.0 < t1.seconds / t2.seconds < 2.0
+    # a 64 KB all-reduce takes 0.15 us on 450 GB/s each way: under a kernel's fixed cost, so latency
+    # (overhead) bound; a 2048-token prefill's (16.8 MB each: 37 us) is communication-bound
+    assert t2.seconds_by_label.get("communication-bound", 0) == 0
+    pre = step_time(step_cost("llama-2-7b", "prefill", 1, prompt=2048, tp=8), h100)
+    assert pre.seconds_by_label.get("communication-bound", 0) > 0
+    with pytest.raises(UsageError, match="do not split over 3"):
+        step_cost("llama-2-7b", "decode", 1, context=16, tp=3)
