@@ -388,12 +388,16 @@ class InferenceMemory:
         return self.weights_bytes + self.kv_cache_bytes + self.activations_bytes
 
 
-def inference_memory(cfg: ModelConfig, batch: int, context: int, prompt: int | None = None) -> InferenceMemory:
+def inference_memory(cfg: ModelConfig, batch: int, context: int, prompt: int | None = None,
+                     tp: int = 1) -> InferenceMemory:
     """Weights, the KV cache of batch x context tokens, and the activations of the larger of the
-    batch's decode step and one prompt's prefill (module doc)."""
+    batch's decode step and one prompt's prefill (module doc).  tp > 1: on each of `tp` ranks:
+    1/tp of the weights (the embedding and LM head vocabulary-parallel, the norms' few vectors
+    counted split too), the KV heads it keeps, the activations unsplit (an upper bound)."""
     prompt = context if prompt is None else prompt
     act = max(activation_bytes(cfg, prompt, 1), activation_bytes(cfg, batch, batch))
-    return InferenceMemory(weight_bytes(cfg), kv_cache_bytes(cfg, batch, context), act)
+    kv_share = _heads(cfg, tp)[1] / cfg.n_kv_heads
+    return InferenceMemory(weight_bytes(cfg) / tp, kv_cache_bytes(cfg, batch, context) * kv_share, act)
 
 
 def usable_bytes(spec: HardwareSpec, reserve: float = RESERVE_FRACTION) -> float:
@@ -401,13 +405,13 @@ def usable_bytes(spec: HardwareSpec, reserve: float = RESERVE_FRACTION) -> float
 
 
 def max_batch(cfg: ModelConfig, spec: HardwareSpec, context: int, prompt: int | None = None, *,
-              reserve: float = RESERVE_FRACTION, limit: int = 1 << 20) -> int:
+              reserve: float = RESERVE_FRACTION, limit: int = 1 << 20, tp: int = 1) -> int:
     """The largest batch whose weights + KV cache + activations fit in the GPU's memory less the
-    reserve (0 when not even the weights and one sequence fit)."""
+    reserve (0 when not even the weights and one sequence fit); tp > 1: on each of `tp` GPUs."""
     room = usable_bytes(spec, reserve)
 
     def fits(b: int) -> bool:
-        return inference_memory(cfg, b, context, prompt).total_bytes <= room
+        return inference_memory(cfg, b, context, prompt, tp).total_bytes <= room
 
     if not fits(1):
         return 0
@@ -876,10 +880,13 @@ def estimate(model: str | Path | Mapping[str, Any] | ModelConfig, hw: str | Hard
              batch: int | Sequence[int] = (1, 16, 64), context: int = 4096, prompt: int | None = None,
              mode: str = "eager", weights: str | None = None, kv: str | None = None,
              reserve: float = RESERVE_FRACTION, kernel_fixed_s: float | None = None,
-             db: HardwareDB | None = None) -> Estimate:
+             db: HardwareDB | None = None, tp: int = 1) -> Estimate:
     """TTFT, TPOT, tokens/s, memory and whether it fits, per batch, on one GPU; the largest batch
-    that fits at this context and the decode intensity it reaches (see the module doc)."""
+    that fits at this context and the decode intensity it reaches (see the module doc).  tp > 1:
+    on each of `tp` GPUs in tensor parallelism, the all-reduces on the GPU link (not overlapped:
+    eager tensor parallelism waits for each one), memory per GPU."""
     cfg = get_config(model, weights=weights, kv=kv)
+    step_cost(cfg, "decode", 1, context=1, tp=tp)  # a degree that does not split the model: the error now
     spec = _spec(hw, db)
     batches = [batch] if isinstance(batch, int) else list(batch)
     if not batches or any((not isinstance(b, int)) or b < 1 for b in batches):
@@ -903,19 +910,23 @@ def estimate(model: str | Path | Mapping[str, Any] | ModelConfig, hw: str | Hard
     room = usable_bytes(spec, reserve)
 
     def one(b: int) -> BatchEstimate:
-        pre = step_cost(cfg, "prefill", b, prompt=prompt, mode=mode)
-        dec = step_cost(cfg, "decode", b, context=context, mode=mode)
-        tp = step_time(pre, ceil, kernel_fixed_s=kernel_fixed_s)
+        pre = step_cost(cfg, "prefill", b, prompt=prompt, mode=mode, tp=tp)
+        dec = step_cost(cfg, "decode", b, context=context, mode=mode, tp=tp)
+        t_pre = step_time(pre, ceil, kernel_fixed_s=kernel_fixed_s)
         td = step_time(dec, ceil, kernel_fixed_s=kernel_fixed_s)
-        mem = inference_memory(cfg, b, context, prompt)
-        return BatchEstimate(b, tp.seconds, td.seconds, b / td.seconds, mem, mem.total_bytes <= room,
-                             dec.flops, dec.bytes, td.label, td.label_share, tp.label, tp.label_share,
+        mem = inference_memory(cfg, b, context, prompt, tp)
+        return BatchEstimate(b, t_pre.seconds, td.seconds, b / td.seconds, mem, mem.total_bytes <= room,
+                             dec.flops, dec.bytes, td.label, td.label_share, t_pre.label, t_pre.label_share,
                              pre.flops, pre.bytes)
 
     rows = tuple(one(b) for b in batches)
-    mb = max_batch(cfg, spec, context, prompt, reserve=reserve)
+    mb = max_batch(cfg, spec, context, prompt, reserve=reserve, tp=tp)
+    if tp > 1:
+        notes.append(f"tensor parallel over {tp} GPUs: memory is per GPU; times and tokens/s are the group's (every "
+                     "GPU runs its shard of each step); each layer adds two all-reduces of the activations on the "
+                     "GPU link, not overlapped")
     if mb:
-        dec = step_cost(cfg, "decode", mb, context=context, mode=mode)
+        dec = step_cost(cfg, "decode", mb, context=context, mode=mode, tp=tp)
         best_i = dec.intensity
         t_best = step_time(dec, ceil, kernel_fixed_s=kernel_fixed_s).seconds
         best_tps, best_rate = mb / t_best, dec.flops / t_best

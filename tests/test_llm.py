@@ -365,3 +365,17 @@ def test_a_tensor_parallel_rank_does_its_share_and_adds_two_all_reduces_a_layer(
     assert pre.seconds_by_label.get("communication-bound", 0) > 0
     with pytest.raises(UsageError, match="do not split over 3"):
         step_cost("llama-2-7b", "decode", 1, context=16, tp=3)
+
+
+def test_llm_estimate_with_tensor_parallelism():
+    from rooflight import llm as L
+
+    one = L.estimate("llama-2-70b", "h100", batch=[1], context=4096)
+    eight = L.estimate("llama-2-70b", "h100", batch=[1], context=4096, tp=8)
+    # 138 GB of bf16 weights: no batch fits one 80 GB H100; over 8, 17.2 GB of weights each
+    assert one.max_batch == 0 and not one.rows[0].fits
+    assert eight.rows[0].memory.weights_bytes == pytest.approx(L.weight_bytes(L.get_config("llama-2-70b")) / 8)
+    assert eight.rows[0].fits and eight.max_batch > 100
+    assert any("tensor parallel over 8 GPUs" in n for n in eight.notes)
+    with pytest.raises(UsageError, match="do not split over 3"):
+        L.estimate("llama-2-70b", "h100", batch=[1], tp=3)

@@ -63,6 +63,8 @@ def llm_cmd(
                                                       "instead."),
     zero: int = typer.Option(0, "--zero", help="ZeRO stage for --train: 0, 1, 2 or 3."),
     gpus: int = typer.Option(1, "--gpus", help="GPUs the ZeRO states are partitioned over (--train)."),
+    tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree for inference: times and memory per GPU, two "
+                                          "all-reduces a layer on the GPU link."),
     micro_batch: int = typer.Option(1, "--micro-batch", help="Sequences per GPU per step (--train)."),
     out: Path = typer.Option(Path("rooflight-out"), "-o", "--out", help="Directory for the chart (created)."),
     no_chart: bool = typer.Option(False, "--no-chart", metavar="", help="Print the tables only."),
@@ -99,7 +101,7 @@ def llm_cmd(
         return
     od = None if no_chart else OutputDir(out, force=force)  # writes nothing before commit()
     for spec in specs:
-        est = L.estimate(cfg, spec, batch=batches, context=context, prompt=prompt, mode=mode, reserve=reserve)
+        est = L.estimate(cfg, spec, batch=batches, context=context, prompt=prompt, mode=mode, reserve=reserve, tp=tp)
         _estimate_table(con, est, spec)
         if od is not None:
             od.add(f"llm_{slug(cfg.name)}_{slug(spec.key)}.png", figure_bytes(llm_roofline(est), "png"))
