@@ -28,6 +28,7 @@ from typing import Callable, Mapping, Sequence
 
 from .classify import FAR_BELOW_ROOF, NEAR_ROOF, Diagnosis, Label, Verdict, summary
 from .costs.model import TensorMeta
+from .counters import is_tensor_pipe
 from .math_class import MathClass
 from .groups import (ATTENTION_MATH_OPS, BATCHED_MATMUL_OPS, FUSIBLE, SOFTMAX_OPS, Kind,
                      fusible_chains, kind_of, materialized_attention, op_kinds)
@@ -872,14 +873,12 @@ def _strided(op: OpRecord) -> tuple[str, ...]:
 def _measured(profile: Profile) -> dict[int, tuple[float, float]]:
     """Per op: (DRAM bytes read, tensor-pipe FLOPs executed) from the counter pass, if any."""
     out: dict[int, tuple[float, float]] = {}
-    c = getattr(profile, "counters", None)
-    if c is None:
+    if profile.counters is None:
         return out
-    for k in c.kernels:
+    for k in profile.counters.kernels:
         if k.op_index < 0:
             continue
-        tensor = sum(v for cls, v in k.flops.items() if cls.endswith("_tensor") or cls in ("tensor",
-                                                                                           "fp16_tensor_fp16_acc"))
+        tensor = sum(v for cls, v in k.flops.items() if is_tensor_pipe(cls))
         r, t = out.get(k.op_index, (0.0, 0.0))
         out[k.op_index] = (r + k.dram_read, t + tensor)
     return out
@@ -908,7 +907,7 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
     )
     if measured and all(i in measured for i in g.ops):  # every op of the group was read by the counters
         read = sum(o.bytes_read for o in ops)
-        useful = sum(v for o in ops for cls, v in o.flops.items() if cls.endswith("_tensor"))
+        useful = sum(v for o in ops for cls, v in o.flops.items() if is_tensor_pipe(cls))
         if read > 0:
             facts["dram_read_ratio"] = sum(measured[i][0] for i in g.ops) / read
         if useful > 0:

@@ -342,11 +342,8 @@ def _read_side(x: "ProfileData | str | Path | Mapping") -> "ProfileData | Mappin
 
 def _point_of(baseline: Mapping, profile: ProfileData) -> Mapping:
     """The baseline point of the profile's workload and parameters (or the baseline's only one)."""
-    params = json.loads(json.dumps(dict(profile.params), default=str))
-    for point in baseline["points"].values():
-        if point.get("workload") == profile.workload and point.get("params", {}) == params:
-            return point
-    return _diff.pick_point(baseline, _check.point_key(profile.workload, ""))
+    key = _check.point_of(baseline, profile)
+    return _diff.pick_point(baseline, key if key is not None else _check.point_key(profile.workload, ""))
 
 
 def diff(a: "ProfileData | str | Path", b: "ProfileData | str | Path", *, hw: str | HardwareSpec | None = None,

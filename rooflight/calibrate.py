@@ -14,7 +14,6 @@ under the user's cache directory; the classifier uses them as the practical roof
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import statistics
@@ -31,6 +30,7 @@ from .files import write_text_atomic
 from .math_class import MathClass
 from .profile_data import now_iso, strict_json
 from .roofline import Ceilings
+from .units import is_amount
 
 CACHE_ENV = "ROOFLIGHT_CACHE_DIR"
 SCHEMA = "rooflight.calibration"
@@ -100,7 +100,7 @@ class Calibration:
         d["figures"] = {k: Measurement(**m) for k, m in d["figures"].items()}
         for k, m in d["figures"].items():
             v = m.value
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            if not is_amount(v, positive=True):
                 raise ValueError(f"figures[{k!r}].value = {v!r}: must be a finite number above zero")
         return cls(**d)
 

@@ -27,6 +27,7 @@ from .groups import group_ops
 from .profile_data import Profile, now_iso, region_and_ancestors
 from .roofline import intensity
 from .runner import Options, profile_workloads
+from .units import is_amount
 from .workloads import load_model_file
 
 SCHEMA = "rooflight.baseline"
@@ -82,7 +83,7 @@ def _read_entry(p: Path, where: str, entry: Any) -> dict[str, float]:
     out = {}
     for key in ("flops", "bytes"):
         v = entry.get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        if not is_amount(v):
             raise BaselineError(f"{p}: {where}.{key} = {v!r}: must be a finite number, zero or more; re-create the "
                                 "baseline with `rooflight baseline`")
         out[key] = float(v)
@@ -378,13 +379,24 @@ def check_model(model: str | Path, baseline: str | Path, tolerances: Tolerances 
     return compare_baselines(base, current, tolerances)
 
 
+def plain_params(profile: Profile) -> dict[str, Any]:
+    """A profile's parameters as a baseline stores them (JSON values)."""
+    return json.loads(json.dumps(dict(profile.params), default=str))
+
+
+def point_of(baseline: Mapping[str, Any], profile: Profile) -> str | None:
+    """The key of the baseline point of the profile's workload and parameters, None if none."""
+    params = plain_params(profile)
+    return next((k for k, p in baseline["points"].items()
+                 if p.get("workload") == profile.workload and p.get("params", {}) == params), None)
+
+
 def check_profile(profile: Profile, baseline: str | Path | Mapping[str, Any],
                   tolerances: Tolerances = Tolerances()) -> CheckResult:
     """A saved profile (no re-count) against the baseline point of its workload and parameters."""
     base = load_baseline(baseline) if not isinstance(baseline, Mapping) else baseline
-    params = json.loads(json.dumps(dict(profile.params), default=str))
-    key = next((k for k, p in base["points"].items()
-                if p.get("workload") == profile.workload and p.get("params", {}) == params), None)
+    params = plain_params(profile)
+    key = point_of(base, profile)
     if key is None:
         known = ", ".join(sorted(base["points"])) or "none"
         raise BaselineError(f"the baseline has no point for {profile.workload or 'this profile'} with parameters "

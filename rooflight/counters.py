@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from .errors import RooflightError
+from .math_class import is_tensor_name
 from .profile_data import Counters, KernelCounters, OpRecord, Profile
 from .trace import align_to_ops
 
@@ -185,8 +186,10 @@ class Comparison:
         return (self.executed_tensor + self.executed_core) / self.l2_bytes if self.l2_bytes else math.nan
 
 
-def _is_tensor(cls: str) -> bool:
-    return cls.endswith("_tensor") or cls == "fp16_tensor_fp16_acc"
+def is_tensor_pipe(cls: str) -> bool:
+    """A FLOP class of the tensor pipes: a tensor math class, or a counter's "tensor" of no known
+    precision."""
+    return cls == "tensor" or is_tensor_name(cls)
 
 
 def _attention_facts(o: OpRecord) -> tuple[int, int] | None:
@@ -292,10 +295,10 @@ def compare(profile: Profile, *, by: str = "op", l2_mb: float | None = None) -> 
     for name, idxs in buckets.items():
         members = [ops[i] for i in idxs]
         ks = [k for i in idxs for k in per_op[i]]
-        ut = sum(v for o in members for c, v in o.flops.items() if _is_tensor(c))
-        uc = sum(v for o in members for c, v in o.flops.items() if not _is_tensor(c))
-        et = sum(v for k in ks for c, v in k.flops.items() if _is_tensor(c) or c == "tensor")
-        ec = sum(v for k in ks for c, v in k.flops.items() if not (_is_tensor(c) or c == "tensor"))
+        ut = sum(v for o in members for c, v in o.flops.items() if is_tensor_pipe(c))
+        uc = sum(v for o in members for c, v in o.flops.items() if not is_tensor_pipe(c))
+        et = sum(v for k in ks for c, v in k.flops.items() if is_tensor_pipe(c))
+        ec = sum(v for k in ks for c, v in k.flops.items() if not is_tensor_pipe(c))
         c = Comparison(name, tuple(idxs), len(ks), ut, et, uc, ec, sum(o.bytes_read for o in members),
                        sum(k.dram_read for k in ks), sum(o.bytes_written for o in members),
                        sum(k.dram_write for k in ks), sum(k.l2_bytes for k in ks))
@@ -303,5 +306,6 @@ def compare(profile: Profile, *, by: str = "op", l2_mb: float | None = None) -> 
     return out
 
 
-__all__ = ["Comparison", "CounterFormatError", "NcuKernel", "attach", "compare", "explain", "join", "kernel_key",
+__all__ = ["Comparison", "CounterFormatError", "NcuKernel", "attach", "compare", "explain", "is_tensor_pipe", "join",
+           "kernel_key",
            "metric_class", "parse_csv"]

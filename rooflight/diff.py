@@ -97,6 +97,21 @@ class Row:
         tb = 0.0 if self.b is None else self.b.seconds
         return tb - ta
 
+    @property
+    def time_moved(self) -> float:
+        """|B's time - A's|, 0 where a side is untimed."""
+        d = self.delta_seconds
+        return abs(d) if d == d else 0.0
+
+    @property
+    def bytes_moved(self) -> float:
+        """|B's bytes - A's| (an absent side counts as 0)."""
+        return abs((self.b.bytes if self.b else 0.0) - (self.a.bytes if self.a else 0.0))
+
+    @property
+    def flops_moved(self) -> float:
+        return abs((self.b.flops if self.b else 0.0) - (self.a.flops if self.a else 0.0))
+
     def ratio(self, field_name: str) -> float:
         """B's value over A's for 'flops', 'bytes' or 'intensity' (NaN where undefined)."""
         if self.a is None or self.b is None:
@@ -288,7 +303,7 @@ def diff(a: Analysis, b: Analysis, *, a_name: str = "A", b_name: str = "B") -> D
             rows.extend(Row("group", _group_key(g), None, gb[_group_key(g)][1]) for g in groups)
 
     head, rest = rows[0], rows[1:]
-    rest.sort(key=lambda r: (not r.changed, -abs(_or0(r.delta_seconds)), -_bytes_moved(r), SCOPES.index(r.scope),
+    rest.sort(key=lambda r: (not r.changed, -r.time_moved, -r.bytes_moved, SCOPES.index(r.scope),
                              r.name))
     rows = [head, *rest]
     return Diff(a_name, b_name, tuple(rows), _verdict(head, rest, a_name, b_name), tuple(_notes(a, b, a_name, b_name)),
@@ -303,20 +318,6 @@ def about(p: Profile) -> str:
              else f"counted on {p.device_name or p.device}")
     return (f"{p.workload or 'workload'}{' [' + params + ']' if params else ''}, {where}, torch {p.torch_version}"
             + (f", {p.created[:10]}" if p.created else ""))
-
-
-def _or0(x: float) -> float:
-    return x if x == x else 0.0
-
-
-def _bytes_moved(r: Row) -> float:
-    ba = r.a.bytes if r.a else 0.0
-    bb = r.b.bytes if r.b else 0.0
-    return abs(bb - ba)
-
-
-def _flops_moved(r: Row) -> float:
-    return abs((r.b.flops if r.b else 0.0) - (r.a.flops if r.a else 0.0))
 
 
 def _roofs_name(an: Analysis) -> str:
@@ -379,18 +380,18 @@ def _why(rest: Sequence[Row], *, timed: bool, lead: str = ": ") -> str:
         cands = [r for r in cands if r.changed and r.delta_seconds == r.delta_seconds]
         if not cands:
             return ""
-        top = max(cands, key=lambda r: abs(r.delta_seconds))
+        top = max(cands, key=lambda r: r.time_moved)
         label = (top.a or top.b).label
         if top.a is None or top.b is None:
             side = "new in B" if top.a is None else "gone from B"
-            return f"{lead}the biggest change is the {label} {top.name} ({side}, {fmt_seconds(abs(top.delta_seconds))})"
+            return f"{lead}the biggest change is the {label} {top.name} ({side}, {fmt_seconds(top.time_moved)})"
         text = (f"{lead}the {label} {top.name} went from {fmt_seconds(top.a.seconds)} to "
                 f"{fmt_seconds(top.b.seconds)}")
     else:
-        cands = [r for r in cands if _bytes_moved(r) > 0 or (r.a is None) != (r.b is None)]
+        cands = [r for r in cands if r.bytes_moved > 0 or (r.a is None) != (r.b is None)]
         if not cands:
             return ""
-        top = max(cands, key=_bytes_moved)
+        top = max(cands, key=lambda r: r.bytes_moved)
         if top.a is None or top.b is None:
             return f"{lead}{top.name} is {'new in B' if top.a is None else 'gone from B'}"
         text = f"{lead}{top.name} moves {fmt_bytes(top.a.bytes)} → {fmt_bytes(top.b.bytes)}"
@@ -435,8 +436,8 @@ def diff_counts(old: Mapping[str, Any], new: Mapping[str, Any], *, a_name: str =
         for name in list(olds) + [n for n in news if n not in olds]:
             rows.append(Row(scope, name, side(olds.get(name)), side(news.get(name))))
     head, rest = rows[0], rows[1:]
-    rest.sort(key=lambda r: (not (r.a is None or r.b is None or _bytes_moved(r) or _flops_moved(r)),
-                             -_bytes_moved(r), SCOPES.index(r.scope), r.name))
+    rest.sort(key=lambda r: (not (r.a is None or r.b is None or r.bytes_moved or r.flops_moved),
+                             -r.bytes_moved, SCOPES.index(r.scope), r.name))
     notes = [f"{n} is a rooflight baseline: counts only (FLOPs, bytes, intensity)" for n in baseline]
     return Diff(a_name, b_name, (head, *rest), _verdict(head, rest, a_name, b_name), tuple(notes))
 

@@ -21,7 +21,7 @@ from enum import Enum
 from typing import Callable, Mapping, Sequence
 
 from .classify import Diagnosis
-from .math_class import MathClass
+from .math_class import is_tensor_name
 from .profile_data import OpRecord, Profile, region_and_ancestors
 from .roofline import intensity
 
@@ -181,18 +181,11 @@ def kind_of(op: OpRecord) -> Kind:
         return Kind.NORM
     if name in EMBEDDING_OPS:
         return Kind.EMBEDDING
-    if op.flops and not any(_is_tensor_class(c) for c in op.flops):
+    if op.flops and not any(is_tensor_name(c) for c in op.flops):
         return Kind.ELEMENTWISE
     if not op.flops and op.bytes > 0:
         return Kind.COPY
     return Kind.OTHER
-
-
-def _is_tensor_class(cls: str) -> bool:
-    try:
-        return MathClass(cls).is_tensor
-    except ValueError:
-        return False
 
 
 def materialized_attention(profile: Profile, window: int = 24) -> list[tuple[int, ...]]:

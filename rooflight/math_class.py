@@ -37,6 +37,15 @@ class MathClass(str, Enum):
         return self.value
 
 
+def is_tensor_name(name: str) -> bool:
+    """Whether a math class written as a string ("bf16_tensor") runs on tensor cores; False for a
+    name that is no MathClass."""
+    try:
+        return MathClass(name).is_tensor
+    except ValueError:
+        return False
+
+
 # Where a chip has no figure for a class, the work runs as the chip would run it:
 # e.g. fp8 matmuls on a chip without fp8 are upcast to fp16 tensor math, TF32 on a chip without
 # TF32 runs as plain fp32, vector bf16 without a quoted rate runs at the fp32 vector rate.

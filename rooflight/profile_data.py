@@ -24,6 +24,7 @@ from .errors import RooflightError
 from .files import read_text, write_text_atomic
 from .math_class import MathClass
 from .roofline import intensity
+from .units import is_amount
 
 SCHEMA = "rooflight.profile"
 SCHEMA_VERSION = 1
@@ -483,13 +484,13 @@ def _seconds(cls, d: Mapping[str, Any], where: str) -> dict[str, Any]:
         if v is None:
             out[f.name] = math.nan
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isnan(v) or (math.isfinite(v) and v >= 0)):
+        if not (is_amount(v) or (isinstance(v, float) and math.isnan(v))):
             raise ValueError(f"{where}.{f.name} = {v!r}: must be a finite number, zero or more (or null)")
     return out
 
 
 def _check_amount(v: Any, where: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+    if not is_amount(v):
         raise ValueError(f"{where} = {v!r}: must be a finite number, zero or more")
     return v  # as written (an int stays an int: the JSON round-trips byte for byte)
 

@@ -90,6 +90,14 @@ def _sig(x: float, digits: int) -> str:
     return f"{x:.{decimals}f}"
 
 
+def is_amount(v: object, *, positive: bool = False) -> bool:
+    """A number read from a file that may stand for an amount: a real int or float (not a bool),
+    finite, and zero or more (above zero with positive=True)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return False
+    return v > 0 if positive else v >= 0
+
+
 def fmt_bytes(n: float) -> str:
     return _scaled(n, [(1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "KB"), (1, "B")])
 

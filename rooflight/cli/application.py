@@ -80,16 +80,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
-_BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
-
-
 def _flag_given_a_value(ctx, args: List[str]) -> str:
     """The flag a user followed with true/false (`--count-only true`), if that is what went wrong."""
     if ctx is None:
         return ""
     flags = {n for p in ctx.command.params if getattr(p, "is_flag", False) for n in p.opts}
     for a, b in zip(args, args[1:]):
-        if a in flags and b.lower() in _BOOL_WORDS:
+        if a in flags and b.lower() in common.BOOL_WORDS:
             return a
     return ""
 

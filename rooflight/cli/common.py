@@ -22,6 +22,9 @@ from ..hardware import HardwareDB, load_database
 
 ARGS: list[str] = []  # the command line being run, without the program name (set by application.main)
 
+# what a user may type after a flag as if it took a value (`--count-only true`)
+BOOL_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
+
 
 def console() -> Console:
     """Rich decides the width on a terminal; piped output gets $COLUMNS or 160 so tables stay whole."""

@@ -193,15 +193,12 @@ def _stack_labels(ax, labels: Sequence[tuple[float, str, str]], x_hi: float) -> 
 
 def _slope_degrees(ax) -> float:
     """The on-screen angle of a slope-1 line on log-log axes (the memory roof)."""
-    import math as _m
-
-    fig = ax.figure
-    fig.canvas.draw()
+    ax.figure.canvas.draw()
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     bbox = ax.get_window_extent()
-    dx = bbox.width / (_m.log10(x1) - _m.log10(x0))
-    dy = bbox.height / (_m.log10(y1) - _m.log10(y0))
-    return _m.degrees(_m.atan2(dy, dx))
+    dx = bbox.width / (math.log10(x1) - math.log10(x0))
+    dy = bbox.height / (math.log10(y1) - math.log10(y0))
+    return math.degrees(math.atan2(dy, dx))
 
 
 _ALONG_MEMORY = "rooflight-memory-roof-label"

@@ -114,7 +114,7 @@ def diff_chart(d: Diff, roofs: Sequence[Roof], *, top: int = 12, title: str = ""
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(min(min(ys), y_top / 10) / 5, y_top * 3)
     draw_roofs(ax, roofs, x_lo, x_hi)
-    total = sum(abs(_or0(r.delta_seconds)) for r, _, _ in pairs) or 1.0
+    total = sum(r.time_moved for r, _, _ in pairs) or 1.0
     for r, pa, pb in pairs:
         color = LABEL_COLORS.get((r.b or r.a).label, "#777777")
         if pa is not None:  # A in its own label's colour, hollow
@@ -124,14 +124,13 @@ def diff_chart(d: Diff, roofs: Sequence[Roof], *, top: int = 12, title: str = ""
             ax.scatter([pb[0]], [pb[1]], s=46, c=color, edgecolors="white", linewidths=0.6, zorder=5)
         if pa is not None and pb is not None and pa != pb:
             ax.annotate("", xy=pb, xytext=pa, zorder=3,
-                        arrowprops=dict(arrowstyle="->", color=color, lw=0.8 + 2.2 * abs(_or0(r.delta_seconds)) / total,
+                        arrowprops=dict(arrowstyle="->", color=color, lw=0.8 + 2.2 * r.time_moved / total,
                                         alpha=0.85, shrinkA=4, shrinkB=4))
     ax.scatter([], [], s=46, facecolors="none", edgecolors="#555555", label=f"{d.a_name} (hollow)")
     ax.scatter([], [], s=46, c="#555555", label=f"{d.b_name} (filled); colour: each side's label")
     for lab in dict.fromkeys(s.label for r, _, _ in pairs for s in (r.a, r.b) if s is not None and s.label):
         ax.scatter([], [], s=30, c=LABEL_COLORS.get(lab, "#777777"), label=lab)
-    moved = sorted(pairs, key=lambda t: -abs(_or0(t[0].delta_seconds)) - (0 if d.timed else abs(
-        (t[0].b.bytes if t[0].b else 0) - (t[0].a.bytes if t[0].a else 0))))[:top]
+    moved = sorted(pairs, key=lambda t: -t[0].time_moved - (0 if d.timed else t[0].bytes_moved))[:top]
     labels = [Point(_chart_text(_short(r.name)), *(pb or pa), 1.0, (r.b or r.a).label) for r, pa, pb in moved]
     place_labels(fig, ax, labels)
     ax.set_xlabel("arithmetic intensity (FLOP / byte of device memory)")
@@ -140,10 +139,6 @@ def diff_chart(d: Diff, roofs: Sequence[Roof], *, top: int = 12, title: str = ""
     legend_outside(fig, ax)
     ax.set_title(_chart_text(title or f"{d.a_name} → {d.b_name}: every op group on one roofline"), fontsize=10)
     return fig
-
-
-def _or0(x: float) -> float:
-    return x if x == x else 0.0
 
 
 def _short(name: str, n: int = 48) -> str:
