@@ -136,3 +136,7 @@ def test_every_commands_help_shows_flags_as_flags():
 def test_a_flag_given_true_says_it_is_a_flag(capsys):
     code, out, err = run_main(capsys, "diff", "a.json", "b.json", "--changed", "true")
     assert code == 2 and "--changed is a flag, give it alone" in err and err.count("\n") == 1
+    # profile takes a script's arguments positionally: 'true' lands there, and the error says why
+    model = str(__import__("pathlib").Path(__file__).parent / "examples" / "tiny_model.py")
+    code, out, err = run_main(capsys, "profile", model, "--count-only", "true")
+    assert code == 2 and "'true' after a flag? flags such as --count-only take no value" in err

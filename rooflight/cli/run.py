@@ -28,7 +28,7 @@ from ..runner import Options, PointFailed, default_device, profile_script, profi
 from ..steps import parse_select
 from ..workloads import declares_workloads, load_model_file, parse_assignments, parse_dtype
 from ..profile_data import strict_json
-from .common import (ForceOption, HwDirOption, NoSweepOption, ParamOption, SweepOption, console, database,
+from .common import (BOOL_WORDS, ForceOption, HwDirOption, NoSweepOption, ParamOption, SweepOption, console, database,
                      handles_errors, progress)
 
 commands = typer.Typer()
@@ -126,7 +126,10 @@ def profile_cmd(
     with (_timing.keep_traces() if trace is not None else contextlib.nullcontext([])) as kept:
         if is_model:
             if script_args:
-                raise UsageError("arguments after -- are for scripts; a model file takes --param NAME=VALUE and --sweep")
+                hint = (f" ('{script_args[0]}' after a flag? flags such as --count-only take no value)"
+                        if script_args[0].lower() in BOOL_WORDS else "")
+                raise UsageError("arguments after -- are for scripts; a model file takes --param NAME=VALUE and --sweep"
+                                 + hint)
             if steps or single_pass:
                 raise UsageError("--steps and --single-pass apply to scripts; each workload point of a model file is "
                                  "one step already")
@@ -186,7 +189,8 @@ def print_summary(con, r, a, verbosity: int = 0) -> None:
     verbosity -1 (-q): the headline line only; 1 (-v): every op group and every piece of advice."""
     head = f"[bold]{esc(r.workload)}[/bold]{esc(' [' + r.label + ']') if r.label else ''}"
     if verbosity < 0:
-        con.print(f"{head}: {esc(summary_lines(a)[0]) if summary_lines(a) else ''}")
+        lines = summary_lines(a)
+        con.print(f"{head}: {esc(lines[0]) if lines else ''}")
         return
     con.print(f"\n{head} on {esc(a.spec.name if a.spec else a.ceilings.name)}")
     scope = headline_text(a)
