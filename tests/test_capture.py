@@ -201,3 +201,141 @@ def test_capture_context_manager_and_top_level_api():
     assert prof.ops[0].flops == {"fp32": 128.0}
     assert rooflight.count(lambda: x @ x).total_flops == 128
     assert math.isfinite(prof.intensity)
+
+
+# ---------------------------------------------------------------------------- what the capture costs
+
+
+class _Attention(nn.Module):
+    def forward(self, q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _function_modes() -> int:
+    return torch._C._len_torch_function_stack()
+
+
+def test_a_model_on_the_gpu_runs_without_the_function_mode_and_gets_it_back(monkeypatch):
+    """The function mode's rules (SDPA, rms_norm) are for tensors off the GPU; while a model whose
+    weights are on CUDA runs, the capture takes it off the stack.  Here the CPU stands in for the
+    GPU (capture._on_gpu answers yes): inside the model call the SDPA is the aten op that ran (as
+    on CUDA); outside it, the capture still predicts the GPU's kernel; the stack is whole after."""
+    import rooflight.capture as cap_mod
+
+    monkeypatch.setattr(cap_mod, "_on_gpu", lambda module: True)
+    attn = _Attention()
+    q = k = v = torch.randn(1, 2, 16, 8)
+    before = _function_modes()
+    with Capture() as cap:
+        attn(q, k, v)
+        inside = _function_modes()
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    ops = [o.op for o in cap.records]
+    assert ops == ["aten::_scaled_dot_product_flash_attention_for_cpu.default", "aten::scaled_dot_product_attention"]
+    assert inside == before + 1 and _function_modes() == before
+
+
+def test_the_function_mode_comes_back_when_the_model_raises(monkeypatch):
+    import rooflight.capture as cap_mod
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise ValueError("user bug")
+
+    monkeypatch.setattr(cap_mod, "_on_gpu", lambda module: True)
+    before = _function_modes()
+    with pytest.raises(ValueError, match="user bug"):
+        with Capture():
+            Broken()(torch.randn(2))
+    assert _function_modes() == before
+    # and a capture whose model raised mid-call leaves it right for the next one
+    x = torch.randn(1, 2, 16, 8)
+    with Capture() as cap:
+        torch.nn.functional.scaled_dot_product_attention(x, x, x)
+    assert [o.op for o in cap.records] == ["aten::scaled_dot_product_attention"]
+
+
+def test_the_model_on_the_cpu_keeps_the_function_mode():
+    attn, x = _Attention(), torch.randn(1, 2, 16, 8)
+    with Capture() as cap:
+        attn(x, x, x)
+    assert [o.op for o in cap.records] == ["aten::scaled_dot_product_attention"]  # predicted for the GPU
+
+
+def test_the_collector_is_left_as_it_was():
+    import gc
+
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    with Capture():
+        torch.randn(4) + 1
+        frozen_inside = gc.get_freeze_count()
+    assert frozen_inside > 0  # what existed before the capture is out of its full collections
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    gc.freeze()  # someone else's freeze stays theirs
+    try:
+        n = gc.get_freeze_count()
+        with Capture():
+            torch.randn(4) + 1
+        assert gc.get_freeze_count() == n
+    finally:
+        gc.unfreeze()
+    gc.disable()  # and a disabled collector stays disabled
+    try:
+        count(torch.add, torch.randn(4), 1)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_formula_registered_mid_run_applies_from_the_next_op():
+    from rooflight.costs import OpCost, register_cost
+    from rooflight.costs.registry import lookup
+    from rooflight.math_class import MathClass
+
+    a, b = torch.randn(4, 8), torch.randn(8, 2)
+    builtin = lookup(torch.ops.aten.mm.default)
+    with Capture() as cap:
+        torch.mm(a, b)
+
+        @register_cost(torch.ops.aten.mm, override=True)
+        def one(call):
+            return OpCost({MathClass.FP32: 1}, 0, 0, note="overridden")
+
+        try:
+            torch.mm(a, b)  # the same call: the memo must not answer with the old formula
+        finally:
+            register_cost(torch.ops.aten.mm, override=True)(builtin)
+        torch.mm(a, b)
+    # 2*4*2*8 = 128 FLOPs by the built-in formula; 1 by the override
+    assert [o.total_flops for o in cap.records] == [128, 1, 128]
+
+
+@pytest.mark.gpu
+def test_on_cuda_a_model_call_goes_past_no_function_mode(monkeypatch):
+    import rooflight.capture as cap_mod
+
+    calls = []
+    original = cap_mod._FunctionMode.__torch_function__
+
+    def counting(self, func, types, args=(), kwargs=None):
+        calls.append(func)
+        return original(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(cap_mod._FunctionMode, "__torch_function__", counting)
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(64, 64)
+
+        def forward(self, x):
+            h = self.proj(x)
+            return torch.nn.functional.scaled_dot_product_attention(h, h, h, is_causal=True)
+
+    model = Block().cuda()
+    x = torch.randn(1, 2, 16, 64, device="cuda")
+    before = _function_modes()
+    with Capture() as cap:
+        model(x)
+        model(x)
+    assert calls == [] and _function_modes() == before
+    assert any("scaled_dot_product" in o.op and o.op != "aten::scaled_dot_product_attention" for o in cap.records)

@@ -86,7 +86,7 @@ def register_cost(*ops: Any, override: bool = False) -> Callable[[Formula], Form
                                  f"({_FORMULAS[key].__module__}.{_FORMULAS[key].__name__}); "
                                  "pass override=True to replace it")
             _FORMULAS[key] = fn
-        _MEMO.clear()
+        _changed()
         return fn
 
     return deco
@@ -94,7 +94,7 @@ def register_cost(*ops: Any, override: bool = False) -> Callable[[Formula], Form
 
 def unregister_cost(op: Any) -> None:
     _FORMULAS.pop(op_key(op), None)
-    _MEMO.clear()
+    _changed()
 
 
 def register_generic(name: str, matches: Callable[[Any], bool]) -> Callable[[Formula], Formula]:
@@ -102,7 +102,7 @@ def register_generic(name: str, matches: Callable[[Any], bool]) -> Callable[[For
 
     def deco(fn: Formula) -> Formula:
         _GENERIC.append((matches, fn, name))
-        _MEMO.clear()
+        _changed()
         return fn
 
     return deco
@@ -110,6 +110,14 @@ def register_generic(name: str, matches: Callable[[Any], bool]) -> Callable[[For
 
 # op object -> its formula (or None), filled by `lookup`; cleared whenever a formula is registered
 _MEMO: dict[Any, Formula | None] = {}
+# bumped whenever a formula is registered or removed: what caches a lookup (the capture) compares it
+GENERATION = 0
+
+
+def _changed() -> None:
+    global GENERATION
+    _MEMO.clear()
+    GENERATION += 1
 
 
 def lookup(op: Any) -> Formula | None:
