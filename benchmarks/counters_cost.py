@@ -2,7 +2,13 @@
 run over the whole program, with the same metrics and with `--set roofline`, on the same
 workloads in one run.
 
-    python benchmarks/counters_cost.py [--case 0] [--roofline-kernels 20] [--cap 240]
+    python benchmarks/counters_cost.py [--case 0] [--roofline-kernels 20] [--cap 240] [--every-kernel]
+
+rooflight's pass measures one op of each distinct call (the row says how many kernels of the
+counter pass were measured); --every-kernel also runs `--counters --every-kernel` and writes how
+far each repeated op's counters (its first call's) are from its own.  When ncu over the whole run
+is stopped at --cap, the whole run's kernel count is the timed run's kernels per run times the
+child's runs (warm-ups and the measured one).
 
 `--set roofline` replays every kernel many times (tens to hundreds of ms each): it is run on the
 first --roofline-kernels kernels of the whole run, and its cost per kernel times the run's kernel
@@ -48,11 +54,35 @@ def _kernels(ncu_bin: str, report: Path) -> int:
     return sum(1 for r in rows[1:] if r and r[0].strip().isdigit())
 
 
+def _agreement(one: dict, every: dict) -> dict:
+    """How far each op shown with another op's counters (measured_on) is from its own, measured
+    in the --every-kernel pass: the largest relative difference per figure."""
+    def per_op(c):
+        out = {}
+        for k in c["kernels"]:
+            a = out.setdefault(k["op_index"], {"dram_read": 0.0, "dram_write": 0.0, "l2_bytes": 0.0, "flops": 0.0})
+            for f in ("dram_read", "dram_write", "l2_bytes"):
+                a[f] += k[f]
+            a["flops"] += sum(k["flops"].values())
+        return out
+    copied = {k["op_index"] for k in one["kernels"] if k.get("measured_on", -1) >= 0}
+    a, b = per_op(one), per_op(every)
+    worst = {}
+    for op in copied:
+        for f in ("dram_read", "dram_write", "l2_bytes", "flops"):
+            x, y = a.get(op, {}).get(f, 0.0), b.get(op, {}).get(f, 0.0)
+            if max(x, y) > 1e5:  # leave out figures too small to compare (a few sectors)
+                worst[f] = max(worst.get(f, 0.0), abs(x - y) / max(x, y))
+    return {"ops_copied": len(copied), "max_relative_difference": worst}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", type=int, action="append", help="index into CASES (repeatable; default all)")
     ap.add_argument("--roofline-kernels", type=int, default=20)
     ap.add_argument("--cap", type=float, default=240.0, help="seconds before a run is stopped")
+    ap.add_argument("--every-kernel", action="store_true",
+                    help="also run --counters --every-kernel and compare each repeated op's counters with its own")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "counters_cost.json"))
     args = ap.parse_args(argv)
     nb = ncu.find_ncu()
@@ -83,6 +113,16 @@ def main(argv=None) -> int:
             counted = next((d["counters"] for d in done if d.get("counters")), None)
             same_metrics = counted["metrics"] if counted else metrics
             n_repeat = len(counted["kernels"]) if counted else 0
+            n_measured = sum(1 for k in counted["kernels"] if k.get("measured_on", -1) < 0) if counted else 0
+            plain = [d for d in (json.loads(f.read_text()) for f in Path(f"{tmp}/a").glob("*.json"))
+                     if d.get("timing")]
+            per_run = len([k for k in plain[0]["timing"]["kernels"] if k["kind"] == "kernel"]) if plain else 0
+            agreement = None
+            if args.every_kernel and counted:
+                t_every, r4, cut4 = _timed(base + ["-o", f"{tmp}/c", "--counters", "--every-kernel"], args.cap)
+                every = [json.loads(f.read_text()) for f in Path(f"{tmp}/c").glob("*.json") if not cut4]
+                every = next((d["counters"] for d in every if d.get("counters")), None)
+                agreement = {"every_kernel_s": t_every, **(_agreement(counted, every) if every else {})}
             spec = {"kind": "workload", "path": str(ROOT / file), "workload": wl, "params": params, "device": "cuda",
                     "warmup": 3}
             sp = Path(tmp) / "spec.json"
@@ -90,7 +130,9 @@ def main(argv=None) -> int:
             child = [sys.executable, "-m", "rooflight.ncu", str(sp)]
             t_same, r2, cut2 = _timed([nb, "--metrics", ",".join(same_metrics), "--clock-control", "none", "-f", "-o",
                                        f"{tmp}/same"] + child, args.cap)
-            n_all = _kernels(nb, Path(f"{tmp}/same.ncu-rep")) if not cut2 else 0
+            # the whole run: the warm-ups and the measured run (the child's), counted or, when the run was
+            # stopped at the cap, from the timed profile's kernels per run
+            n_all = _kernels(nb, Path(f"{tmp}/same.ncu-rep")) if not cut2 else per_run * (spec["warmup"] + 1)
             t_roof, r3, cut3 = _timed([nb, "--set", "roofline", "--clock-control", "none", "-c",
                                        str(args.roofline_kernels), "-f", "-o", f"{tmp}/roof"] + child, args.cap)
             n_roof = _kernels(nb, Path(f"{tmp}/roof.ncu-rep")) if not cut3 else 0
@@ -99,12 +141,14 @@ def main(argv=None) -> int:
         per_kernel = (t_roof - min(t_plain, t_roof)) / n_roof if n_roof else float("nan")
         roof_whole = t_plain + per_kernel * n_all if n_all else float("nan")
         r = {"workload": label, "kernels_whole_run": n_all, "kernels_counter_pass": n_repeat,
+             "kernels_measured": n_measured, "kernels_whole_run_counted": not cut2,
              "metrics": len(same_metrics), "rooflight_profile_s": t_plain,
              "rooflight_counters_s": t_rl, "counter_pass_s": t_rl - t_plain, "ncu_same_metrics_whole_s": t_same,
              "ncu_roofline_first_kernels": n_roof, "ncu_roofline_first_s": t_roof,
              "ncu_roofline_per_kernel_s": per_kernel, "ncu_roofline_whole_extrapolated_s": roof_whole,
              "roofline_over_rooflight_counters": roof_whole / t_rl,
              "same_metrics_over_rooflight_counters": t_same / t_rl,
+             "one_of_each_against_every_kernel": agreement,
              "errors": [x.stderr[-300:] for x in (r0, r1, r2, r3) if x is not None and x.returncode],
              "cut_at_cap": [name for name, cut in (("rooflight --counters", cut1), ("ncu same metrics", cut2),
                                                    ("ncu roofline", cut3)) if cut]}
@@ -116,6 +160,14 @@ def main(argv=None) -> int:
               f"{r['ncu_roofline_whole_extrapolated_s']:18.0f}s {r['roofline_over_rooflight_counters']:7.1f}"
               f"   (roofline measured on {r['ncu_roofline_first_kernels']} kernels: {r['ncu_roofline_first_s']:.1f} s)",
               flush=True)
+        print(f"   counter pass: {r['kernels_measured']} of {r['kernels_counter_pass']} kernels measured (one of each "
+              f"distinct call); whole run {r['kernels_whole_run']} kernels"
+              + ("" if r["kernels_whole_run_counted"] else " (from the timed run's kernels per run: the ncu run was cut)"),
+              flush=True)
+        if agreement:
+            print(f"   --every-kernel took {agreement['every_kernel_s']:.1f} s; ops shown with their first call's counters "
+                  f"against their own: {agreement.get('ops_copied')} ops, largest differences "
+                  f"{agreement.get('max_relative_difference')}", flush=True)
         for name in r["cut_at_cap"]:
             print(f"   {name}: stopped at the {args.cap:.0f} s cap (its time is a lower bound)", flush=True)
         for err in r["errors"]:

@@ -269,19 +269,25 @@ def count(fn: Callable[..., Any], *args: Any, workload: str = "", **kwargs: Any)
 
 def profile(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 10, flush_l2: bool = False,
             cuda_graph: bool = False, device: str | None = None, workload: str = "", params: dict | None = None,
-            counters: bool = False, **kwargs: Any) -> Profile:
+            counters: bool | str = False, **kwargs: Any) -> Profile:
     """Count and time `fn(*args, **kwargs)`: a Profile whose ops carry measured times (GPU kernel
     times; CPU wall times where the workload runs on the CPU, with a quick CPU calibration made
     and cached if none is).  device: "cuda" or "cpu" says where to take times from.
     counters=True: one more run under Nsight Compute puts executed FLOPs, DRAM and L2 bytes beside
-    the counted ones (`fn` must be defined at the top level of a .py file: the run is a child process)."""
+    the counted ones (`fn` must be defined at the top level of a .py file: the run is a child process);
+    each distinct call (op and argument shapes) is measured once and its repeats show its counters;
+    counters="every-kernel" replays every kernel instead."""
+    if counters not in (False, True, "every-kernel"):
+        raise RooflightError(f"counters={counters!r}: give True (each distinct call measured once) or "
+                             "'every-kernel'")
     p = Profile.of(_time(fn, *args, warmup=warmup, repeats=repeats, flush_l2=flush_l2, cuda_graph=cuda_graph,
                          device=device, workload=workload, params=params, **kwargs))
     if counters:
         if p.timing is None or p.timing.device_kind == "cpu":
             raise RooflightError("counters=True reads a GPU's hardware counters: the workload must run on a CUDA GPU")
         with tempfile.TemporaryDirectory(prefix="rooflight-args-") as tmp:
-            p = Profile.of(_ncu.read_counters(p, _ncu.callable_spec(fn, args, kwargs, warmup, tmp)))
+            p = Profile.of(_ncu.read_counters(p, _ncu.callable_spec(fn, args, kwargs, warmup, tmp),
+                                              one_of_each=counters is True))
     if p.timing is not None and p.timing.device_kind == "cpu":
         roofs(p, measure=True)  # profiling measures anyway: make sure this CPU has roofs for the display
     return p

@@ -118,10 +118,16 @@ def kernel_key(name: str) -> str:
 
 
 def join(profile: Profile, kernels: Sequence[NcuKernel], *, tool: str, metrics: Sequence[str] = (),
-         notes: Sequence[str] = ()) -> Counters:
+         notes: Sequence[str] = (), same_as: Mapping[int, int] | None = None) -> Counters:
     """Join the counter pass's kernels to the profile's ops, by the order of the timed run's
-    kernels (Timing.kernels, already joined to ops); names are compared by kernel_key."""
+    kernels (Timing.kernels, already joined to ops); names are compared by kernel_key.
+
+    `same_as` (op index -> the earlier op that made the same call): the pass measured only the
+    first op of each distinct call, so only those ops' kernels are in `kernels`; each other op gets
+    its first's counters, marked `measured_on`."""
     ref = [k for k in (profile.timing.kernels if profile.timing else ()) if k.kind == "kernel"]
+    if same_as:
+        ref = [k for k in ref if k.op_index not in same_as]
     # the timing's own alignment: a run of kernels standing in for one op's (another algorithm
     # picked this time) is joined to that op; anything else unmatched keeps op -1
     _, owner = align_to_ops([kernel_key(k.name) for k in ref], [k.op_index for k in ref],
@@ -134,7 +140,22 @@ def join(profile: Profile, kernels: Sequence[NcuKernel], *, tool: str, metrics: 
         notes.append(f"{lost} of {len(kernels)} kernels of the counter pass could not be joined to an op (not in the "
                      "timed run's kernel sequence); they are left out of per-op figures")
     if len(kernels) != len(ref):
-        notes.append(f"the counter pass ran {len(kernels)} kernels, the timed run {len(ref)}")
+        notes.append(f"the counter pass measured {len(kernels)} kernels where the timed run ran {len(ref)}"
+                     + (" (of the ops measured)" if same_as else ""))
+    if same_as:
+        of_op: dict[int, list[KernelCounters]] = {}
+        for kc in out:
+            of_op.setdefault(kc.op_index, []).append(kc)
+        copies = tuple(replace(kc, op_index=op, measured_on=first) for op, first in sorted(same_as.items())
+                       for kc in of_op.get(first, ()))
+        if copies:
+            firsts = len(set(same_as.values()))
+            notes.append(f"{len(out)} kernels measured, of each distinct call's first op; {len(copies)} more kernels "
+                         f"of {len(same_as)} ops that made one of {firsts} of those calls again (the same op on the "
+                         "same argument shapes, strides and dtypes: a model's repeated layers, a loop's repeated "
+                         "steps) show their first op's counters (measured_on); ncu flushes the caches before "
+                         "each kernel, so a repeat would read the same counters")
+        out = tuple(sorted(out + copies, key=lambda k: (k.op_index < 0, k.op_index)))
     return Counters(tool, out, tuple(metrics), notes=tuple(notes))
 
 

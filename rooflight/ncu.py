@@ -3,10 +3,13 @@
 After the timed passes, the workload (or script) runs once more in a child process under `ncu`,
 with a small metric set chosen from what this GPU's counters offer (`ncu --query-metrics`):
 tensor-pipe FLOPs by source precision, CUDA-core FLOPs (add, mul, fma by precision), DRAM read
-and write bytes, L2 bytes and ncu's own kernel duration.  Only that one repeat is profiled: the
-child runs the warm-ups first, then brackets the measured run with cudaProfilerStart/Stop
-(`ncu --profile-from-start off`), so its kernels are the same sequence the timing's labelled run
-saw (rooflight.counters joins them to the ops by that order).  Clocks are left alone
+and write bytes, L2 bytes and ncu's own kernel duration.  Only that one repeat is profiled, and in
+it one op of each distinct call: the child runs the warm-ups first, then the measured run under a
+capture that opens ncu's range (cudaProfilerStart/Stop, `ncu --profile-from-start off`) around the
+first op of each (op, argument metadata) and records which later ops repeated it; their kernels
+are the same sequence the timing's labelled run saw (rooflight.counters joins them to the ops by
+that order, and gives each repeat its first's counters).  `distinct=False` (`--every-kernel`)
+brackets the whole measured run instead.  Clocks are left alone
 (`--clock-control none`); caches are flushed before each replay (ncu's default), which the
 comparison of bytes takes into account.
 
@@ -51,6 +54,8 @@ class NcuRun:
     version: str  # "NVIDIA (R) Nsight Compute Command Line Profiler ... Version 2025.3.1.0"
     metrics: tuple[str, ...]
     seconds: float  # wall time of the counter pass (child run under ncu, then the import)
+    same_as: dict[int, int] | None = None  # measured one of each: op -> the op measured for it
+    ops: int | None = None  # ops the child's run recorded (one of each)
 
 
 def find_ncu() -> str:
@@ -151,16 +156,20 @@ def _setup(ncu: str) -> tuple[str, str]:
 
 
 def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None,
-                     dtypes: frozenset[str] | None = None) -> NcuRun:
+                     dtypes: frozenset[str] | None = None, distinct: bool = True) -> NcuRun:
     """Run the child under ncu and read its report back as CSV (the metric set narrowed to the
-    counters `dtypes` can move, when given)."""
+    counters `dtypes` can move, when given).  distinct: profile only the first op of each distinct
+    call (op and argument metadata), the others' counters being the same (a 32-layer model's
+    layers: 32 times fewer kernels replayed); False: every kernel of the run."""
     ncu = find_ncu()
     ver, query = _setup(ncu)
     metrics = choose_metrics(query, dtypes)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rooflight-ncu-") as tmp:
         spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(json.dumps(dict(spec)), encoding="utf-8")
+        marks = Path(tmp) / "distinct.json"
+        spec_path.write_text(json.dumps({**spec, **({"distinct": str(marks)} if distinct else {})}),
+                             encoding="utf-8")
         rep = Path(tmp) / "counters"
         cmd = [ncu, "--metrics", ",".join(metrics), "--clock-control", "none", "--profile-from-start", "off",
                "--target-processes", "all", "-f", "-o", str(rep), sys.executable, "-m", "rooflight.ncu", str(spec_path)]
@@ -178,19 +187,36 @@ def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None,
                               "--print-kernel-base", "demangled"], capture_output=True, text=True, timeout=600)
         if imp.returncode != 0:
             raise CountersUnavailable(f"ncu --import failed (exit {imp.returncode}): {imp.stderr.strip()[:300]}")
-    return NcuRun(imp.stdout, ver, metrics, time.perf_counter() - t0)
+        same_as, ops = None, None
+        if distinct:
+            try:
+                got = json.loads(marks.read_text(encoding="utf-8"))
+                same_as, ops = {int(k): int(v) for k, v in got["same_as"].items()}, int(got["ops"])
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise CountersUnavailable(f"the counter pass did not say which ops it measured ({err}); the profile "
+                                          "without counters was written") from None
+    return NcuRun(imp.stdout, ver, metrics, time.perf_counter() - t0, same_as, ops)
 
 
-def read_counters(profile, spec: Mapping[str, Any]):
+def read_counters(profile, spec: Mapping[str, Any], *, one_of_each: bool = True):
     """`profile` (a timed GPU profile) with the counters of one more run of `spec` beside its
-    counts: the pass, its CSV read, its kernels joined to the ops (rooflight.counters)."""
+    counts: the pass, its CSV read, its kernels joined to the ops (rooflight.counters).
+    one_of_each: measure each distinct call once (run_counter_pass's `distinct`)."""
     dtypes = profile_dtypes(profile)
-    run = run_counter_pass(spec, dtypes=dtypes)
+    run = run_counter_pass(spec, dtypes=dtypes, distinct=one_of_each)
+    notes = [f"the counter pass (one more run under ncu) took {run.seconds:.1f} s",
+             f"{len(run.metrics)} counters, those the ops' dtypes can move ({', '.join(sorted(dtypes))})"]
+    if run.same_as is not None and run.ops != len(profile.ops):
+        # its op indexes are not the profile's (the script does not repeat itself exactly): measure all
+        first = run
+        run = run_counter_pass(spec, dtypes=dtypes, distinct=False)
+        notes = [f"the counter pass took {first.seconds + run.seconds:.1f} s: its run measuring one of each call "
+                 f"recorded {first.ops} ops where the profile has {len(profile.ops)}, so a second run measured "
+                 "every kernel"] + notes[1:]
+    same_as = run.same_as
     joined = _counters.join(profile, _counters.parse_csv(run.csv), metrics=run.metrics,
-                            tool=f"Nsight Compute {run.version.replace('Version ', '')}",
-                            notes=[f"the counter pass (one more run under ncu) took {run.seconds:.1f} s",
-                                   f"{len(run.metrics)} counters, those the ops' dtypes can move "
-                                   f"({', '.join(sorted(dtypes))})"])
+                            tool=f"Nsight Compute {run.version.replace('Version ', '')}", notes=notes,
+                            same_as=same_as)
     return _counters.attach(profile, joined)
 
 
@@ -242,6 +268,21 @@ def _child(spec: Mapping[str, Any]) -> None:
     for _ in range(int(spec.get("warmup", 0))):
         run()
     torch.cuda.synchronize()
+    if spec.get("distinct"):
+        # one of each: ncu profiles only between start and stop, opened around the first op of each
+        # distinct call (rooflight.capture marks them); the same capture gives the op indexes
+        from .capture import Capture
+
+        def mark(first: bool) -> None:
+            (cudart.cudaProfilerStart if first else cudart.cudaProfilerStop)()
+
+        with Capture(distinct=mark) as cap:
+            run()
+        torch.cuda.synchronize()
+        rec = cap.recorder
+        Path(spec["distinct"]).write_text(json.dumps({"ops": len(rec.rows), "same_as": rec.same_as}),
+                                          encoding="utf-8")
+        return
     cudart.cudaProfilerStart()
     run()
     torch.cuda.synchronize()

@@ -149,6 +149,9 @@ class KernelCounters:
     dram_write: float = 0.0
     l2_bytes: float = 0.0  # lts__t_bytes: every L2 transaction's bytes, reads and writes
     seconds: float = 0.0  # ncu's gpu__time_duration (under replay: not the timing's figure)
+    # -1: measured on this op's own launch; else the earlier op whose launch was measured for it (the
+    # same op on the same argument metadata: the counter pass measures each distinct call once)
+    measured_on: int = -1
 
 
 @dataclass(frozen=True)

@@ -275,18 +275,19 @@ def counter_spec(path: Path, result: Result, options: Options, argv: Sequence[st
     return {"kind": "script", "path": str(path.resolve()), "argv": list(argv), "warmup": options.warmup}
 
 
-def with_counters(path: Path, results: Sequence[Result], options: Options, argv: Sequence[str] = ()
-                  ) -> tuple[list[Result], RooflightError | None]:
+def with_counters(path: Path, results: Sequence[Result], options: Options, argv: Sequence[str] = (),
+                  one_of_each: bool = True) -> tuple[list[Result], RooflightError | None]:
     """Each result with the hardware counters of one more run under Nsight Compute beside its
-    counts; on a machine without ncu (or counters it may not read), the results unchanged and
-    the error to report after they are written."""
+    counts (one_of_each: each distinct call measured once); on a machine without ncu (or counters
+    it may not read), the results unchanged and the error to report after they are written."""
     if options.count_only or not options.device.startswith("cuda"):
         raise UsageError("--counters reads a GPU's hardware counters: it needs a timed run on a CUDA GPU "
                          "(drop --count-only / --device cpu)")
     out = []
     for r in results:
         try:
-            out.append(replace(r, profile=_ncu.read_counters(r.profile, counter_spec(path, r, options, argv))))
+            out.append(replace(r, profile=_ncu.read_counters(r.profile, counter_spec(path, r, options, argv),
+                                                             one_of_each=one_of_each)))
         except (_ncu.CountersUnavailable, _counters.CounterFormatError) as err:
             return list(results), err
     return out, None

@@ -165,6 +165,24 @@ def test_counters_on_the_cpu_say_they_need_a_gpu(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_every_kernel_without_counters_is_one_line_before_anything_runs(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "rooflight", "profile", str(ROOT / "tests" / "examples" / "tiny_model.py"),
+                        "--every-kernel", "-o", "out"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--every-kernel says how the counter pass measures: add --counters" in r.stderr + r.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_api_names_what_counters_takes():
+    import rooflight
+    from rooflight.errors import RooflightError
+
+    with pytest.raises(RooflightError, match="counters='all': give True"):
+        rooflight.profile(lambda: None, counters="all")
+
+
 def test_the_report_shows_the_counters(h100_decode):
     from rooflight import api
     from rooflight.render.html import report_html
@@ -213,3 +231,104 @@ def test_the_report_draws_counted_dram_and_l2_points_per_group():
     from rooflight.render.html import report_html
 
     assert "counted and measured intensity" in report_html(a) and "<table" in counters_html(a)
+
+
+# ---------------------------------------------------------------------------- one of each
+
+
+def test_the_counter_pass_marks_the_first_op_of_each_distinct_call():
+    """rooflight.ncu's child opens ncu's profiling range (cudaProfilerStart/Stop) around the first
+    op of each distinct call only; here the marks are recorded instead."""
+    import torch
+
+    from rooflight.capture import Capture
+
+    marks = []
+    a, b, c = torch.randn(8, 16), torch.randn(16, 4), torch.randn(16, 8)
+    with Capture(distinct=marks.append) as cap:
+        torch.mm(a, b)   # 0: first of its call
+        torch.mm(a, b)   # 1: the same op on the same argument metadata
+        torch.mm(a, c)   # 2: another shape
+        torch.mm(a, b)   # 3: again the first's
+        torch.nonzero(a)  # 4: data-dependent: always measured
+        torch.nonzero(a)  # 5
+    rec = cap.recorder
+    assert [o.op for o in cap.records] == ["aten::mm.default"] * 4 + ["aten::nonzero.default"] * 2
+    assert rec.same_as == {1: 0, 3: 0}
+    assert marks == [True, False] * 4  # ops 0, 2, 4, 5
+
+
+def test_ops_that_repeat_a_call_show_its_counters_and_say_so():
+    """The join of a pass that measured one of each: in the recorded RMSNorm run, take op 5 as a
+    repeat of op 1 (as the child would report for a second layer), drop its kernel from ncu's
+    output (it was not measured), and op 5 gets op 1's counters, marked measured_on=1."""
+    p = Profile.load(FIX / "rms_norm_eager.json")
+    ks = C.parse_csv((FIX / "rms_norm_eager.csv").read_text())
+    full = C.join(p, ks, tool="ncu")
+    one_of_each = C.join(p, ks[:5] + ks[6:], tool="ncu", same_as={5: 1})
+    by_op = {k.op_index: k for k in one_of_each.kernels}
+    assert [k.op_index for k in one_of_each.kernels] == list(range(8))
+    assert by_op[5].measured_on == 1 and all(by_op[i].measured_on == -1 for i in range(8) if i != 5)
+    f1 = next(k for k in full.kernels if k.op_index == 1)
+    assert (by_op[5].dram_read, by_op[5].flops, by_op[5].name) == (f1.dram_read, f1.flops, f1.name)
+    assert all(by_op[i] == k for k in full.kernels for i in [k.op_index] if i != 5)
+    assert any("7 kernels measured" in n and "1 more kernels of 1 ops" in n for n in one_of_each.notes)
+    attached = C.attach(p, one_of_each)
+    back = Profile.from_json(attached.to_json())
+    assert back.counters == attached.counters
+    # a file written before measured_on existed reads as measured on each op's own launch
+    d = json.loads(C.attach(p, full).to_json())
+    for k in d["counters"]["kernels"]:
+        del k["measured_on"]
+    assert all(k.measured_on == -1 for k in Profile.from_json(json.dumps(d)).counters.kernels)
+
+
+STACK = '''
+import torch
+import rooflight
+
+
+@rooflight.workload
+def stack(n: int = 4096, layers: int = 4, device="cuda"):
+    """`layers` identical bf16 linear layers on 1024 tokens: one distinct call, `layers` times."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(n, n, bias=False) for _ in range(layers)]).to(device, torch.bfloat16)
+    x = torch.randn(1024, n, device=device, dtype=torch.bfloat16)
+    return rooflight.Run(model, (x,))
+'''
+
+
+@pytest.mark.gpu
+def test_one_of_each_gives_repeated_layers_the_counters_they_would_read(tmp_path):
+    """`--counters` measures the first of four identical layers and shows its counters for the
+    other three; `--every-kernel` measures all four: each repeat's own counters are within 2% of
+    the first's (ncu flushes the caches before each kernel)."""
+    try:
+        ncu.find_ncu()
+    except ncu.CountersUnavailable:
+        pytest.skip("no Nsight Compute on this machine")
+    model = tmp_path / "stack.py"
+    model.write_text(STACK)
+    runs = {}
+    for tag, extra in (("one", []), ("every", ["--every-kernel"])):
+        r = subprocess.run([sys.executable, "-m", "rooflight", "profile", str(model), "--counters", "--repeats", "2",
+                            "--format", "json", "-o", str(tmp_path / tag), *extra],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        (f,) = [f for f in (tmp_path / tag).glob("*.json") if json.loads(f.read_text()).get("timing")]
+        runs[tag] = Profile.load(f)
+    one, every = runs["one"].counters, runs["every"].counters
+    mm = [o.index for o in runs["one"].ops if o.short_op in ("mm", "addmm", "matmul")]
+    assert len(mm) == 4
+    copied = {k.op_index: k for k in one.kernels if k.measured_on >= 0}
+    assert set(copied) == set(mm[1:]) and all(k.measured_on == mm[0] for k in copied.values())
+    own = {}
+    for k in every.kernels:
+        own.setdefault(k.op_index, []).append(k)
+    for op in mm[1:]:
+        (theirs,) = own[op]
+        mine = copied[op]
+        assert mine.name == theirs.name
+        assert abs(mine.dram_read - theirs.dram_read) <= 0.02 * theirs.dram_read
+        assert abs(sum(mine.flops.values()) - sum(theirs.flops.values())) <= 0.02 * sum(theirs.flops.values())
+    assert any("kernels measured" in n for n in one.notes)

@@ -68,7 +68,11 @@ def profile_cmd(
                                                                   "together (for scripts with side effects)."),
     counters: bool = typer.Option(False, "--counters", metavar="", help="Also read the GPU's hardware counters (Nsight Compute, "
                                                             "one more run): executed FLOPs, DRAM and L2 bytes beside "
-                                                            "the counted ones."),
+                                                            "the counted ones.  Each distinct call (op and "
+                                                            "argument shapes) is measured once, its repeats (a "
+                                                            "model's layers) shown with its counters."),
+    every_kernel: bool = typer.Option(False, "--every-kernel", metavar="",
+                                      help="With --counters: replay every kernel of the run, repeats included."),
     nproc: Optional[int] = typer.Option(None, "--nproc", metavar="N",
                                         help="Run N ranks on this machine, as torchrun does (RANK, WORLD_SIZE, a "
                                              "rendezvous; gloo on the CPU, nccl on GPUs): one profile per rank in "
@@ -102,6 +106,8 @@ def profile_cmd(
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
     formats = parse_formats(fmt)
+    if every_kernel and not counters:
+        raise UsageError("--every-kernel says how the counter pass measures: add --counters")
     OutputDir(out, force=force).preflight()  # a destination that cannot take the results fails now, not after the run
     if nproc is not None:
         return _profile_ranks(file, nproc, out, device, count_only, force)
@@ -162,7 +168,8 @@ def profile_cmd(
     if counters:
         with progress("reading hardware counters (ncu)") as bar:
             bar.add_task(file.name, total=None)
-            results, counter_error = with_counters(file, results, opts, script_args or [])
+            results, counter_error = with_counters(file, results, opts, script_args or [],
+                                                   one_of_each=not every_kernel)
     run = api.render_run(results, formats=formats, hw=hw, db=db, source=file.name, measure=True)
     if quiet and verbose:
         raise UsageError("--quiet and --verbose: give one of them")
