@@ -273,7 +273,8 @@ def steady_state(profile: Profile, diagnosis: Diagnosis) -> tuple[Diagnosis, Pro
         rows = [profile.timing.region(s.name) for s in chosen]
         rows = [r for r in rows if r is not None]
         whole = RegionTiming("", sum(r.wall_seconds for r in rows), sum(r.busy_seconds for r in rows),
-                             sum(r.cpu_seconds for r in rows))
+                             sum(r.cpu_seconds for r in rows), sum(r.comm_seconds for r in rows),
+                             sum(r.comm_exposed_seconds for r in rows))
     scope = profile.subset(kind_of, whole=whole)
     # advice judges the steady state as one region: not once per step (steps are alike by design)
     scope_diag = Diagnosis(diagnosis.verdicts, {"": steady}, diagnosis.ceilings_name,

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from .profile_data import Profile
+from .steps import STEADY
+from .trace import length, overlap, union
+from .units import fmt_seconds
 
 # short aten op -> the collective it is (both the functional and the eager c10d spellings)
 KINDS = {
@@ -76,35 +79,6 @@ class Bandwidth:
         return self.algbw * bus_factor(self.kind, self.ranks)
 
 
-def _union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    out: list[tuple[float, float]] = []
-    for a, b in sorted((a, b) for a, b in intervals if b > a):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
-
-
-def _length(intervals: Sequence[tuple[float, float]]) -> float:
-    return sum(b - a for a, b in intervals)
-
-
-def _intersection(x: Sequence[tuple[float, float]], y: Sequence[tuple[float, float]]) -> float:
-    """Total length of the overlap of two unions of intervals (both sorted and disjoint)."""
-    i = j = 0
-    total = 0.0
-    while i < len(x) and j < len(y):
-        lo, hi = max(x[i][0], y[j][0]), min(x[i][1], y[j][1])
-        if hi > lo:
-            total += hi - lo
-        if x[i][1] < y[j][1]:
-            i += 1
-        else:
-            j += 1
-    return total
-
-
 @dataclass(frozen=True)
 class Exposure:
     comm_seconds: float  # the union of the communication kernels' intervals
@@ -124,9 +98,35 @@ def exposure(kernels: Iterable[tuple[float, float, bool]]) -> Exposure:
     """Kernels of one GPU as (start, end, is_communication): how much communication time no
     compute kernel overlaps (concurrent streams overlap; the same stream never does)."""
     ks = list(kernels)
-    comm = _union((a, b) for a, b, c in ks if c)
-    comp = _union((a, b) for a, b, c in ks if not c)
-    return Exposure(_length(comm), _intersection(comm, comp), _length(comp))
+    comm = union((a, b) for a, b, c in ks if c)
+    comp = union((a, b) for a, b, c in ks if not c)
+    return Exposure(length(comm), overlap(comm, comp), length(comp))
+
+
+def exposed_in(profile: Profile, region: str = "") -> Exposure | None:
+    """The collectives' kernel time in a region of a timed profile and how much of it no compute
+    kernel overlapped (Timing's regions, median over repeats); the steady state (steps.STEADY)
+    sums its steps; None where no collective's kernel ran."""
+    t = profile.timing
+    if t is None:
+        return None
+    if region == STEADY and profile.steps:
+        rows = [t.region(s.name) for s in profile.steps if s.headline]
+    else:
+        rows = [t.region(region)]
+    rows = [r for r in rows if r is not None]
+    comm = sum(r.comm_seconds for r in rows)
+    if not comm > 0:
+        return None
+    exposed = sum(r.comm_exposed_seconds for r in rows)
+    return Exposure(comm, comm - exposed, sum(r.busy_seconds for r in rows))
+
+
+def exposure_text(e: Exposure, where: str = "the run") -> str:
+    """One line: the collectives' time in `where`, and how much of it was exposed."""
+    return (f"communication in {where}: {fmt_seconds(e.comm_seconds)} of collectives' kernels, "
+            f"{fmt_seconds(e.exposed_seconds)} ({e.exposed_fraction:.0%}) exposed (no compute kernel ran beside it), "
+            f"{fmt_seconds(e.overlapped_seconds)} hidden behind compute")
 
 
 def straggler_wait(arrivals: Sequence[float]) -> list[float]:
@@ -159,4 +159,5 @@ def collective_rows(profile: Profile) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-__all__ = ["Bandwidth", "collective_rows", "Exposure", "KINDS", "bus_factor", "exposure", "per_rank_bytes", "straggler_wait"]
+__all__ = ["Bandwidth", "collective_rows", "Exposure", "KINDS", "bus_factor", "exposed_in", "exposure", "exposure_text",
+           "per_rank_bytes", "straggler_wait"]

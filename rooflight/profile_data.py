@@ -190,6 +190,8 @@ class RegionTiming:
     wall_seconds: float  # median over repeats, from the region's first launch to its last kernel's end
     busy_seconds: float  # GPU busy time inside it (union of kernel intervals); CPU runs: op time
     cpu_seconds: float = math.nan  # host time inside the region
+    comm_seconds: float = 0.0  # collectives' kernels inside it (union of their intervals), median over repeats
+    comm_exposed_seconds: float = 0.0  # of it, while no compute kernel ran on the GPU: what it costs the step
 
     @property
     def idle_seconds(self) -> float:

@@ -371,6 +371,7 @@ def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int],
     kernel_meta: dict[int, _trace.DeviceEvent] = {}
     unmatched = substituted = 0
     region_rows: dict[str, dict[str, list[float]]] = {}
+    comm_ops = {o.index for o in counted.ops if o.link == "peer"}  # collectives (host<->device copies are "pcie")
     for i, evs in by_repeat.items():
         positions, owners = _trace.align_to_ops(ref_names, ref_ops, [d.name for d in evs])
         per_op: dict[int, float] = {}
@@ -406,16 +407,28 @@ def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int],
         # regions: the whole run ("") and each region path (with its parents)
         region_of_op = {o.index: o.region for o in counted.ops}
         groups: dict[str, list[tuple[float, float]]] = {"": []}
+        # the collectives' kernels and the compute kernels beside them, per region: exposed communication
+        comm_spans: dict[str, list[tuple[float, float]]] = {}
+        compute_spans: dict[str, list[tuple[float, float]]] = {}
         for d, op in zip(evs, owners):
             groups[""].append((d.start_us, d.end_us))
             region = region_of_op.get(op, "") if op >= 0 else d.region
-            for path in region_and_ancestors(region, counted.regions):
+            paths = ["", *region_and_ancestors(region, counted.regions)]
+            for path in paths[1:]:
                 groups.setdefault(path, []).append((d.start_us, d.end_us))
+            if d.kind == "kernel":
+                side = comm_spans if (op in comm_ops if op >= 0 else "nccl" in d.name.lower()) else compute_spans
+                for path in paths:
+                    side.setdefault(path, []).append((d.start_us, d.end_us))
         rr = repeat_ranges.get(i)
         bounds: dict[str, tuple[float, float]] = {}
         for region, spans in groups.items():
-            row = region_rows.setdefault(region, {"wall": [], "busy": [], "cpu": []})
+            row = region_rows.setdefault(region, {"wall": [], "busy": [], "cpu": [], "comm": [], "exposed": []})
             busy = _trace.union_seconds(spans)
+            comm = _trace.union(comm_spans.get(region, ()))
+            row["comm"].append(_trace.length(comm) * 1e-6)
+            row["exposed"].append((_trace.length(comm) - _trace.overlap(comm, _trace.union(compute_spans.get(region, ()))))
+                                  * 1e-6)
             if region == "" and rr is not None:
                 start = rr.start_us
                 end = max([rr.end_us] + [e for _, e in spans])
@@ -465,7 +478,9 @@ def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int],
         if not row or not row["wall"]:
             continue
         regions.append(RegionTiming(region, statistics.median(row["wall"]), statistics.median(row["busy"]),
-                                    statistics.median(row["cpu"]) if row["cpu"] else math.nan))
+                                    statistics.median(row["cpu"]) if row["cpu"] else math.nan,
+                                    statistics.median(row["comm"]) if row["comm"] else 0.0,
+                                    statistics.median(row["exposed"]) if row["exposed"] else 0.0))
     return Timing("cuda", device_name, repeats, warmup, flush_l2, cuda_graph, tuple(ops), tuple(kernels), tuple(regions),
                   tuple(notes))
 

@@ -154,6 +154,37 @@ def parse(trace: Mapping[str, Any]) -> Trace:
     return Trace(tuple(device), annotations, cpu_ops)
 
 
+def union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of [start, end) intervals, as sorted disjoint intervals."""
+    out: list[tuple[float, float]] = []
+    for a, b in sorted((a, b) for a, b in intervals if b > a):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def length(intervals: Iterable[tuple[float, float]]) -> float:
+    """Total length of disjoint intervals (a union's)."""
+    return sum(b - a for a, b in intervals)
+
+
+def overlap(x: list[tuple[float, float]], y: list[tuple[float, float]]) -> float:
+    """Total length of the overlap of two unions (each sorted and disjoint, as `union` gives)."""
+    i = j = 0
+    total = 0.0
+    while i < len(x) and j < len(y):
+        lo, hi = max(x[i][0], y[j][0]), min(x[i][1], y[j][1])
+        if hi > lo:
+            total += hi - lo
+        if x[i][1] < y[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
 def union_seconds(intervals: Iterable[tuple[float, float]]) -> float:
     """Total length of the union of [start, end) intervals, in seconds (inputs in µs)."""
     total, cur_s, cur_e = 0.0, None, None

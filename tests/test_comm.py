@@ -49,6 +49,71 @@ def test_exposed_communication_on_a_known_timeline():
     assert exposure([(0, 4, True)]).exposed_fraction == 1.0
 
 
+def _timed_run_with_a_collective(comm_start_us: float):
+    """A step of three ops timed over two repeats, as the profiler's trace gives them: a GEMM on
+    stream 7 over [0, 100) µs, an all-reduce's NCCL kernel on stream 20 from `comm_start_us` for
+    100 µs, an add on stream 7 over [200, 250); each repeat 1000 µs after the last."""
+    from rooflight import timing
+    from rooflight import trace as tr
+    from rooflight.costs.model import TensorMeta
+    from rooflight.profile_data import OpRecord, Profile
+
+    x = TensorMeta.contiguous((1024, 1024), "bfloat16", "cuda:0")
+    ops = (OpRecord(0, "aten::mm.default", region="step 1", device="cuda:0", inputs=(x, x), outputs=(x,)),
+           OpRecord(1, "c10d::allreduce_.default", region="step 1", device="cuda:0", inputs=(x,), outputs=(x,),
+                    comm_bytes=2 * x.bytes, link="peer"),
+           OpRecord(2, "aten::add.Tensor", region="step 1", device="cuda:0", inputs=(x, x), outputs=(x,)))
+    counted = Profile(ops=ops, workload="tp", device="cuda:0", regions=("step 1",))
+    names = ["sm90_xmma_gemm_bf16", "ncclDevKernel_AllReduce_Sum_bf16_RING_LL", "vectorized_elementwise_kernel"]
+    spans = [(0, 100, 7), (comm_start_us, comm_start_us + 100, 20), (200, 250, 7)]
+    events, annotations = [], []
+    for rep in range(2):
+        t0 = 1000 * rep
+        annotations.append(tr.HostRange(f"{tr.REPEAT_PREFIX}{rep}", "user_annotation", 1, t0 - 5, t0 + 260))
+        for i, (name, (a, b, stream)) in enumerate(zip(names, spans)):
+            events.append(tr.DeviceEvent(name, "kernel", t0 + a, t0 + b, stream, 10 * rep + i, (1,), (1,), t0 + a - 1,
+                                         -1, "step 1", rep, None))
+    plain = tr.Trace(tuple(events), tuple(annotations), ())
+    t = timing.aggregate_gpu(plain, names, [0, 1, 2], counted, repeats=2, warmup=0, device_name="H200")
+    _timed_run_with_a_collective.profile = counted.__class__(**{**counted.__dict__, "timing": t, "mode": "timed"})
+    return t
+
+
+@pytest.mark.parametrize("start, exposed", [(50, 50), (100, 100), (0, 0), (150, 50)])
+def test_exposed_communication_is_read_from_the_run_itself(start, exposed):
+    # the NCCL kernel over [start, start + 100) µs against compute over [0, 100) and [200, 250):
+    # from 50: 50 µs under the GEMM, 50 exposed; from 100: all of it exposed; from 0: hidden;
+    # from 150: 50 exposed, then 50 under the add
+    t = _timed_run_with_a_collective(start)
+    for region in ("", "step 1"):
+        r = t.region(region)
+        assert r.comm_seconds == pytest.approx(100e-6)
+        assert r.comm_exposed_seconds == pytest.approx(exposed * 1e-6)
+
+
+def test_the_summary_says_how_much_communication_was_exposed():
+    from dataclasses import replace
+
+    from rooflight.comm import exposed_in, exposure_text
+
+    from rooflight.profile_data import Profile
+
+    t = _timed_run_with_a_collective(50)
+    prof = Profile(ops=(), workload="tp", device="cuda:0", timing=t, mode="timed")
+    e = exposed_in(prof)
+    assert (e.comm_seconds, e.exposed_seconds) == pytest.approx((100e-6, 50e-6))
+    assert exposure_text(e) == ("communication in the run: 100 µs of collectives' kernels, 50.0 µs (50%) exposed "
+                                "(no compute kernel ran beside it), 50.0 µs hidden behind compute")
+    assert exposed_in(replace(prof, timing=None)) is None
+    # and the terminal's (and the report's) summary says it under the run's verdict
+    import rooflight
+    from rooflight.render.steps import summary_lines
+
+    a = rooflight.analyze(_timed_run_with_a_collective.profile, hw="H200 SXM")
+    lines = summary_lines(a)
+    assert lines[1].startswith("communication in the run: 100 µs of collectives' kernels, 50.0 µs (50%) exposed")
+
+
 def test_straggler_wait():
     assert straggler_wait([1.0, 1.5, 4.0]) == [3.0, 2.5, 0.0]
 

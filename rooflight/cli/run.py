@@ -245,7 +245,7 @@ def _profile_ranks(file: Path, nproc: int, out: Path, device: Optional[str], cou
     """`profile --nproc N`: N ranks of the same command, each into OUT/rank<k>; then every rank's
     collectives side by side (and OUT/ranks.json)."""
     from .common import ARGS
-    from ..comm import collective_rows
+    from ..comm import collective_rows, exposed_in, exposure_text
     from ..profile_data import Profile
     from ..runner import launch_ranks
 
@@ -275,13 +275,18 @@ def _profile_ranks(file: Path, nproc: int, out: Path, device: Optional[str], cou
             except RooflightError:
                 continue
             rows = collective_rows(prof)
+            exp = exposed_in(prof)
             summary["per_rank"].append({"rank": r.rank, "profile": str(p), "workload": prof.workload,
-                                        "params": dict(prof.params), "collectives": rows})
+                                        "params": dict(prof.params), "collectives": rows,
+                                        "comm_seconds": exp.comm_seconds if exp else None,
+                                        "comm_exposed_seconds": exp.exposed_seconds if exp else None})
             for c in rows:
                 bw = f", bus bandwidth {c['busbw'] / 1e9:.3g} GB/s" if c["busbw"] else ""
                 con.print(esc(f"rank {r.rank} {prof.workload} {dict(prof.params) or ''}: {c['count']} x "
                               f"{c['collective']} over {c['ranks']} ranks, {c['link_bytes']:.4g} B over its link"
                               + (f" in {c['seconds'] * 1e3:.3g} ms" if c["timed"] else "") + bw))
+            if exp is not None:
+                con.print(esc(f"rank {r.rank} {prof.workload}: {exposure_text(exp)}"))
     od = OutputDir(out, force=force)
     od.add("ranks.json", json.dumps(strict_json(summary), indent=1, allow_nan=False))
     for p in od.commit():

@@ -18,6 +18,7 @@ from rich.markup import escape as esc
 from rich.table import Table
 
 from ..classify import summary
+from ..comm import exposed_in, exposure_text
 from ..steps import BETWEEN, OUTSIDE, SETUP, TEARDOWN, UNMARKED
 from ..steps import summary_regions as _summary_regions
 from ..units import fmt_bytes, fmt_seconds
@@ -216,7 +217,15 @@ def setup_html(a) -> str:
 
 
 def summary_lines(a) -> list[str]:
-    return [summary(a.diagnosis, r) for r in summary_regions(a)]
+    """Each summarised region's one-line verdict, and under it, where collectives ran, how much of
+    their time was exposed (rooflight.comm)."""
+    out = []
+    for r in summary_regions(a):
+        out.append(summary(a.diagnosis, r))
+        e = exposed_in(a.profile, r)
+        if e is not None:
+            out.append(exposure_text(e, r or "the run"))
+    return out
 
 
 __all__ = ["StepRow", "headline_text", "phase_summary", "setup_html", "step_rows", "steps_figure", "steps_table",
