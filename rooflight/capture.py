@@ -344,7 +344,7 @@ class Recorder:
         its arguments' metadata and the settings, so it is computed once per distinct call and
         reused (a 32-layer model repeats each call 32 times; a decode loop, once per token).
         This runs for every op of a run: it is written for speed (see benchmarks/capture_speed.py)."""
-        _, key, arg_names, out_args, formula, matmul_like, reads_values, _ = facts
+        _, key, arg_names, out_args, formula, matmul_like, reads_values, _, _ = facts
         if self._memo_generation != _registry.GENERATION:  # a formula registered mid-run
             self._memo.clear()
             self._memo_generation = _registry.GENERATION
@@ -375,15 +375,20 @@ class Recorder:
     @property
     def records(self) -> list[OpRecord]:
         """The OpRecords of the ops recorded so far (built once each)."""
-        built, rows = self._built, self.rows
-        if len(built) < len(rows):
-            record = OpRecord.record
-            for i in range(len(built), len(rows)):
-                (op, inputs, outputs, device, flops, read, written, comm, link, counted, note), \
-                    module, module_type, region, phase = rows[i]
-                built.append(record(i, op, module, module_type, region, phase, device, inputs, outputs, flops,
-                                    read, written, comm, link, counted, note))
-        return built
+        if len(self._built) < len(self.rows):
+            self._built.extend(self.build(len(self._built)))
+        return self._built
+
+    def build(self, start: int = 0) -> list[OpRecord]:
+        """New OpRecords of the ops from `start` on (nobody else holds them)."""
+        record, out = OpRecord.record, []
+        rows = self.rows
+        for i in range(start, len(rows)):
+            (op, inputs, outputs, device, flops, read, written, comm, link, counted, note), \
+                module, module_type, region, phase = rows[i]
+            out.append(record(i, op, module, module_type, region, phase, device, inputs, outputs, flops,
+                              read, written, comm, link, counted, note))
+        return out
 
     def _cost(self, func, key, arg_names, out_args, formula, args, kwargs, out, tf32: bool | None, values=None):
         outputs = _flat_tensors(out)
@@ -492,6 +497,11 @@ def _has_fp32(sig: Any) -> bool:
 _FP32 = torch.float32
 
 
+from torch._ops import OpOverload as _OpOverload
+
+# OpOverload.__call__ only calls its _op: call that directly (one Python frame less per op)
+_DIRECT = getattr(_OpOverload.__call__, "__code__", None) is not None and _OpOverload.__call__.__code__.co_names == ("_op",)
+
 # id(op) -> its facts (_facts); each entry holds the op itself, so that its id is not reused
 _FACTS: dict[int, tuple] = {}
 _GROUP_ARGS = ("group_size", "process_group", "group", "group_name")
@@ -503,10 +513,10 @@ def _facts(func: Any) -> tuple:
     names, cost formula, matrix-like, reads tensor values, the registry's generation) of an op,
     read from its schema once, and again after a formula is registered (a user may, mid-run)."""
     facts = _FACTS.get(id(func))
-    if facts is not None and facts[0] is func and facts[-1] == _registry.GENERATION:
+    if facts is not None and facts[0] is func and facts[7] == _registry.GENERATION:
         return facts
     if func.namespace in ("profiler", "prim"):  # record_function's enter/exit, prim::device: not work
-        facts = (func, None, (), (), None, False, False, _registry.GENERATION)
+        facts = (func, None, (), (), None, False, False, _registry.GENERATION, func)
     else:
         schema = func._schema
         arg_names = tuple(a.name for a in schema.arguments if not a.kwarg_only)
@@ -517,7 +527,8 @@ def _facts(func: Any) -> tuple:
             _GROUPED.add(key)  # a collective outside c10d's namespaces: read its group from the arguments
         # matrix work reads the TF32 switch (read once per op, from its name)
         facts = (func, key, arg_names, out_args, lookup(func), matrix_like(key.split("::")[-1].split(".")[0]),
-                 key.startswith("aten::_grouped_mm"), _registry.GENERATION)
+                 key.startswith("aten::_grouped_mm"), _registry.GENERATION,
+                 func._op if _DIRECT and type(func) is _OpOverload else func)
     _FACTS[id(func)] = facts
     return facts
 
@@ -545,7 +556,7 @@ class _DispatchMode(TorchDispatchMode):
             rec.inner.append(op_key(func))
             return func(*args, **kwargs)
         facts = _FACTS.get(id(func))
-        if facts is None or facts[0] is not func or facts[-1] != _registry.GENERATION:
+        if facts is None or facts[0] is not func or facts[7] != _registry.GENERATION:
             facts = _facts(func)
         if facts[1] is None:  # not work
             return func(*args, **kwargs)
@@ -554,9 +565,9 @@ class _DispatchMode(TorchDispatchMode):
         try:
             if rec.wraps:
                 with rec.label(len(rec.rows), _call_key(func, facts, args, kwargs) if rec.distinct else None):
-                    out = func(*args, **kwargs)
+                    out = facts[8](*args, **kwargs)
             else:
-                out = func(*args, **kwargs)
+                out = facts[8](*args, **kwargs)
         except Exception as err:
             if _data_dependent(func, err, args, kwargs):
                 raise CountError(
@@ -831,10 +842,13 @@ class Capture:
 
     def _profile(self, workload: str, mode: str, params: dict | None) -> Profile:
         rec = self.recorder
-        ops, regions, steps, self.notes = tuple(rec.records), tuple(rec.regions), (), ()
-        if self.steps:
-            seg = segment(ops, regions, rec.calls, rec.ranges, select=self.select_steps)
+        regions, steps, self.notes = tuple(rec.regions), (), ()
+        if self.steps:  # this profile's own records, moved to their segments in place
+            seg = segment(tuple(rec.build()), regions, rec.calls, rec.ranges, select=self.select_steps,
+                          relabel=_moved)
             ops, regions, steps, self.notes = seg.ops, seg.regions, seg.steps, seg.notes
+        else:
+            ops = tuple(rec.records)
         device = Counter(o.device for o in ops if o.device).most_common(1)
         device = device[0][0] if device else "cpu"
         return Profile(
@@ -844,6 +858,12 @@ class Capture:
             torch_version=torch.__version__, rooflight_version=__version__, created=now_iso(),
             settings=rec.settings, regions=regions, params=dict(params or {}), steps=steps, notes=tuple(self.notes),
         )
+
+
+def _moved(op: OpRecord, region: str) -> OpRecord:
+    """A fresh record (Recorder.build's, held by no one else) moved to `region` in place."""
+    op.__dict__["region"] = region
+    return op
 
 
 @contextlib.contextmanager

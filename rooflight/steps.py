@@ -36,7 +36,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import UsageError
 from .profile_data import OpRecord, Step, region_and_ancestors
@@ -161,9 +161,11 @@ def _in_ranges(n: int, ranges: Sequence[tuple[int, int | None]]) -> list[bool]:
 
 
 def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[TopCall],
-            ranges: Sequence[tuple[int, int | None]] = (), *, select: tuple[int, int | None] | None = None
-            ) -> Segmentation:
-    """Cut a script's ops into setup, steps and teardown (rules in the module doc)."""
+            ranges: Sequence[tuple[int, int | None]] = (), *, select: tuple[int, int | None] | None = None,
+            relabel: Callable[[OpRecord, str], OpRecord] | None = None) -> Segmentation:
+    """Cut a script's ops into setup, steps and teardown (rules in the module doc).  relabel(op,
+    region): the op moved to its segment's region (default: a copy, OpRecord.in_region; the capture,
+    whose records are fresh, moves them in place)."""
     n = len(ops)
     if n == 0:
         return Segmentation(tuple(ops), tuple(regions), (), ("no op ran: nothing to segment",))
@@ -268,10 +270,12 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
     steps = [replace(s, warmup=w, headline=(sel[i] if sel is not None else not w))
              for i, (s, w) in enumerate(zip(steps, warm))]
 
-    new_ops = tuple(o if label[i] is None else o.in_region(_prefixed(label[i], o.region))
+    old_regions = [o.region for o in ops]
+    move = relabel or OpRecord.in_region
+    new_ops = tuple(o if label[i] is None else move(o, _prefixed(label[i], old_regions[i]))
                     for i, o in enumerate(ops))
     new_regions: dict[str, None] = {}  # ordered, first seen first
-    for key in dict.fromkeys(zip(label, (o.region for o in ops))):  # each (segment, region) once, in order
+    for key in dict.fromkeys(zip(label, old_regions)):  # each (segment, region) once, in order
         lab, region = key
         if lab is None:
             chain = region_and_ancestors(region, regions)

@@ -339,3 +339,16 @@ def test_on_cuda_a_model_call_goes_past_no_function_mode(monkeypatch):
         model(x)
     assert calls == [] and _function_modes() == before
     assert any("scaled_dot_product" in o.op and o.op != "aten::scaled_dot_product_attention" for o in cap.records)
+
+
+def test_a_capture_gives_the_same_profile_twice():
+    # each profile() builds its own records and moves them to their steps in place: the second
+    # profile is not moved twice, and the recorder's own records keep the regions the run gave
+    model, x = nn.Linear(8, 8), torch.randn(2, 8)
+    with Capture(steps=True) as cap:
+        model(x)
+        model(x)
+    a, b = cap.profile(), cap.profile()
+    assert [o.region for o in a.ops] == [o.region for o in b.ops]
+    assert {o.region for o in a.ops} == {"step 1", "step 2"} and a.steps == b.steps
+    assert {o.region for o in cap.records} == {""}
