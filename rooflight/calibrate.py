@@ -56,7 +56,9 @@ class Calibration:
     seconds: float  # how long the calibration took
     figures: Mapping[str, Measurement] = field(default_factory=dict)
     # keys: "memory_copy", "memory_triad", "flops.<math class>", "launch_eager", "launch_graph",
-    #       "h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"
+    #       "h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"; with --nproc (rooflight.interconnect):
+    #       "link.all_reduce_busbw", "link.all_gather_busbw", "link.p2p_copy" (the plateaus) and the
+    #       curve, "curve.<collective>.<bytes>" (bus bandwidth at each message size)
 
     def get(self, key: str) -> float | None:
         m = self.figures.get(key)
@@ -72,9 +74,9 @@ class Calibration:
         pinned = [v for v in (self.get("h2d_pinned"), self.get("d2h_pinned")) if v]
         if pinned:
             links["pcie"] = max(pinned)
-        measured = {"memory"} | {k.split(".", 1)[1] for k in self.figures if k.startswith("flops.")}
-        if links:
-            measured.add("pcie")
+        if self.get("link.all_reduce_busbw"):  # collectives' bytes per rank over the link, as busbw counts them
+            links["peer"] = self.get("link.all_reduce_busbw")
+        measured = {"memory"} | {k.split(".", 1)[1] for k in self.figures if k.startswith("flops.")} | set(links)
         if self.device_kind == "cpu":  # no tensor cores: every class runs at the measured rates
             fp32 = flops.get(MathClass.FP32)
             for cls in MathClass:
@@ -118,6 +120,8 @@ def compare_to_datasheet(cal: Calibration, datasheet: Ceilings | None) -> list[d
                 ref = datasheet.flops_per_s.get(cls)
             elif key.startswith(("h2d", "d2h")):
                 ref = datasheet.link("pcie")
+            elif key.startswith(("link.", "curve.")):
+                ref = datasheet.link_bytes_per_s.get("peer")  # NVLink each way (no PCIe stand-in here)
         rows.append({"figure": key, "value": m.value, "unit": m.unit, "datasheet": ref,
                      "ratio": m.value / ref if ref else None, "how": m.how})
     return rows
@@ -351,14 +355,39 @@ def _cpu_all(progress: Progress, quick: bool) -> dict[str, Measurement]:
 # ---------------------------------------------------------------------------- entry point
 
 
-def steps(device_kind: str) -> int:
+def steps(device_kind: str, nproc: int | None = None) -> int:
     """How many progress messages a calibration sends (for a progress bar)."""
-    return 14 if device_kind == "cuda" else 5
+    return (14 if device_kind == "cuda" else 5) + (1 if nproc else 0)
+
+
+def _interconnect(progress: Progress, n: int, device: str, quick: bool) -> dict[str, Measurement]:
+    from . import interconnect as _ic
+
+    backend = "NCCL" if device.startswith("cuda") else "gloo"
+    progress(f"interconnect: all-reduce and all-gather over {n} ranks ({backend})")
+    points = _ic.measure(n, device, quick=quick)
+    out = {}
+    for p in points:
+        if p.kind != "p2p_copy":
+            out[f"curve.{p.kind}.{p.size}"] = Measurement(
+                p.busbw, "bytes_per_s", f"{p.kind} of {p.size} B over {n} ranks ({backend}): {p.seconds * 1e6:.1f} us "
+                                        f"a call, algorithm bandwidth {p.algbw / 1e9:.3g} GB/s")
+    for kind in (*_ic.KINDS, "p2p_copy"):
+        top = _ic.plateau(points, kind)
+        if top is None:
+            continue
+        key = "link.p2p_copy" if kind == "p2p_copy" else f"link.{kind}_busbw"
+        how = (f"GPU 0 -> GPU 1 copy of {top.size} B, best of the {_ic.PLATEAU_SIZES} largest sizes" if kind == "p2p_copy"
+               else f"{kind} over {n} ranks ({backend}): best bus bandwidth of the {_ic.PLATEAU_SIZES} largest sizes "
+                    f"(at {top.size} B; nccl-tests' busbw)")
+        out[key] = Measurement(top.busbw, "bytes_per_s", how)
+    return out
 
 
 def calibrate(device: str = "auto", *, progress: Progress | None = None, quick: bool = False,
-              spec_key: str = "") -> Calibration:
-    """Measure the ceilings of this machine's GPU (device="cuda"), or its CPU (device="cpu")."""
+              spec_key: str = "", nproc: int | None = None) -> Calibration:
+    """Measure the ceilings of this machine's GPU (device="cuda"), or its CPU (device="cpu"); with
+    nproc, also the interconnect between that many ranks (rooflight.interconnect)."""
     progress = progress or (lambda _msg: None)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -377,5 +406,7 @@ def calibrate(device: str = "auto", *, progress: Progress | None = None, quick: 
         name = describe_cpu().model
         figures = _cpu_all(progress, quick)
         kind = "cpu"
+    if nproc:
+        figures.update(_interconnect(progress, nproc, kind, quick))
     return Calibration(kind, name, spec_key, torch.__version__, now_iso(), round(time.perf_counter() - t0, 2),
                        figures)

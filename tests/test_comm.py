@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -182,3 +183,55 @@ def test_profile_nproc_runs_the_ranks_and_puts_their_collectives_side_by_side(tm
     bad = subprocess.run([sys.executable, "-m", "rooflight", "profile", str(ROOT / "kernels" / "tensor_parallel.py"),
                           "--nproc", "1", "--count-only"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "give 2 or more ranks" in bad.stderr
+
+
+# ---------------------------------------------------------------------------- the interconnect's roof
+
+
+def test_interconnect_points_use_nccl_tests_arithmetic_and_the_plateau_is_the_best_large_size():
+    from rooflight.interconnect import PLATEAU_SIZES, Point, plateau
+
+    # 256 MiB all-reduce over 8 ranks in 4 ms: algbw 67.1 GB/s, busbw x 2*7/8 = 117.4 GB/s
+    p = Point("all_reduce", 2**28, 8, 0.004)
+    assert p.algbw == pytest.approx(2**28 / 0.004) and p.busbw == pytest.approx(2**28 / 0.004 * 1.75)
+    # all-gather of a 64 MiB output over 4 ranks in 1 ms: busbw = S/t x 3/4
+    assert Point("all_gather", 2**26, 4, 0.001).busbw == pytest.approx(2**26 / 0.001 * 0.75)
+    # the curve rises to a plateau; the roof is the best of the PLATEAU_SIZES largest sizes, not
+    # the largest alone (a noisy last point) nor a small size
+    curve = [Point("all_reduce", 2**k, 2, t) for k, t in ((12, 1e-5), (20, 1e-4), (24, 1e-3), (26, 3.5e-3), (28, 1.6e-2))]
+    best = plateau(curve, "all_reduce")
+    assert PLATEAU_SIZES == 3 and best.size == 2**26  # 2**26 / 3.5 ms beats 2**24 / 1 ms and 2**28 / 16 ms
+    assert plateau(curve, "all_gather") is None
+
+
+def test_a_calibration_with_the_interconnect_gives_the_peer_link_roof(tmp_path):
+    from rooflight.calibrate import Calibration, Measurement, compare_to_datasheet
+    from rooflight.roofline import Ceilings
+
+    figures = {"memory_copy": Measurement(3e12, "bytes_per_s", "copy"),
+               "link.all_reduce_busbw": Measurement(360e9, "bytes_per_s", "all_reduce over 8 ranks (NCCL)"),
+               "curve.all_reduce.4096": Measurement(1.2e9, "bytes_per_s", "4 KiB")}
+    cal = Calibration("cuda", "NVIDIA H200", "h200_sxm", "2.11", "2026-12-01", 30.0, figures)
+    back = Calibration.from_dict(cal.to_dict())
+    c = back.to_ceilings()
+    assert c.link("peer") == 360e9 and "peer" in c.measured
+    sheet = Ceilings(name="H200 SXM", memory_bytes_per_s=4.8e12, flops_per_s={}, link_bytes_per_s={"peer": 450e9})
+    rows = {r["figure"]: r for r in compare_to_datasheet(back, sheet)}
+    assert rows["link.all_reduce_busbw"]["ratio"] == pytest.approx(0.8)  # busbw against NVLink each way
+    assert rows["curve.all_reduce.4096"]["datasheet"] == 450e9
+
+
+def test_calibrate_measures_the_interconnect_between_two_cpu_processes(tmp_path):
+    """`rooflight calibrate --device cpu --quick --nproc 2`: gloo between two processes, the
+    all-reduce and all-gather curves and their plateaus, in a few seconds."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ROOFLIGHT_CACHE_DIR": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "rooflight", "calibrate", "--device", "cpu", "--quick", "--nproc", "2",
+                        "--no-save"], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    out = " ".join(r.stdout.split())
+    assert "link.all_reduce_busbw" in out and "link.all_gather_busbw" in out
+    assert "bus bandwidth by message size" in out and "all_reduce over 2 ranks (gloo)" in out
+    bad = subprocess.run([sys.executable, "-m", "rooflight", "calibrate", "--device", "cpu", "--nproc", "1"],
+                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and "--nproc 1: the interconnect needs 2 or more ranks" in bad.stderr + bad.stdout
+    assert "Traceback" not in bad.stderr

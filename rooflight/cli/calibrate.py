@@ -12,7 +12,7 @@ from rich.markup import escape as esc
 from ..calibrate import calibrate, compare_to_datasheet, save, steps
 from ..detect import detect
 from ..errors import UsageError
-from ..render.tables import calibration_table
+from ..render.tables import calibration_table, curve_table
 from ..roofline import from_spec
 from .common import HwDirOption, console, database, handles_errors, progress
 
@@ -25,14 +25,29 @@ def calibrate_cmd(
     device: str = typer.Option("auto", "--device", help="cuda, cpu, or auto (the GPU if there is one)."),
     quick: bool = typer.Option(False, "--quick", metavar="", help="Smaller sizes: a few seconds, less exact."),
     no_save: bool = typer.Option(False, "--no-save", metavar="", help="Do not write the result to the cache."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", metavar="N",
+                                        help="Also measure the interconnect between N ranks of this machine: "
+                                             "all-reduce and all-gather bus bandwidth over message sizes (the "
+                                             "curve; its plateau is the link's roof), GPU-to-GPU copies (NCCL "
+                                             "between GPUs, one a rank; gloo between CPU processes)."),
     hw_dir: Optional[List[Path]] = HwDirOption,
 ) -> None:
     """Measure this machine's practical roofs: memory bandwidth, matmul FLOP/s per math class, launch
-    overhead, PCIe bandwidth.  Cached per device; the classifier then uses them as the roof."""
+    overhead, PCIe bandwidth, and with --nproc the interconnect (collectives' bus bandwidth, the
+    link roof of communication-bound ops).  Cached per device; the classifier then uses them."""
     db = database(hw_dir)
     if device not in ("auto", "cuda", "cpu") and not device.startswith("cuda:"):
         raise UsageError(f"--device {device!r}: give cuda, cpu or auto")
     kind = device if device != "auto" else ("cuda" if _cuda() else "cpu")
+    if nproc is not None and nproc < 2:
+        raise UsageError(f"--nproc {nproc}: the interconnect needs 2 or more ranks")
+    if nproc and kind.startswith("cuda"):
+        have = torch.cuda.device_count() if _cuda() else 0
+        if have < nproc:  # before the minutes of the GPU's own calibration
+            raise UsageError(f"--nproc {nproc} on CUDA needs {nproc} GPUs (one a rank) and this machine has {have}: "
+                             + (f"give --nproc {have} or fewer" if have >= 2 else
+                                "calibrate the interconnect on a machine with two or more, or between CPU "
+                                "processes (--device cpu)"))
     spec = None
     if kind.startswith("cuda"):
         det = detect(db)
@@ -40,12 +55,15 @@ def calibrate_cmd(
             spec = db.get(det.gpus[0].spec_key)
     con = console()
     with progress("calibrating", elapsed_only=True) as bar:
-        task = bar.add_task("", total=steps("cuda" if kind.startswith("cuda") else "cpu"))
-        cal = calibrate(kind, quick=quick, spec_key=spec.key if spec else "",
+        task = bar.add_task("", total=steps("cuda" if kind.startswith("cuda") else "cpu", nproc))
+        cal = calibrate(kind, quick=quick, spec_key=spec.key if spec else "", nproc=nproc,
                         progress=lambda msg: bar.update(task, advance=1, description=msg))
     title = (f"{cal.device_name}{' (' + spec.name + ')' if spec else ''}: calibrated in {cal.seconds:.1f} s, "
              f"torch {cal.torch_version}")
-    con.print(calibration_table(compare_to_datasheet(cal, from_spec(spec) if spec else None), title))
+    rows = compare_to_datasheet(cal, from_spec(spec) if spec else None)
+    con.print(calibration_table([r for r in rows if not r["figure"].startswith("curve.")], title))
+    if any(r["figure"].startswith("curve.") for r in rows):
+        con.print(curve_table(rows))
     if not no_save:
         con.print(f"saved: {esc(str(save(cal)))}")
 

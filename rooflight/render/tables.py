@@ -77,6 +77,27 @@ def calibration_table(rows: list[dict], title: str) -> Table:
     return t
 
 
+def curve_table(rows: list[dict]) -> Table:
+    """The interconnect's curve (calibration rows "curve.<collective>.<bytes>"): bus bandwidth by
+    message size, one column per collective, beside the datasheet's link each way."""
+    curve: dict[int, dict[str, float]] = {}
+    ref = None
+    for r in rows:
+        if r["figure"].startswith("curve."):
+            _, kind, size = r["figure"].split(".")
+            curve.setdefault(int(size), {})[kind] = r["value"]
+            ref = ref or r["datasheet"]
+    kinds = sorted({k for v in curve.values() for k in v})
+    t = Table(title="bus bandwidth by message size (nccl-tests' busbw)"
+                    + (f"; the link each way: {fmt_quantity(ref, 'bytes_per_s')}" if ref else ""), title_justify="left")
+    t.add_column("message", justify="right", no_wrap=True)
+    for k in kinds:
+        t.add_column(k, justify="right", no_wrap=True)
+    for size in sorted(curve):
+        t.add_row(fmt_bytes(size), *(fmt_quantity(curve[size][k], "bytes_per_s") if k in curve[size] else "" for k in kinds))
+    return t
+
+
 def groups_table(a, n: int = 5) -> Table:
     """The heaviest op groups of an Analysis: time, FLOPs, bytes, intensity, attained rate, label."""
     t = Table(show_edge=False, pad_edge=False, box=None)
