@@ -276,6 +276,13 @@ def test_ops_that_repeat_a_call_show_its_counters_and_say_so():
     attached = C.attach(p, one_of_each)
     back = Profile.from_json(attached.to_json())
     assert back.counters == attached.counters
+    # the terminal's table says how many kernels were measured
+    import rooflight
+    from rooflight.render.counters import counters_table
+
+    table = counters_table(rooflight.analyze(attached, hw="H200 SXM"))
+    assert table.caption == ("7 of 8 kernels measured, one of each distinct call; the other 1 show their first "
+                             "call's counters (--every-kernel replays them all)")
     # a file written before measured_on existed reads as measured on each op's own launch
     d = json.loads(C.attach(p, full).to_json())
     for k in d["counters"]["kernels"]:

@@ -42,8 +42,16 @@ def counters_table(a) -> Table:
         t.add_row(esc(c.name), fmt_flops(c.useful_tensor), fmt_flops(c.executed_tensor), _ratio(c.tensor_ratio),
                   fmt_bytes(c.model_read), fmt_bytes(c.dram_read), _ratio(c.read_ratio), _ratio(c.write_ratio),
                   fmt_bytes(c.l2_bytes), esc("; ".join(c.why)))
+    captions = []
     if len(rows) > MAX_ROWS:
-        t.caption = f"{len(rows) - MAX_ROWS} lighter groups in the JSON and HTML report"
+        captions.append(f"{len(rows) - MAX_ROWS} lighter groups in the JSON and HTML report")
+    ks = a.profile.counters.kernels if a.profile.counters is not None else ()
+    copied = sum(1 for k in ks if k.measured_on >= 0)
+    if copied:
+        captions.append(f"{len(ks) - copied} of {len(ks)} kernels measured, one of each distinct call; the other "
+                        f"{copied} show their first call's counters (--every-kernel replays them all)")
+    if captions:
+        t.caption = "; ".join(captions)
     return t
 
 
