@@ -32,13 +32,14 @@ import gc
 import time
 from collections import Counter
 from types import MappingProxyType
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.overrides import TorchFunctionMode
+from torch._ops import OpOverload as _OpOverload
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -339,12 +340,13 @@ class Recorder:
             note: str = "") -> None:
         self._append(_payload(op, inputs, outputs, cost, note))
 
-    def record_aten(self, func: Any, facts: tuple, args: tuple, kwargs: dict, out: Any) -> None:
+    def record_aten(self, func: Any, facts: "_Facts", args: tuple, kwargs: dict, out: Any) -> None:
         """Record one aten op with its cost.  The cost is a pure function of the op, its formula,
         its arguments' metadata and the settings, so it is computed once per distinct call and
         reused (a 32-layer model repeats each call 32 times; a decode loop, once per token).
         This runs for every op of a run: it is written for speed (see benchmarks/capture_speed.py)."""
-        _, key, arg_names, out_args, formula, matmul_like, reads_values, _, _ = facts
+        key, arg_names, out_args, formula = facts.key, facts.arg_names, facts.out_args, facts.formula
+        matmul_like, reads_values = facts.matmul_like, facts.reads_values
         if self._memo_generation != _registry.GENERATION:  # a formula registered mid-run
             self._memo.clear()
             self._memo_generation = _registry.GENERATION
@@ -408,11 +410,11 @@ class Recorder:
             return call.op, inputs, outputs, None, f"formula {formula.__name__} failed: {type(err).__name__}: {err}"
 
 
-def _call_key(func: Any, facts: tuple, args: tuple, kwargs: dict) -> Any:
+def _call_key(func: Any, facts: "_Facts", args: tuple, kwargs: dict) -> Any:
     """What makes two calls launch the same kernels on the same amounts of data: the op and its
     arguments' metadata; None (measure every call) where the work depends on tensor values (a
     data-dependent op) or an argument has no signature."""
-    if any(t in _DATA_DEPENDENT_TAGS for t in getattr(func, "tags", ())) or facts[6]:
+    if any(t in _DATA_DEPENDENT_TAGS for t in getattr(func, "tags", ())) or facts.reads_values:
         return None
     try:
         return (id(func), _signature(args), _signature(kwargs) if kwargs else None)
@@ -497,40 +499,47 @@ def _has_fp32(sig: Any) -> bool:
 _FP32 = torch.float32
 
 
-from torch._ops import OpOverload as _OpOverload
-
 # OpOverload.__call__ only calls its _op: call that directly (one Python frame less per op)
 _DIRECT = getattr(_OpOverload.__call__, "__code__", None) is not None and _OpOverload.__call__.__code__.co_names == ("_op",)
 
-# id(op) -> its facts (_facts); each entry holds the op itself, so that its id is not reused
-_FACTS: dict[int, tuple] = {}
+
+class _Facts(NamedTuple):
+    """What an op's schema says, read once (again after a formula is registered: a user may,
+    mid-run)."""
+
+    op: Any  # the op itself: it keeps its id, the cache's key, its own
+    key: str | None  # "aten::mm.default"; None for what is not work (profiler labels, prim::device)
+    arg_names: tuple[str, ...]  # positional arguments
+    out_args: tuple[str, ...]  # out= arguments
+    formula: Any  # the cost formula, or None
+    matmul_like: bool  # reads the TF32 switch
+    reads_values: bool  # its formula reads tensor values (a grouped GEMM's offs)
+    generation: int  # the registry's, when read
+    call: Any  # what runs it: the op, or its _op past OpOverload's Python wrapper
+
+
+# id(op) -> its facts (a cached entry holds the op, so its id is not reused); the dispatch mode reads
+# it, and reads an op's schema again (_read_facts) when the entry is another op's or a formula was
+# registered since
+_FACTS: dict[int, _Facts] = {}
 _GROUP_ARGS = ("group_size", "process_group", "group", "group_name")
 _GROUPED: set[str] = set()  # ops outside c10d whose schema names a group
 
 
-def _facts(func: Any) -> tuple:
-    """(the op, op key or None for what is not work, positional argument names, out= argument
-    names, cost formula, matrix-like, reads tensor values, the registry's generation) of an op,
-    read from its schema once, and again after a formula is registered (a user may, mid-run)."""
-    facts = _FACTS.get(id(func))
-    if facts is not None and facts[0] is func and facts[7] == _registry.GENERATION:
-        return facts
+def _read_facts(func: Any) -> _Facts:
     if func.namespace in ("profiler", "prim"):  # record_function's enter/exit, prim::device: not work
-        facts = (func, None, (), (), None, False, False, _registry.GENERATION, func)
-    else:
-        schema = func._schema
-        arg_names = tuple(a.name for a in schema.arguments if not a.kwarg_only)
-        out_args = tuple(a.name for a in schema.arguments
-                         if a.kwarg_only and a.alias_info is not None and a.alias_info.is_write)
-        key = op_key(func)
-        if any(n in _GROUP_ARGS for n in arg_names) and "c10d" not in key:
-            _GROUPED.add(key)  # a collective outside c10d's namespaces: read its group from the arguments
-        # matrix work reads the TF32 switch (read once per op, from its name)
-        facts = (func, key, arg_names, out_args, lookup(func), matrix_like(key.split("::")[-1].split(".")[0]),
-                 key.startswith("aten::_grouped_mm"), _registry.GENERATION,
-                 func._op if _DIRECT and type(func) is _OpOverload else func)
-    _FACTS[id(func)] = facts
-    return facts
+        return _Facts(func, None, (), (), None, False, False, _registry.GENERATION, func)
+    schema = func._schema
+    arg_names = tuple(a.name for a in schema.arguments if not a.kwarg_only)
+    out_args = tuple(a.name for a in schema.arguments
+                     if a.kwarg_only and a.alias_info is not None and a.alias_info.is_write)
+    key = op_key(func)
+    if any(n in _GROUP_ARGS for n in arg_names) and "c10d" not in key:
+        _GROUPED.add(key)  # a collective outside c10d's namespaces: read its group from the arguments
+    # matrix work reads the TF32 switch (read once per op, from its name)
+    return _Facts(func, key, arg_names, out_args, lookup(func), matrix_like(key.split("::")[-1].split(".")[0]),
+                  key.startswith("aten::_grouped_mm"), _registry.GENERATION,
+                  func._op if _DIRECT and type(func) is _OpOverload else func)
 
 
 # ---------------------------------------------------------------------------- the modes
@@ -555,19 +564,19 @@ class _DispatchMode(TorchDispatchMode):
         if rec.suppress:
             rec.inner.append(op_key(func))
             return func(*args, **kwargs)
-        facts = _FACTS.get(id(func))
-        if facts is None or facts[0] is not func or facts[7] != _registry.GENERATION:
-            facts = _facts(func)
-        if facts[1] is None:  # not work
+        facts = _FACTS.get(id(func))  # the cache read in place: this runs for every op
+        if facts is None or facts.op is not func or facts.generation != _registry.GENERATION:
+            facts = _FACTS[id(func)] = _read_facts(func)
+        if facts.key is None:  # not work
             return func(*args, **kwargs)
         if not rec.saw_fake and args and isinstance(args[0], FakeTensor):
             rec.saw_fake = True
         try:
             if rec.wraps:
-                with rec.label(len(rec.rows), _call_key(func, facts, args, kwargs) if rec.distinct else None):
-                    out = facts[8](*args, **kwargs)
+                with rec.label(rec.next_index(), _call_key(func, facts, args, kwargs) if rec.distinct else None):
+                    out = facts.call(*args, **kwargs)
             else:
-                out = facts[8](*args, **kwargs)
+                out = facts.call(*args, **kwargs)
         except Exception as err:
             if _data_dependent(func, err, args, kwargs):
                 raise CountError(

@@ -118,8 +118,9 @@ def exposed_in(profile: Profile, region: str = "") -> Exposure | None:
     comm = sum(r.comm_seconds for r in rows)
     if not comm > 0:
         return None
-    exposed = sum(r.comm_exposed_seconds for r in rows)
-    return Exposure(comm, comm - exposed, sum(r.busy_seconds for r in rows))
+    overlapped = comm - sum(r.comm_exposed_seconds for r in rows)
+    # busy is the union of every kernel: |comm U compute| = |comm| + |compute| - |comm & compute|
+    return Exposure(comm, overlapped, sum(r.busy_seconds for r in rows) - comm + overlapped)
 
 
 def exposure_text(e: Exposure, where: str = "the run") -> str:

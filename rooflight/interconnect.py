@@ -58,20 +58,26 @@ def plateau(points: Sequence[Point], kind: str) -> Point | None:
     return max(of_kind[-PLATEAU_SIZES:], key=lambda p: p.busbw)
 
 
-def measure(n: int, device: str = "cpu", *, quick: bool = False, timeout: float = 600.0) -> list[Point]:
-    """Time the collectives over `n` ranks of this machine (module doc); the curve, as Points."""
+def check_ranks(n: int, device: str) -> None:
+    """A UsageError unless `n` ranks can run here: two or more, and on CUDA a GPU for each."""
     import torch
-    import torch.multiprocessing as mp
 
     if n < 2:
         raise UsageError(f"--nproc {n}: the interconnect needs 2 or more ranks")
     if device.startswith("cuda"):
-        if not torch.cuda.is_available() or torch.cuda.device_count() < n:
-            have = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            raise UsageError(f"--nproc {n} on CUDA needs {n} GPUs and this machine has {have}: give --nproc {have} "
-                             "or fewer, or --device cpu (gloo between processes)" if have >= 2 else
-                             f"--nproc {n} on CUDA needs {n} GPUs and this machine has {have}: calibrate the "
-                             "interconnect on a machine with two or more, or between CPU processes (--device cpu)")
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have < n:
+            raise UsageError(f"--nproc {n} on CUDA needs {n} GPUs (one a rank) and this machine has {have}: "
+                             + (f"give --nproc {have} or fewer" if have >= 2 else
+                                "calibrate the interconnect on a machine with two or more, or between CPU "
+                                "processes (--device cpu)"))
+
+
+def measure(n: int, device: str = "cpu", *, quick: bool = False, timeout: float = 600.0) -> list[Point]:
+    """Time the collectives over `n` ranks of this machine (module doc); the curve, as Points."""
+    import torch.multiprocessing as mp
+
+    check_ranks(n, device)
     sizes = QUICK_SIZES if quick else SIZES
     with tempfile.TemporaryDirectory(prefix="rooflight-link-") as tmp:
         out = Path(tmp) / "points.json"

@@ -204,19 +204,18 @@ def read_counters(profile, spec: Mapping[str, Any], *, one_of_each: bool = True)
     one_of_each: measure each distinct call once (run_counter_pass's `distinct`)."""
     dtypes = profile_dtypes(profile)
     run = run_counter_pass(spec, dtypes=dtypes, distinct=one_of_each)
-    notes = [f"the counter pass (one more run under ncu) took {run.seconds:.1f} s",
-             f"{len(run.metrics)} counters, those the ops' dtypes can move ({', '.join(sorted(dtypes))})"]
+    took = f"the counter pass (one more run under ncu) took {run.seconds:.1f} s"
     if run.same_as is not None and run.ops != len(profile.ops):
         # its op indexes are not the profile's (the script does not repeat itself exactly): measure all
         first = run
         run = run_counter_pass(spec, dtypes=dtypes, distinct=False)
-        notes = [f"the counter pass took {first.seconds + run.seconds:.1f} s: its run measuring one of each call "
-                 f"recorded {first.ops} ops where the profile has {len(profile.ops)}, so a second run measured "
-                 "every kernel"] + notes[1:]
-    same_as = run.same_as
+        took = (f"the counter pass took {first.seconds + run.seconds:.1f} s: its run measuring one of each call "
+                f"recorded {first.ops} ops where the profile has {len(profile.ops)}, so a second run measured "
+                "every kernel")
+    notes = [took, f"{len(run.metrics)} counters, those the ops' dtypes can move ({', '.join(sorted(dtypes))})"]
     joined = _counters.join(profile, _counters.parse_csv(run.csv), metrics=run.metrics,
                             tool=f"Nsight Compute {run.version.replace('Version ', '')}", notes=notes,
-                            same_as=same_as)
+                            same_as=run.same_as)
     return _counters.attach(profile, joined)
 
 

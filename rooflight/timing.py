@@ -411,14 +411,13 @@ def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int],
         comm_spans: dict[str, list[tuple[float, float]]] = {}
         compute_spans: dict[str, list[tuple[float, float]]] = {}
         for d, op in zip(evs, owners):
-            groups[""].append((d.start_us, d.end_us))
             region = region_of_op.get(op, "") if op >= 0 else d.region
             paths = ["", *region_and_ancestors(region, counted.regions)]
-            for path in paths[1:]:
+            side = None if d.kind != "kernel" else comm_spans if (
+                op in comm_ops if op >= 0 else "nccl" in d.name.lower()) else compute_spans
+            for path in paths:
                 groups.setdefault(path, []).append((d.start_us, d.end_us))
-            if d.kind == "kernel":
-                side = comm_spans if (op in comm_ops if op >= 0 else "nccl" in d.name.lower()) else compute_spans
-                for path in paths:
+                if side is not None:
                     side.setdefault(path, []).append((d.start_us, d.end_us))
         rr = repeat_ranges.get(i)
         bounds: dict[str, tuple[float, float]] = {}
@@ -426,9 +425,9 @@ def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int],
             row = region_rows.setdefault(region, {"wall": [], "busy": [], "cpu": [], "comm": [], "exposed": []})
             busy = _trace.union_seconds(spans)
             comm = _trace.union(comm_spans.get(region, ()))
-            row["comm"].append(_trace.length(comm) * 1e-6)
-            row["exposed"].append((_trace.length(comm) - _trace.overlap(comm, _trace.union(compute_spans.get(region, ()))))
-                                  * 1e-6)
+            comm_us = _trace.length(comm)
+            row["comm"].append(comm_us * 1e-6)
+            row["exposed"].append((comm_us - _trace.overlap(comm, _trace.union(compute_spans.get(region, ())))) * 1e-6)
             if region == "" and rr is not None:
                 start = rr.start_us
                 end = max([rr.end_us] + [e for _, e in spans])

@@ -187,17 +187,7 @@ def overlap(x: list[tuple[float, float]], y: list[tuple[float, float]]) -> float
 
 def union_seconds(intervals: Iterable[tuple[float, float]]) -> float:
     """Total length of the union of [start, end) intervals, in seconds (inputs in µs)."""
-    total, cur_s, cur_e = 0.0, None, None
-    for s, e in sorted(intervals):
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    if cur_e is not None:
-        total += cur_e - cur_s
-    return total * 1e-6
+    return length(union(intervals)) * 1e-6
 
 
 def align_to_ops(reference: list[str], reference_ops: list[int], observed: list[str]) -> tuple[list[int], list[int]]:

@@ -12,6 +12,7 @@ from rich.markup import escape as esc
 from ..calibrate import calibrate, compare_to_datasheet, save, steps
 from ..detect import detect
 from ..errors import UsageError
+from ..interconnect import check_ranks
 from ..render.tables import calibration_table, curve_table
 from ..roofline import from_spec
 from .common import HwDirOption, console, database, handles_errors, progress
@@ -39,15 +40,8 @@ def calibrate_cmd(
     if device not in ("auto", "cuda", "cpu") and not device.startswith("cuda:"):
         raise UsageError(f"--device {device!r}: give cuda, cpu or auto")
     kind = device if device != "auto" else ("cuda" if _cuda() else "cpu")
-    if nproc is not None and nproc < 2:
-        raise UsageError(f"--nproc {nproc}: the interconnect needs 2 or more ranks")
-    if nproc and kind.startswith("cuda"):
-        have = torch.cuda.device_count() if _cuda() else 0
-        if have < nproc:  # before the minutes of the GPU's own calibration
-            raise UsageError(f"--nproc {nproc} on CUDA needs {nproc} GPUs (one a rank) and this machine has {have}: "
-                             + (f"give --nproc {have} or fewer" if have >= 2 else
-                                "calibrate the interconnect on a machine with two or more, or between CPU "
-                                "processes (--device cpu)"))
+    if nproc is not None:
+        check_ranks(nproc, kind)  # before the minutes of the GPU's own calibration
     spec = None
     if kind.startswith("cuda"):
         det = detect(db)
