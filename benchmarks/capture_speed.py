@@ -7,7 +7,9 @@ counts FLOPs only) and the plain run, on the same workloads in one run.
 Per workload: the plain run's time, FlopCounterMode's and rooflight.count's (best of --repeats),
 the ops rooflight recorded, each one's cost per op ((counted - plain) / ops) and the ratios
 rooflight / FlopCounterMode and rooflight / plain, and beside them the floor of any counter that
-sees each op at the dispatcher: a TorchDispatchMode that only runs each op ("mode").  On the
+sees each op at the dispatcher: a TorchDispatchMode that only runs each op ("mode"), and
+rooflight's counted pass alone ("pass": the run under the capture, before its profile is built;
+"rooflight" is count(), the pass and the profile).  On the
 models rooflight counts as `rooflight profile` does (steps found).  The first row repeats one op, so both see the
 same ops: its per-op costs compare like with like.  On the models rooflight records more ops
 than run plain on a CPU (an attention off the GPU runs as the decomposition a GPU's math kernel
@@ -32,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rooflight.capture import count  # noqa: E402
+from rooflight.capture import Capture, count  # noqa: E402
 from rooflight.detect import describe_cpu  # noqa: E402
 
 
@@ -140,7 +142,11 @@ def main(argv=None) -> int:
             with _PassThrough():
                 fn()
 
-        fns = {"plain": fn, "mode": pass_through, "rooflight": lambda: count(fn, steps=steps)}
+        def counted_pass():  # the run under the capture, without building its profile after
+            with Capture(steps=steps):
+                fn()
+
+        fns = {"plain": fn, "mode": pass_through, "pass": counted_pass, "rooflight": lambda: count(fn, steps=steps)}
         try:
             flop_counter()
             fns["flop_counter"], fc_error = flop_counter, ""
@@ -150,7 +156,8 @@ def main(argv=None) -> int:
         t = _best_times(fns, args.device, args.repeats)
         plain, fc, rl, mode = t["plain"], t.get("flop_counter", math.nan), t["rooflight"], t["mode"]
         rows.append({"workload": name, "ops": ops, "plain_s": plain, "pass_through_mode_s": mode,
-                     "flop_counter_s": fc, "rooflight_s": rl,
+                     "flop_counter_s": fc, "rooflight_s": rl, "rooflight_pass_s": t["pass"],
+                     "rooflight_pass_over_plain": t["pass"] / plain,
                      "pass_through_us_per_op": (mode - plain) / ops * 1e6,
                      "flop_counter_us_per_op": (fc - plain) / ops * 1e6, "rooflight_us_per_op": (rl - plain) / ops * 1e6,
                      "rooflight_over_flop_counter": rl / fc, "rooflight_over_plain": rl / plain,
@@ -160,12 +167,14 @@ def main(argv=None) -> int:
               "repeats": args.repeats, "rows": rows}
     print(f"{device_name}, torch {torch.__version__}, best of {args.repeats}")
     print(f"{'workload':42} {'ops':>6} {'plain':>9} {'mode':>9} {'FlopCounter':>11} {'rooflight':>9} "
-          f"{'us/op mode':>10} {'us/op FC':>9} {'us/op rl':>9} {'rl/FC':>6} {'mode/plain':>10} {'rl/plain':>8}")
+          f"{'us/op mode':>10} {'us/op FC':>9} {'us/op rl':>9} {'rl/FC':>6} {'mode/plain':>10} {'pass/plain':>10} "
+          f"{'rl/plain':>8}")
     for r in rows:
         print(f"{r['workload']:42} {r['ops']:6d} {r['plain_s']*1e3:7.1f}ms {r['pass_through_mode_s']*1e3:7.1f}ms "
               f"{r['flop_counter_s']*1e3:9.1f}ms {r['rooflight_s']*1e3:7.1f}ms {r['pass_through_us_per_op']:10.1f} "
               f"{r['flop_counter_us_per_op']:9.1f} {r['rooflight_us_per_op']:9.1f} "
-              f"{r['rooflight_over_flop_counter']:6.2f} {r['pass_through_over_plain']:10.2f} {r['rooflight_over_plain']:8.2f}"
+              f"{r['rooflight_over_flop_counter']:6.2f} {r['pass_through_over_plain']:10.2f} "
+              f"{r['rooflight_pass_over_plain']:10.2f} {r['rooflight_over_plain']:8.2f}"
               + (f"  (FlopCounterMode failed: {r['flop_counter_error'][:60]})" if r["flop_counter_error"] else ""))
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
         "capture_speed.json" if args.device == "cpu" else f"capture_speed-{args.device.split(':')[0]}.json")

@@ -3,7 +3,7 @@
 A TorchDispatchMode sees each aten op below autograd (so `linear` arrives as `t` + `addmm`,
 `einsum` as the products it decomposes into) on real, meta and fake tensors alike.  Around it:
 
-- global module hooks keep the module path (`layers.3.attn.wo`) of every op;
+- a wrapper of nn.Module.__call__ keeps the module path (`layers.3.attn.wo`) of every op;
 - the region stack of rooflight.regions gives the user region;
 - a TorchFunctionMode catches `scaled_dot_product_attention` before the dispatcher picks a
   backend: one SDPA call reaches different aten ops by device (on CPU the CPU flash kernel, on
@@ -195,13 +195,6 @@ def _data_dependent(func: Any, err: BaseException, args: tuple, kwargs: dict) ->
 # ---------------------------------------------------------------------------- the recorder
 
 
-@dataclasses.dataclass
-class _Frame:
-    module_id: int
-    path: str
-    type_name: str
-
-
 class Recorder:
     """Accumulates OpRecords; shared by the dispatch mode, the function mode and the hooks."""
 
@@ -217,7 +210,7 @@ class Recorder:
         self.first_of: dict[Any, int] = {}  # a distinct call's key -> the index of its first op
         self.same_as: dict[int, int] = {}  # op index -> the earlier op that made the same call
         self.times: dict[int, tuple[float, float]] = {}
-        # one row per op, (payload, module, module type, region, phase): the OpRecords are built from
+        # one row per op, (payload, module frame, region, phase): the OpRecords are built from
         # them after the run (`records`), outside the user's code and with the collector paused
         self.rows: list[tuple] = []
         self._built: list[OpRecord] = []
@@ -226,7 +219,7 @@ class Recorder:
         self.suppress = 0
         self.saw_fake = False  # fake tensors: shapes only, whatever device they claim
         self.inner: list[str] = []
-        self.frames: list[_Frame] = []
+        self.frames: list[tuple[int, str, str]] = []  # the module calls running: (id, path, type name)
         self._names: dict[int, dict[int, str]] = {}
         self.calls: list[TopCall] = []  # outermost module calls (rooflight.steps)
         self._call_start: tuple[int, str, int] | None = None
@@ -240,7 +233,7 @@ class Recorder:
         self._set_aside = False
 
     # -- module hooks
-    def enter_module(self, module: torch.nn.Module, *_: Any) -> None:
+    def enter_module(self, module: torch.nn.Module) -> None:
         if not self.frames:
             self._call_start = (id(module), type(module).__name__, len(self.rows))
             if self.function_mode is not None and not self._set_aside and _on_gpu(module):
@@ -254,13 +247,13 @@ class Recorder:
         else:
             path = getattr(self, "_root_names", {}).get(id(module))
             if path is None:
-                parent = self.frames[-1].path
+                parent = self.frames[-1][1]
                 path = f"{parent}.{type(module).__name__}" if parent else type(module).__name__
-        self.frames.append(_Frame(id(module), path, type(module).__name__))
+        self.frames.append((id(module), path, type(module).__name__))
 
-    def exit_module(self, module: torch.nn.Module, *_: Any) -> None:
+    def exit_module(self, module: torch.nn.Module) -> None:
         for i in range(len(self.frames) - 1, -1, -1):
-            if self.frames[i].module_id == id(module):
+            if self.frames[i][0] == id(module):
                 del self.frames[i:]
                 break
         if not self.frames and self._call_start is not None and self._call_start[0] == id(module):
@@ -320,8 +313,8 @@ class Recorder:
         else:
             yield
 
-    def _where(self) -> tuple[str, str, str, str]:
-        """(module path, module type, region, phase) of the op running now."""
+    def _where(self) -> tuple[tuple[int, str, str], str, str]:
+        """(module frame, region, phase) of the op running now."""
         stack = _regions._STACK
         region = "/".join(stack) if stack else ""
         if region and region not in self._seen_regions:
@@ -330,11 +323,10 @@ class Recorder:
                     self._seen_regions.add(r)
                     self.regions.append(r)
         if _graph_task_id() != -1:
-            return "", "", region, "backward"
+            return _NO_FRAME, region, "backward"
         if self.frames:
-            f = self.frames[-1]
-            return f.path, f.type_name, region, "forward"
-        return "", "", region, "optimizer" if self.optimizer_depth else "forward"
+            return self.frames[-1], region, "forward"
+        return _NO_FRAME, region, "optimizer" if self.optimizer_depth else "forward"
 
     def add(self, op: str, inputs: list[TensorMeta], outputs: list[TensorMeta], cost: OpCost | None,
             note: str = "") -> None:
@@ -345,30 +337,57 @@ class Recorder:
         its arguments' metadata and the settings, so it is computed once per distinct call and
         reused (a 32-layer model repeats each call 32 times; a decode loop, once per token).
         This runs for every op of a run: it is written for speed (see benchmarks/capture_speed.py)."""
-        key, arg_names, out_args, formula = facts.key, facts.arg_names, facts.out_args, facts.formula
-        matmul_like, reads_values = facts.matmul_like, facts.reads_values
-        if self._memo_generation != _registry.GENERATION:  # a formula registered mid-run
-            self._memo.clear()
-            self._memo_generation = _registry.GENERATION
-        values = _values(key, args, kwargs) if reads_values else None
+        values = tf32 = None
         try:
-            a = _signature(args)
-            # only fp32 matrix work reads the TF32 switch: None where it cannot matter
-            tf32 = tf32_matmul_now() if matmul_like and _has_fp32(a) else None
-            sig = (id(func), a, _signature(kwargs) if kwargs else None,
-                   _tensor_signature(out) if type(out) in _PLAIN_TENSORS else _signature(out),
-                   tuple(values.items()) if values else None, tf32)
+            a = []  # _signature(args), in line (a plain tensor's: _tensor_signature's)
+            for v in args:
+                tv = type(v)
+                if tv in _PLAIN_TENSORS:
+                    a.append((_TENSOR, v.shape, v.stride(), v.storage_offset(), v.dtype, v.device,
+                              v.untyped_storage().nbytes()))
+                elif tv in _PLAIN:
+                    a.append(v)
+                elif tv is list and v and type(v[0]) is int:  # an int[] (sizes, dims): all ints
+                    a.append(tuple(v))
+                else:
+                    a.append(_signature(v))
+            a = tuple(a)
+            # an op with a tensor argument: its output's layout, device and storage follow from the
+            # arguments' (in the key), its shape and dtype are all that may not (data-dependent
+            # shapes: nonzero, a boolean mask's index); a factory's follow from global defaults
+            if type(out) in _PLAIN_TENSORS:
+                o = (out.shape, out.dtype) if facts.from_inputs else _tensor_signature(out)
+            else:
+                o = _output_signature(out) if facts.from_inputs else _signature(out)
+            if facts.special:
+                # only fp32 matrix work reads the TF32 switch: None where it cannot matter
+                tf32 = tf32_matmul_now() if facts.matmul_like and _has_fp32(a) else None
+                values = _values(facts.key, args, kwargs) if facts.reads_values else None
+                sig = (id(func), a, _signature(kwargs) if kwargs else None, o,
+                       tuple(values.items()) if values else None, tf32)
+            else:
+                sig = (id(func), a, _signature(kwargs) if kwargs else None, o)
             hit = self._memo.get(sig)
-        except TypeError:  # an argument that cannot be hashed: compute the cost every time
+        except (TypeError, RuntimeError, NotImplementedError):
+            # an argument that cannot be hashed, a tensor with no strides or storage (sparse, nested,
+            # mkldnn), a fake tensor: costed every time
             sig, hit = None, None
-            tf32 = tf32_matmul_now() if matmul_like else None
+            if not self.saw_fake and _any_fake(args, kwargs, out):
+                self.saw_fake = True
+            tf32 = tf32_matmul_now() if facts.matmul_like else None
+            values = _values(facts.key, args, kwargs) if facts.reads_values else None
         if hit is None:
-            hit = _payload(*self._cost(func, key, arg_names, out_args, formula, args, kwargs, out, tf32, values))
+            hit = _payload(*self._cost(func, facts.key, facts.arg_names, facts.out_args, facts.formula, args, kwargs,
+                                       out, tf32, values))
             if sig is not None:
                 self._memo[sig] = (func, hit)  # func: the id in the signature stays its own
         else:
             hit = hit[1]
-        self._append(hit)
+        # _append(hit), in line
+        if _regions._STACK or _graph_task_id() != -1 or not self.frames:
+            self.rows.append((hit, *self._where()))
+        else:
+            self.rows.append((hit, self.frames[-1], "", "forward"))
 
     def _append(self, payload: tuple) -> None:
         """One op: its call's payload (_payload) and where it ran now (_where)."""
@@ -387,7 +406,7 @@ class Recorder:
         rows = self.rows
         for i in range(start, len(rows)):
             (op, inputs, outputs, device, flops, read, written, comm, link, counted, note), \
-                module, module_type, region, phase = rows[i]
+                (_, module, module_type), region, phase = rows[i]
             out.append(record(i, op, module, module_type, region, phase, device, inputs, outputs, flops,
                               read, written, comm, link, counted, note))
         return out
@@ -445,6 +464,7 @@ def _payload(op: str, inputs, outputs, cost: OpCost | None, note: str) -> tuple:
 
 
 _PLAIN = frozenset((int, float, bool, str, type(None)))
+_NO_FRAME = (0, "", "")  # an op outside any module call
 _graph_task_id = torch._C._current_graph_task_id  # != -1 inside autograd's backward
 
 
@@ -482,6 +502,23 @@ def _signature(x: Any) -> Any:
     return x
 
 
+def _any_fake(args: tuple, kwargs: dict, out: Any) -> bool:
+    """Whether a call's arguments or outputs hold a fake tensor (shapes only)."""
+    values = (*args, *kwargs.values(), out)
+    return any(isinstance(t, FakeTensor) for t in values) or any(
+        isinstance(t, FakeTensor) for v in values if isinstance(v, (list, tuple)) for t in v)
+
+
+def _output_signature(x: Any) -> Any:
+    """An op's outputs, where its tensor arguments fix all but their shapes and dtypes."""
+    t = type(x)
+    if t in _PLAIN_TENSORS:
+        return (x.shape, x.dtype)
+    if t is tuple or t is list:
+        return tuple([(v.shape, v.dtype) if type(v) in _PLAIN_TENSORS else _signature(v) for v in x])
+    return _signature(x)
+
+
 _TENSOR = object()
 
 
@@ -516,6 +553,8 @@ class _Facts(NamedTuple):
     reads_values: bool  # its formula reads tensor values (a grouped GEMM's offs)
     generation: int  # the registry's, when read
     call: Any  # what runs it: the op, or its _op past OpOverload's Python wrapper
+    from_inputs: bool  # it takes a tensor: its outputs' layouts follow from its arguments (record_aten)
+    special: bool  # matmul_like or reads_values: its cache key holds the TF32 switch and the values read
 
 
 # id(op) -> its facts (a cached entry holds the op, so its id is not reused); the dispatch mode reads
@@ -528,7 +567,7 @@ _GROUPED: set[str] = set()  # ops outside c10d whose schema names a group
 
 def _read_facts(func: Any) -> _Facts:
     if func.namespace in ("profiler", "prim"):  # record_function's enter/exit, prim::device: not work
-        return _Facts(func, None, (), (), None, False, False, _registry.GENERATION, func)
+        return _Facts(func, None, (), (), None, False, False, _registry.GENERATION, func, False, False)
     schema = func._schema
     arg_names = tuple(a.name for a in schema.arguments if not a.kwarg_only)
     out_args = tuple(a.name for a in schema.arguments
@@ -537,9 +576,18 @@ def _read_facts(func: Any) -> _Facts:
     if any(n in _GROUP_ARGS for n in arg_names) and "c10d" not in key:
         _GROUPED.add(key)  # a collective outside c10d's namespaces: read its group from the arguments
     # matrix work reads the TF32 switch (read once per op, from its name)
-    return _Facts(func, key, arg_names, out_args, lookup(func), matrix_like(key.split("::")[-1].split(".")[0]),
-                  key.startswith("aten::_grouped_mm"), _registry.GENERATION,
-                  func._op if _DIRECT and type(func) is _OpOverload else func)
+    matmul_like = matrix_like(key.split("::")[-1].split(".")[0])
+    reads_values = key.startswith("aten::_grouped_mm")
+    return _Facts(func, key, arg_names, out_args, lookup(func), matmul_like, reads_values, _registry.GENERATION,
+                  func._op if _DIRECT and type(func) is _OpOverload else func,
+                  any(_is_tensor_type(a.type) for a in schema.arguments), matmul_like or reads_values)
+
+
+def _is_tensor_type(t: Any) -> bool:
+    """A schema argument that always holds a tensor: Tensor, or Tensor[] (not Tensor?)."""
+    if isinstance(t, torch._C.ListType):
+        t = t.getElementType()
+    return isinstance(t, torch._C.TensorType)
 
 
 # ---------------------------------------------------------------------------- the modes
@@ -567,10 +615,11 @@ class _DispatchMode(TorchDispatchMode):
         facts = _FACTS.get(id(func))  # the cache read in place: this runs for every op
         if facts is None or facts.op is not func or facts.generation != _registry.GENERATION:
             facts = _FACTS[id(func)] = _read_facts(func)
+            if rec._memo_generation != _registry.GENERATION:  # a formula registered mid-run
+                rec._memo.clear()
+                rec._memo_generation = _registry.GENERATION
         if facts.key is None:  # not work
             return func(*args, **kwargs)
-        if not rec.saw_fake and args and isinstance(args[0], FakeTensor):
-            rec.saw_fake = True
         try:
             if rec.wraps:
                 with rec.label(rec.next_index(), _call_key(func, facts, args, kwargs) if rec.distinct else None):
@@ -773,6 +822,24 @@ def _refuse_flex_on_meta(stack: contextlib.ExitStack) -> None:
 # ---------------------------------------------------------------------------- the capture
 
 
+def _watch_modules(stack: contextlib.ExitStack, rec: Recorder) -> None:
+    """Every module call enters and leaves the recorder's frames: nn.Module.__call__ wrapped for
+    the capture.  (Global module hooks would do the same, but they send every module call down
+    nn.Module's slow path: about twice this wrapper's cost per call.)"""
+    original = torch.nn.Module.__call__
+    enter, leave = rec.enter_module, rec.exit_module
+
+    def call(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        enter(self)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            leave(self)
+
+    torch.nn.Module.__call__ = call
+    stack.callback(setattr, torch.nn.Module, "__call__", original)
+
+
 def _watch_steps(stack: contextlib.ExitStack, rec: Recorder) -> None:
     """What rooflight.steps reads besides the module calls: torch.cuda.profiler.start()/stop()
     (recorded, then passed on where CUDA exists)."""
@@ -817,12 +884,7 @@ class Capture:
         _install_flex_rule()
         st = self._stack
         rec = self.recorder
-        from torch.nn.modules import module as _m
-
-        pre = _m.register_module_forward_pre_hook(rec.enter_module)
-        st.callback(pre.remove)
-        post = _m.register_module_forward_hook(rec.exit_module, always_call=True)
-        st.callback(post.remove)
+        _watch_modules(st, rec)
         # ops inside an optimizer's step() get phase "optimizer" (training steps, rooflight.steps)
         st.callback(register_optimizer_step_pre_hook(rec.optimizer_enter).remove)
         st.callback(register_optimizer_step_post_hook(rec.optimizer_exit).remove)

@@ -33,6 +33,7 @@ every region table, timing row and chart downstream sees them as regions.  Pure:
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -95,6 +96,9 @@ def parse_select(text: str) -> tuple[int, int | None]:
     if lo < 1 or (hi is not None and hi < lo):
         raise UsageError(f"--steps {text!r}: steps count from 1 and a range runs upward, e.g. 2:5")
     return lo, hi
+
+
+_REGION = operator.attrgetter("region")
 
 
 def _prefixed(prefix: str, region: str) -> str:
@@ -169,17 +173,19 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
     n = len(ops)
     if n == 0:
         return Segmentation(tuple(ops), tuple(regions), (), ("no op ran: nothing to segment",))
+    # this runs once per profile over every op of a run (tens of thousands): C-level passes where it can
     inside = _in_ranges(n, ranges)
-    first_in = next((i for i in range(n) if inside[i]), None)
-    if first_in is None:
+    if True not in inside:
         return Segmentation(tuple(ops), tuple(regions), (), (
             "the script's torch.cuda.profiler.start()/stop() range holds no op: the whole run is shown",))
-    last_in = max(i for i in range(n) if inside[i])
+    first_in, last_in = inside.index(True), n - 1 - inside[::-1].index(True)
     label: list[str | None] = [None] * n  # the segment prefix of each op (None: a marked step's own region)
     steps: list[Step] = []
     notes: list[str] = []
 
-    marked = [r for r in dict.fromkeys(ops[i].region for i in range(n) if inside[i] and ops[i].region)]
+    old_regions = list(map(_REGION, ops))
+    marked = [r for r in dict.fromkeys(old_regions if not ranges else
+                                       (r for r, i in zip(old_regions, inside) if i)) if r]
     outer = [r for r in marked if not any(r != o and r.startswith(o + "/") for o in marked)]
     if outer:
         # explicit user regions are the steps; unmarked ops in scope are set apart
@@ -212,13 +218,11 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             joined = [i for i in tail if ops[i].phase in ("backward", "optimizer")]
             end = max([last.end + keep] + [i + 1 for i in joined])
             bounds.append((last.start, end))
-            for k, (a, b) in enumerate(bounds, 1):
-                for i in range(a, b):
-                    label[i] = f"step {k}"
-            for i in range(n):
-                if label[i] is None:
-                    label[i] = (SETUP if i < chosen[0].start else TEARDOWN if i >= end else OUTSIDE)
-            groups = [[ops[i] for i in range(a, b)] for a, b in bounds]
+            for k, (a, b) in enumerate(bounds, 1):  # the bounds cover chosen[0].start .. end, end to end
+                label[a:b] = [f"step {k}"] * (b - a)
+            label[:chosen[0].start] = [SETUP] * chosen[0].start
+            label[end:] = [TEARDOWN] * (n - end)
+            groups = [ops[a:b] for a, b in bounds]
             for k, ((a, b), (kind, bt, q, kv), c) in enumerate(zip(bounds, _kinds(groups), chosen), 1):
                 if kind == "forward" and b > c.end:
                     # a forward-only step is its model call: what the loop does between calls
@@ -270,10 +274,18 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
     steps = [replace(s, warmup=w, headline=(sel[i] if sel is not None else not w))
              for i, (s, w) in enumerate(zip(steps, warm))]
 
-    old_regions = [o.region for o in ops]
     move = relabel or OpRecord.in_region
-    new_ops = tuple(o if label[i] is None else move(o, _prefixed(label[i], old_regions[i]))
-                    for i, o in enumerate(ops))
+    names: dict[tuple[str, str], str] = {}
+    new_ops = []
+    for o, lab, old in zip(ops, label, old_regions):
+        if lab is None:
+            new_ops.append(o)
+            continue
+        name = lab if not old else names.get((lab, old))
+        if name is None:
+            name = names[(lab, old)] = _prefixed(lab, old)
+        new_ops.append(move(o, name))
+    new_ops = tuple(new_ops)
     new_regions: dict[str, None] = {}  # ordered, first seen first
     for key in dict.fromkeys(zip(label, old_regions)):  # each (segment, region) once, in order
         lab, region = key

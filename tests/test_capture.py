@@ -287,6 +287,30 @@ def test_the_collector_is_left_as_it_was():
         gc.enable()
 
 
+def test_repeated_calls_reuse_a_cost_only_where_the_output_is_the_same():
+    # the cost memo keys an op with tensor arguments on its outputs' shapes and dtypes only:
+    # same-shaped masks with different True counts are different calls
+    x = torch.arange(8.0)
+
+    def run():
+        torch.masked_select(x, x < 2)  # 2 elements out
+        torch.masked_select(x, x < 5)  # 5 elements out
+        torch.zeros(4)  # a factory: its dtype is the global default's
+        torch.set_default_dtype(torch.float64)
+        try:
+            torch.zeros(4)
+        finally:
+            torch.set_default_dtype(torch.float32)
+
+    ops = [o for o in count(run).ops if o.short_op in ("masked_select", "zeros", "zero_", "fill_", "empty")]
+    selects = [o for o in ops if o.short_op == "masked_select"]
+    assert [o.outputs[0].shape for o in selects] == [(2,), (5,)]
+    # bytes written: 2 and 5 float32 elements (8 and 20 bytes)
+    assert [o.bytes_written for o in selects] == [8.0, 20.0]
+    made = [o.outputs[0].dtype for o in ops if o.short_op != "masked_select"]
+    assert "float32" in made and "float64" in made
+
+
 def test_a_formula_registered_mid_run_applies_from_the_next_op():
     from rooflight.costs import OpCost, register_cost
     from rooflight.costs.registry import lookup
