@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import math
 import sys
@@ -47,10 +48,13 @@ def _best_times(fns: dict, device: str, repeats: int) -> dict:
     """The fastest of `repeats` runs of each callable, taken in turns (plain, mode, counted, ...) so
     that a slow spell of a shared machine falls on all of them; its noise only ever adds time (on
     the GPU machine the middle run of a plain 1B generate() moved 0.37-0.62 s between two calls,
-    its best 0.37-0.47 s)."""
+    its best 0.37-0.47 s).  Each run starts with Python's collector clear (a full collection
+    first, untimed): otherwise one run's garbage (a counted pass leaves ~100k objects) is
+    collected in whichever run comes next.  Each pays for the collections its own objects bring."""
     best = {k: math.inf for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            gc.collect()
             _sync(device)
             t0 = time.perf_counter()
             fn()

@@ -937,14 +937,20 @@ def _moved(op: OpRecord, region: str) -> OpRecord:
     return op
 
 
+_STARTUP_FREEZE = 50_000  # more frozen objects than a start-up holds: a freeze of its own, left as it is
+
+
 @contextlib.contextmanager
 def _old_objects_frozen() -> Iterator[None]:
     """During a capture, the objects that existed before it (torch's, rooflight's, a notebook's) are
     left out of Python's full garbage collections (gc.freeze), which otherwise walk them all each
     time the run's new objects have grown by a quarter (~0.25 s each with a Hugging Face import,
     several times in a 40k-op run).  What the run creates is collected as usual; what existed
-    before and became garbage in a cycle is collected after the capture."""
-    if gc.get_freeze_count():  # someone else's freeze (a server that froze its imports): leave it be
+    before and became garbage in a cycle is collected after the capture.  A process that froze
+    objects itself (a server that froze its imports) keeps its freeze, and the capture goes without;
+    a start-up's few (Ubuntu's Python 3.12 starts with 375 frozen) are frozen with the rest and
+    thawed with them after."""
+    if gc.get_freeze_count() > _STARTUP_FREEZE:
         yield
         return
     gc.freeze()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -309,6 +312,27 @@ def test_repeated_calls_reuse_a_cost_only_where_the_output_is_the_same():
     assert [o.bytes_written for o in selects] == [8.0, 20.0]
     made = [o.outputs[0].dtype for o in ops if o.short_op != "masked_select"]
     assert "float32" in made and "float64" in made
+
+
+def test_a_start_up_freeze_does_not_keep_the_capture_from_freezing():
+    # Ubuntu's Python 3.12 starts with a few hundred frozen objects: the capture still freezes the
+    # rest (and thaws all after); a process's own large freeze is left alone (the test above)
+    script = textwrap.dedent("""
+        import gc
+        gc.freeze()  # at start-up: a few objects
+        import torch
+        from rooflight.capture import Capture
+        small = gc.get_freeze_count()
+        assert 0 < small < 50_000, small
+        with Capture():
+            torch.randn(4) + 1
+            inside = gc.get_freeze_count()
+        print(small, inside, gc.get_freeze_count())
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    small, inside, after = map(int, r.stdout.split())
+    assert inside > 100_000 > small and after == 0
 
 
 def test_a_formula_registered_mid_run_applies_from_the_next_op():
