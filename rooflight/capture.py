@@ -402,13 +402,11 @@ class Recorder:
 
     def build(self, start: int = 0) -> list[OpRecord]:
         """New OpRecords of the ops from `start` on (nobody else holds them)."""
-        record, out = OpRecord.record, []
+        at, out = OpRecord.at, []
         rows = self.rows
         for i in range(start, len(rows)):
-            (op, inputs, outputs, device, flops, read, written, comm, link, counted, note), \
-                (_, module, module_type), region, phase = rows[i]
-            out.append(record(i, op, module, module_type, region, phase, device, inputs, outputs, flops,
-                              read, written, comm, link, counted, note))
+            shared, (_, module, module_type), region, phase = rows[i]
+            out.append(at(shared, i, module, module_type, region, phase))
         return out
 
     def _cost(self, func, key, arg_names, out_args, formula, args, kwargs, out, tf32: bool | None, values=None):
@@ -452,15 +450,15 @@ def _values(key: str, args: tuple, kwargs: dict) -> dict[str, tuple]:
     return {}
 
 
-def _payload(op: str, inputs, outputs, cost: OpCost | None, note: str) -> tuple:
-    """What an OpRecord holds of its call, apart from where it ran (module, region, phase)."""
+def _payload(op: str, inputs, outputs, cost: OpCost | None, note: str) -> dict:
+    """What the OpRecords of a call share, apart from the index and where each ran (OpRecord.shared)."""
     device = _most_common_device(inputs, outputs)
     if cost is None:
-        return (op, tuple(inputs), tuple(outputs), device, MappingProxyType({}), 0.0, 0.0, 0.0, "", False,
-                note or "no cost formula")
+        return OpRecord.shared(op, device, tuple(inputs), tuple(outputs), MappingProxyType({}), 0.0, 0.0, 0.0, "",
+                               False, note or "no cost formula")
     flops = MappingProxyType({k.value: float(v) for k, v in cost.flops.items()})
-    return (op, tuple(inputs), tuple(outputs), device, flops, cost.bytes_read, cost.bytes_written, cost.comm_bytes,
-            cost.link, True, "; ".join(x for x in (cost.note, note) if x))
+    return OpRecord.shared(op, device, tuple(inputs), tuple(outputs), flops, cost.bytes_read, cost.bytes_written,
+                           cost.comm_bytes, cost.link, True, "; ".join(x for x in (cost.note, note) if x))
 
 
 _PLAIN = frozenset((int, float, bool, str, type(None)))
@@ -931,10 +929,12 @@ class Capture:
         )
 
 
-def _moved(op: OpRecord, region: str) -> OpRecord:
-    """A fresh record (Recorder.build's, held by no one else) moved to `region` in place."""
-    op.__dict__["region"] = region
-    return op
+def _moved(ops: tuple[OpRecord, ...], regions: list[str | None]) -> tuple[OpRecord, ...]:
+    """Fresh records (Recorder.build's, held by no one else) moved to their regions in place."""
+    for op, region in zip(ops, regions):
+        if region is not None:
+            op.__dict__["region"] = region
+    return ops
 
 
 _STARTUP_FREEZE = 50_000  # more frozen objects than a start-up holds: a freeze of its own, left as it is

@@ -60,18 +60,29 @@ class OpRecord(Traffic):
         if type(self.flops) is not MappingProxyType:  # the capture hands in a ready (str -> float) proxy
             object.__setattr__(self, "flops", MappingProxyType({str(k): float(v) for k, v in dict(self.flops).items()}))
 
+    @staticmethod
+    def shared(op: str, device: str, inputs: tuple, outputs: tuple, flops: MappingProxyType, bytes_read: float,
+               bytes_written: float, comm_bytes: float, link: str, counted: bool, note: str) -> dict:
+        """What the records of one call share (all but the op's index and where it ran): the
+        template `at` copies; `flops` must already be a read-only str -> float mapping."""
+        return {"index": 0, "op": op, "module": "", "module_type": "", "region": "", "phase": "forward",
+                "device": device, "inputs": inputs, "outputs": outputs, "flops": flops, "bytes_read": bytes_read,
+                "bytes_written": bytes_written, "comm_bytes": comm_bytes, "link": link, "counted": counted,
+                "note": note}
+
     @classmethod
-    def record(cls, index: int, op: str, module: str, module_type: str, region: str, phase: str, device: str,
-               inputs: tuple, outputs: tuple, flops: MappingProxyType, bytes_read: float, bytes_written: float,
-               comm_bytes: float, link: str, counted: bool, note: str) -> "OpRecord":
-        """The capture's fast constructor (one per op of a run: ~0.8 us instead of the frozen
-        dataclass's ~2); `flops` must already be a read-only str -> float mapping."""
+    def at(cls, shared: dict, index: int, module: str, module_type: str, region: str, phase: str) -> "OpRecord":
+        """The capture's fast constructor, one per op of a run: a copy of a call's `shared` fields
+        with the op's own (~0.4 us, against ~0.8 for a dict built field by field and the frozen
+        dataclass's ~2)."""
+        d = shared.copy()
+        d["index"] = index
+        d["module"] = module
+        d["module_type"] = module_type
+        d["region"] = region
+        d["phase"] = phase
         rec = _new(cls)
-        _set(rec, "__dict__", {"index": index, "op": op, "module": module, "module_type": module_type,
-                               "region": region, "phase": phase, "device": device, "inputs": inputs,
-                               "outputs": outputs, "flops": flops, "bytes_read": bytes_read,
-                               "bytes_written": bytes_written, "comm_bytes": comm_bytes, "link": link,
-                               "counted": counted, "note": note})
+        _set(rec, "__dict__", d)
         return rec
 
     def in_region(self, region: str) -> "OpRecord":

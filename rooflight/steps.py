@@ -99,6 +99,13 @@ def parse_select(text: str) -> tuple[int, int | None]:
 
 
 _REGION = operator.attrgetter("region")
+_PHASE = operator.attrgetter("phase")
+_TRAINING = frozenset(("backward", "optimizer"))
+
+
+def _in_regions(ops: Sequence[OpRecord], regions: Sequence[str | None]) -> tuple[OpRecord, ...]:
+    """Each op moved to its region (None: left where it is), as copies."""
+    return tuple(o if r is None else o.in_region(r) for o, r in zip(ops, regions))
 
 
 def _prefixed(prefix: str, region: str) -> str:
@@ -130,7 +137,7 @@ def _shape_facts(ops: Sequence[OpRecord]) -> tuple[int | None, int | None, int |
 def _kinds(groups: Sequence[Sequence[OpRecord]]) -> list[tuple[str, int | None, int | None, int | None]]:
     facts = []
     for ops in groups:
-        train = any(o.phase in ("backward", "optimizer") for o in ops)
+        train = any(map(_TRAINING.__contains__, map(_PHASE, ops)))
         facts.append((train, *_shape_facts(ops)))
     out = []
     for i, (train, b, q, kv) in enumerate(facts):
@@ -166,10 +173,11 @@ def _in_ranges(n: int, ranges: Sequence[tuple[int, int | None]]) -> list[bool]:
 
 def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[TopCall],
             ranges: Sequence[tuple[int, int | None]] = (), *, select: tuple[int, int | None] | None = None,
-            relabel: Callable[[OpRecord, str], OpRecord] | None = None) -> Segmentation:
-    """Cut a script's ops into setup, steps and teardown (rules in the module doc).  relabel(op,
-    region): the op moved to its segment's region (default: a copy, OpRecord.in_region; the capture,
-    whose records are fresh, moves them in place)."""
+            relabel: Callable[[Sequence[OpRecord], Sequence[str | None]], tuple[OpRecord, ...]] | None = None,
+            ) -> Segmentation:
+    """Cut a script's ops into setup, steps and teardown (rules in the module doc).  relabel(ops,
+    regions): each op moved to its segment's region (None: left where it is; default: copies,
+    OpRecord.in_region; the capture, whose records are fresh, moves them in place)."""
     n = len(ops)
     if n == 0:
         return Segmentation(tuple(ops), tuple(regions), (), ("no op ran: nothing to segment",))
@@ -232,7 +240,7 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
                     b = c.end
                 steps.append(Step(k, f"step {k}", kind, False, True, chosen[0].module_type, bt, q, kv, a, b - 1,
                                   c.end - 1))
-            if any(x == BETWEEN for x in label):
+            if BETWEEN in label:
                 notes.append("the loop's own ops between two forward calls (outside the model) are the region "
                              f"'{BETWEEN}', apart from the steps")
             if len(cand) > len(chosen):
@@ -274,18 +282,20 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
     steps = [replace(s, warmup=w, headline=(sel[i] if sel is not None else not w))
              for i, (s, w) in enumerate(zip(steps, warm))]
 
-    move = relabel or OpRecord.in_region
-    names: dict[tuple[str, str], str] = {}
-    new_ops = []
-    for o, lab, old in zip(ops, label, old_regions):
-        if lab is None:
-            new_ops.append(o)
-            continue
-        name = lab if not old else names.get((lab, old))
-        if name is None:
-            name = names[(lab, old)] = _prefixed(lab, old)
-        new_ops.append(move(o, name))
-    new_ops = tuple(new_ops)
+    if any(old_regions):  # the script's own regions, inside each segment
+        names: dict[tuple[str, str], str] = {}
+        new_names = []
+        for lab, old in zip(label, old_regions):
+            if lab is None or not old:
+                new_names.append(lab)  # None: a marked step's op, left in its own region
+                continue
+            name = names.get((lab, old))
+            if name is None:
+                name = names[(lab, old)] = _prefixed(lab, old)
+            new_names.append(name)
+    else:
+        new_names = label
+    new_ops = (relabel or _in_regions)(ops, new_names)
     new_regions: dict[str, None] = {}  # ordered, first seen first
     for key in dict.fromkeys(zip(label, old_regions)):  # each (segment, region) once, in order
         lab, region = key
