@@ -196,7 +196,7 @@ def _data_dependent(func: Any, err: BaseException, args: tuple, kwargs: dict) ->
 
 
 class Recorder:
-    """Accumulates OpRecords; shared by the dispatch mode, the function mode and the hooks."""
+    """Accumulates OpRecords; shared by the dispatch mode, the function mode and _watch_modules."""
 
     def __init__(self, settings: Settings, label_ops: bool = False, time_ops: bool = False,
                  distinct: Callable[[bool], None] | None = None):
@@ -232,7 +232,7 @@ class Recorder:
         self.function_mode: TorchFunctionMode | None = None
         self._set_aside = False
 
-    # -- module hooks
+    # -- module calls (_watch_modules)
     def enter_module(self, module: torch.nn.Module) -> None:
         if not self.frames:
             self._call_start = (id(module), type(module).__name__, len(self.rows))
