@@ -225,7 +225,7 @@ class Recorder:
         self._call_start: tuple[int, str, int] | None = None
         self.ranges: list[tuple[int, int | None]] = []  # torch.cuda.profiler start/stop, as op indexes
         self.optimizer_depth = 0  # inside an optimizer's step()
-        self._memo: dict[Any, tuple] = {}  # a call's signature -> (op, inputs, outputs, cost, note)
+        self._memo: dict[Any, tuple] = {}  # a call's signature -> (op, its payload: _payload)
         self._memo_generation = _registry.GENERATION  # the formulas the memo was filled with
         # the capture's function mode, set aside while a model on the GPU runs (its rules are for
         # tensors off the GPU, and it costs a Python call for every torch call and tensor attribute)
@@ -339,12 +339,11 @@ class Recorder:
         This runs for every op of a run: it is written for speed (see benchmarks/capture_speed.py)."""
         values = tf32 = None
         try:
-            a = []  # _signature(args), in line (a plain tensor's: _tensor_signature's)
+            a = []  # _signature(args), in line
             for v in args:
                 tv = type(v)
                 if tv in _PLAIN_TENSORS:
-                    a.append((_TENSOR, v.shape, v.stride(), v.storage_offset(), v.dtype, v.device,
-                              v.untyped_storage().nbytes()))
+                    a.append(_tensor_signature(v))
                 elif tv in _PLAIN:
                     a.append(v)
                 elif tv is list and v and type(v[0]) is int:  # an int[] (sizes, dims): all ints
@@ -369,8 +368,8 @@ class Recorder:
                 sig = (id(func), a, _signature(kwargs) if kwargs else None, o)
             hit = self._memo.get(sig)
         except (TypeError, RuntimeError, NotImplementedError):
-            # an argument that cannot be hashed, a tensor with no strides or storage (sparse, nested,
-            # mkldnn), a fake tensor: costed every time
+            # an argument that cannot be hashed, a fake tensor, a tensor with no signature, an
+            # output with no shape (a nested tensor's raises): costed every time
             sig, hit = None, None
             if not self.saw_fake and _any_fake(args, kwargs, out):
                 self.saw_fake = True
@@ -383,15 +382,15 @@ class Recorder:
                 self._memo[sig] = (func, hit)  # func: the id in the signature stays its own
         else:
             hit = hit[1]
-        # _append(hit), in line
-        if _regions._STACK or _graph_task_id() != -1 or not self.frames:
-            self.rows.append((hit, *self._where()))
-        else:
-            self.rows.append((hit, self.frames[-1], "", "forward"))
+        self._append(hit)
 
-    def _append(self, payload: tuple) -> None:
-        """One op: its call's payload (_payload) and where it ran now (_where)."""
-        self.rows.append((payload, *self._where()))
+    def _append(self, payload: dict) -> None:
+        """One op: its call's payload (_payload) and where it ran now (_where; in line for the
+        common case, an op inside a module's forward and no user region)."""
+        if _regions._STACK or _graph_task_id() != -1 or not self.frames:
+            self.rows.append((payload, *self._where()))
+        else:
+            self.rows.append((payload, self.frames[-1], "", "forward"))
 
     @property
     def records(self) -> list[OpRecord]:

@@ -223,7 +223,7 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             last = chosen[-1]
             tail = list(range(last.end, last_in + 1))
             keep = min(len(tail), max(gaps, default=0))
-            joined = [i for i in tail if ops[i].phase in ("backward", "optimizer")]
+            joined = [i for i in tail if ops[i].phase in _TRAINING]
             end = max([last.end + keep] + [i + 1 for i in joined])
             bounds.append((last.start, end))
             for k, (a, b) in enumerate(bounds, 1):  # the bounds cover chosen[0].start .. end, end to end
@@ -282,19 +282,9 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
     steps = [replace(s, warmup=w, headline=(sel[i] if sel is not None else not w))
              for i, (s, w) in enumerate(zip(steps, warm))]
 
-    if any(old_regions):  # the script's own regions, inside each segment
-        names: dict[tuple[str, str], str] = {}
-        new_names = []
-        for lab, old in zip(label, old_regions):
-            if lab is None or not old:
-                new_names.append(lab)  # None: a marked step's op, left in its own region
-                continue
-            name = names.get((lab, old))
-            if name is None:
-                name = names[(lab, old)] = _prefixed(lab, old)
-            new_names.append(name)
-    else:
-        new_names = label
+    # each op's segment, the script's own region inside it (None: a marked step's op, left in its own)
+    new_names = label if not any(old_regions) else [
+        None if lab is None else _prefixed(lab, old) for lab, old in zip(label, old_regions)]
     new_ops = (relabel or _in_regions)(ops, new_names)
     new_regions: dict[str, None] = {}  # ordered, first seen first
     for key in dict.fromkeys(zip(label, old_regions)):  # each (segment, region) once, in order
