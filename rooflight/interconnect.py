@@ -98,6 +98,18 @@ def _iters(size: int, quick: bool) -> int:
     return max(2, min(base, int(base * 2**22 / max(size, 1))))  # fewer calls for the big messages
 
 
+def _seconds_per_call(call, iters: int, settle, done) -> float:
+    """Two warm-up calls, settle(), then `iters` timed calls ended by done(): seconds per call."""
+    for _ in range(2):
+        call()
+    settle()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        call()
+    done()
+    return (time.perf_counter() - t0) / iters
+
+
 def _rank(rank: int, n: int, device: str, init: str, sizes: list[int], quick: bool, out: str) -> None:
     import torch
     import torch.distributed as dist
@@ -113,15 +125,8 @@ def _rank(rank: int, n: int, device: str, init: str, sizes: list[int], quick: bo
             torch.cuda.synchronize(dev)
 
     def timed(call, iters: int) -> float:
-        for _ in range(2):
-            call()
-        sync()
-        dist.barrier()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            call()
-        sync()
-        mine = torch.tensor([(time.perf_counter() - t0) / iters], dtype=torch.float64, device=dev)
+        per_call = _seconds_per_call(call, iters, lambda: (sync(), dist.barrier()), sync)  # the ranks start together
+        mine = torch.tensor([per_call], dtype=torch.float64, device=dev)
         dist.all_reduce(mine, op=dist.ReduceOp.MAX)  # a collective ends when its slowest rank does
         return float(mine.item())
 
@@ -143,15 +148,9 @@ def _rank(rank: int, n: int, device: str, init: str, sizes: list[int], quick: bo
             for size in sizes[-PLATEAU_SIZES:]:
                 src = torch.ones(size // 4, dtype=torch.float32, device=dev)
                 dst = torch.empty(size // 4, dtype=torch.float32, device=torch.device("cuda", 1))
-                iters = _iters(size, quick)
-                for _ in range(2):
-                    dst.copy_(src)
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                for _ in range(iters):
-                    dst.copy_(src)
-                torch.cuda.synchronize()
-                rows.append({"kind": "p2p_copy", "size": size, "ranks": 2, "seconds": (time.perf_counter() - t0) / iters})
+                seconds = _seconds_per_call(lambda: dst.copy_(src), _iters(size, quick), torch.cuda.synchronize,
+                                            torch.cuda.synchronize)  # both GPUs: the copy's two ends
+                rows.append({"kind": "p2p_copy", "size": size, "ranks": 2, "seconds": seconds})
         dist.barrier()
         if rank == 0:
             Path(out).write_text(json.dumps(rows), encoding="utf-8")
@@ -159,4 +158,4 @@ def _rank(rank: int, n: int, device: str, init: str, sizes: list[int], quick: bo
         dist.destroy_process_group()
 
 
-__all__ = ["KINDS", "Point", "PLATEAU_SIZES", "QUICK_SIZES", "SIZES", "measure", "plateau"]
+__all__ = ["KINDS", "Point", "PLATEAU_SIZES", "QUICK_SIZES", "SIZES", "check_ranks", "measure", "plateau"]

@@ -372,6 +372,7 @@ def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int],
     unmatched = substituted = 0
     region_rows: dict[str, dict[str, list[float]]] = {}
     comm_ops = {o.index for o in counted.ops if o.link == "peer"}  # collectives (host<->device copies are "pcie")
+    region_of_op = {o.index: o.region for o in counted.ops}
     for i, evs in by_repeat.items():
         positions, owners = _trace.align_to_ops(ref_names, ref_ops, [d.name for d in evs])
         per_op: dict[int, float] = {}
@@ -405,7 +406,6 @@ def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int],
                 if op >= 0:
                     op_kernels[op] = op_kernels.get(op, 0) + 1
         # regions: the whole run ("") and each region path (with its parents)
-        region_of_op = {o.index: o.region for o in counted.ops}
         groups: dict[str, list[tuple[float, float]]] = {"": []}
         # the collectives' kernels and the compute kernels beside them, per region: exposed communication
         comm_spans: dict[str, list[tuple[float, float]]] = {}
