@@ -123,12 +123,13 @@ def _is_fake(t: Any) -> bool:
     return isinstance(t, FakeTensor)
 
 
-def _meta(x: Any) -> Any:
-    """Tensors -> TensorMeta (inside lists too); other values unchanged."""
+def _meta(x: Any, storage: bool = True) -> Any:
+    """Tensors -> TensorMeta (inside lists too; with their storage's size or not); other values unchanged."""
     if isinstance(x, torch.Tensor):
-        return TensorMeta.of(x)
+        return TensorMeta.of(x, storage)
     if isinstance(x, (list, tuple)):
-        return type(x)(_meta(v) for v in x) if not hasattr(x, "_fields") else tuple(_meta(v) for v in x)
+        return type(x)(_meta(v, storage) for v in x) if not hasattr(x, "_fields") else tuple(
+            _meta(v, storage) for v in x)
     return x
 
 
@@ -140,13 +141,13 @@ def _most_common_device(inputs: list[TensorMeta], outputs: list[TensorMeta]) -> 
     return Counter(t.device for t in (*inputs, *outputs)).most_common(1)[0][0]
 
 
-def _flat_tensors(x: Any) -> list[TensorMeta]:
+def _flat_tensors(x: Any, storage: bool = True) -> list[TensorMeta]:
     out: list[TensorMeta] = []
     if isinstance(x, torch.Tensor):
-        out.append(TensorMeta.of(x))
+        out.append(TensorMeta.of(x, storage))
     elif isinstance(x, (list, tuple)):
         for v in x:
-            out.extend(_flat_tensors(v))
+            out.extend(_flat_tensors(v, storage))
     return out
 
 
@@ -210,9 +211,13 @@ class Recorder:
         self.first_of: dict[Any, int] = {}  # a distinct call's key -> the index of its first op
         self.same_as: dict[int, int] = {}  # op index -> the earlier op that made the same call
         self.times: dict[int, tuple[float, float]] = {}
-        # one row per op, (payload, module frame, region, phase): the OpRecords are built from
-        # them after the run (`records`), outside the user's code and with the collector paused
-        self.rows: list[tuple] = []
+        # per op, its call's payload and its place (module frame, region, phase): the OpRecords
+        # are built from them after the run (`records`), outside the user's code and with the
+        # collector paused.  Two lists of objects that already exist (a place is interned), so an
+        # op adds no object for Python's garbage collector to walk (a 40k-op run would add 40k)
+        self.payloads: list[dict] = []
+        self.places: list[tuple] = []
+        self._interned: dict[tuple, tuple] = {}
         self._built: list[OpRecord] = []
         self.regions: list[str] = []
         self._seen_regions: set[str] = set()
@@ -220,6 +225,7 @@ class Recorder:
         self.saw_fake = False  # fake tensors: shapes only, whatever device they claim
         self.inner: list[str] = []
         self.frames: list[tuple[int, str, str]] = []  # the module calls running: (id, path, type name)
+        self._forward: list[tuple] = []  # beside frames: each one's place (frame, "", "forward")
         self._names: dict[int, dict[int, str]] = {}
         self.calls: list[TopCall] = []  # outermost module calls (rooflight.steps)
         self._call_start: tuple[int, str, int] | None = None
@@ -235,7 +241,7 @@ class Recorder:
     # -- module calls (_watch_modules)
     def enter_module(self, module: torch.nn.Module) -> None:
         if not self.frames:
-            self._call_start = (id(module), type(module).__name__, len(self.rows))
+            self._call_start = (id(module), type(module).__name__, len(self.payloads))
             if self.function_mode is not None and not self._set_aside and _on_gpu(module):
                 self._set_aside = _set_aside(self.function_mode)
             names = self._names.get(id(module))
@@ -249,16 +255,19 @@ class Recorder:
             if path is None:
                 parent = self.frames[-1][1]
                 path = f"{parent}.{type(module).__name__}" if parent else type(module).__name__
-        self.frames.append((id(module), path, type(module).__name__))
+        frame = (id(module), path, type(module).__name__)
+        self.frames.append(frame)
+        self._forward.append((frame, "", "forward"))
 
     def exit_module(self, module: torch.nn.Module) -> None:
         for i in range(len(self.frames) - 1, -1, -1):
             if self.frames[i][0] == id(module):
                 del self.frames[i:]
+                del self._forward[i:]
                 break
         if not self.frames and self._call_start is not None and self._call_start[0] == id(module):
             mid, mtype, start = self._call_start
-            self.calls.append(TopCall(mid, mtype, start, len(self.rows)))
+            self.calls.append(TopCall(mid, mtype, start, len(self.payloads)))
             self._call_start = None
         if not self.frames:
             self.restore_function_mode()
@@ -271,11 +280,11 @@ class Recorder:
     # -- torch.cuda.profiler's capture range, an optimizer's step
     def profiler_start(self) -> None:
         if not self.ranges or self.ranges[-1][1] is not None:
-            self.ranges.append((len(self.rows), None))
+            self.ranges.append((len(self.payloads), None))
 
     def profiler_stop(self) -> None:
         if self.ranges and self.ranges[-1][1] is None:
-            self.ranges[-1] = (self.ranges[-1][0], len(self.rows))
+            self.ranges[-1] = (self.ranges[-1][0], len(self.payloads))
 
     def optimizer_enter(self, *_: Any) -> None:
         self.optimizer_depth += 1
@@ -285,7 +294,7 @@ class Recorder:
 
     # -- recording
     def next_index(self) -> int:
-        return len(self.rows)
+        return len(self.payloads)
 
     @contextlib.contextmanager
     def label(self, index: int, key: Any = None) -> Iterator[None]:
@@ -314,7 +323,7 @@ class Recorder:
             yield
 
     def _where(self) -> tuple[tuple[int, str, str], str, str]:
-        """(module frame, region, phase) of the op running now."""
+        """(module frame, region, phase) of the op running now: one tuple for each place."""
         stack = _regions._STACK
         region = "/".join(stack) if stack else ""
         if region and region not in self._seen_regions:
@@ -323,10 +332,12 @@ class Recorder:
                     self._seen_regions.add(r)
                     self.regions.append(r)
         if _graph_task_id() != -1:
-            return _NO_FRAME, region, "backward"
-        if self.frames:
-            return self.frames[-1], region, "forward"
-        return _NO_FRAME, region, "optimizer" if self.optimizer_depth else "forward"
+            place = (_NO_FRAME, region, "backward")
+        elif self.frames:
+            place = (self.frames[-1], region, "forward")
+        else:
+            place = (_NO_FRAME, region, "optimizer" if self.optimizer_depth else "forward")
+        return self._interned.setdefault(place, place)
 
     def add(self, op: str, inputs: list[TensorMeta], outputs: list[TensorMeta], cost: OpCost | None,
             note: str = "") -> None:
@@ -363,7 +374,8 @@ class Recorder:
                 tf32 = tf32_matmul_now() if facts.matmul_like and _has_fp32(a) else None
                 values = _values(facts.key, args, kwargs) if facts.reads_values else None
                 sig = (id(func), a, _signature(kwargs) if kwargs else None, o,
-                       tuple(values.items()) if values else None, tf32)
+                       tuple(values.items()) if values else None, tf32,
+                       _storages(args) if facts.storage else None)
             else:
                 sig = (id(func), a, _signature(kwargs) if kwargs else None, o)
             hit = self._memo.get(sig)
@@ -377,7 +389,7 @@ class Recorder:
             values = _values(facts.key, args, kwargs) if facts.reads_values else None
         if hit is None:
             hit = _payload(*self._cost(func, facts.key, facts.arg_names, facts.out_args, facts.formula, args, kwargs,
-                                       out, tf32, values))
+                                       out, tf32, values, facts.storage))
             if sig is not None:
                 self._memo[sig] = (func, hit)  # func: the id in the signature stays its own
         else:
@@ -387,30 +399,35 @@ class Recorder:
     def _append(self, payload: dict) -> None:
         """One op: its call's payload (_payload) and where it ran now (_where; in line for the
         common case, an op inside a module's forward and no user region)."""
+        self.payloads.append(payload)
         if _regions._STACK or _graph_task_id() != -1 or not self.frames:
-            self.rows.append((payload, *self._where()))
+            self.places.append(self._where())
         else:
-            self.rows.append((payload, self.frames[-1], "", "forward"))
+            self.places.append(self._forward[-1])
 
     @property
     def records(self) -> list[OpRecord]:
         """The OpRecords of the ops recorded so far (built once each)."""
-        if len(self._built) < len(self.rows):
+        if len(self._built) < len(self.payloads):
             self._built.extend(self.build(len(self._built)))
         return self._built
 
     def build(self, start: int = 0) -> list[OpRecord]:
         """New OpRecords of the ops from `start` on (nobody else holds them)."""
         at, out = OpRecord.at, []
-        rows = self.rows
-        for i in range(start, len(rows)):
-            shared, (_, module, module_type), region, phase = rows[i]
-            out.append(at(shared, i, module, module_type, region, phase))
+        payloads, places = self.payloads, self.places
+        for i in range(start, len(payloads)):
+            (_, module, module_type), region, phase = places[i]
+            out.append(at(payloads[i], i, module, module_type, region, phase))
         return out
 
-    def _cost(self, func, key, arg_names, out_args, formula, args, kwargs, out, tf32: bool | None, values=None):
-        outputs = _flat_tensors(out)
-        margs, mkwargs = _meta(tuple(args)), {k: _meta(v) for k, v in kwargs.items()} if kwargs else {}
+    def _cost(self, func, key, arg_names, out_args, formula, args, kwargs, out, tf32: bool | None, values=None,
+              storage: bool = True):
+        # storage: whether the metadata holds each tensor's storage size (only attention's advice
+        # reads it, from its K; the memo key holds it only for the ops that keep it)
+        outputs = _flat_tensors(out, storage)
+        margs = _meta(tuple(args), storage)
+        mkwargs = {k: _meta(v, storage) for k, v in kwargs.items()} if kwargs else {}
         settings = self.settings
         if tf32 is not None and tf32 != settings.allow_tf32_matmul:  # only fp32 matrix work reads it
             settings = dataclasses.replace(settings, allow_tf32_matmul=tf32)
@@ -472,10 +489,17 @@ def _tensor_signature(x: torch.Tensor) -> tuple:
     if type(x) not in _PLAIN_TENSORS and (isinstance(x, FakeTensor) or x.is_nested):
         # fake: shapes may be symbolic; a jagged nested tensor (a subclass) answers what follows
         raise TypeError("no signature")  # costed every time
-    try:  # a sparse, nested or mkldnn tensor has no sizes or strides (or no storage): it raises here
-        return (_TENSOR, x.shape, x.stride(), x.storage_offset(), x.dtype, x.device, x.untyped_storage().nbytes())
+    try:  # a sparse, nested or mkldnn tensor has no sizes or strides: it raises here
+        # not its storage's size: a valid view never reaches past its storage, so no byte count
+        # reads it (only attention's advice, whose ops key it apart: _storages)
+        return (_TENSOR, x.shape, x.stride(), x.storage_offset(), x.dtype, x.device)
     except (RuntimeError, NotImplementedError):
         raise TypeError("no signature") from None  # costed every time (rare)
+
+
+def _storages(args: tuple) -> tuple:
+    """The storage sizes of an op's tensor arguments (attention: its K's tells the KV cache reserved)."""
+    return tuple([v.untyped_storage().nbytes() for v in args if isinstance(v, torch.Tensor)])
 
 
 def _signature(x: Any) -> Any:
@@ -551,7 +575,9 @@ class _Facts(NamedTuple):
     generation: int  # the registry's, when read
     call: Any  # what runs it: the op, or its _op past OpOverload's Python wrapper
     from_inputs: bool  # it takes a tensor: its outputs' layouts follow from its arguments (record_aten)
-    special: bool  # matmul_like or reads_values: its cache key holds the TF32 switch and the values read
+    storage: bool  # attention: its tensors' metadata hold their storage's size (the KV cache reserved)
+    special: bool  # matmul_like, reads_values or storage: its cache key holds the TF32 switch, the values
+    # read and the storage sizes
 
 
 # id(op) -> its facts (a cached entry holds the op, so its id is not reused); the dispatch mode reads
@@ -564,7 +590,7 @@ _GROUPED: set[str] = set()  # ops outside c10d whose schema names a group
 
 def _read_facts(func: Any) -> _Facts:
     if func.namespace in ("profiler", "prim"):  # record_function's enter/exit, prim::device: not work
-        return _Facts(func, None, (), (), None, False, False, _registry.GENERATION, func, False, False)
+        return _Facts(func, None, (), (), None, False, False, _registry.GENERATION, func, False, False, False)
     schema = func._schema
     arg_names = tuple(a.name for a in schema.arguments if not a.kwarg_only)
     out_args = tuple(a.name for a in schema.arguments
@@ -575,9 +601,11 @@ def _read_facts(func: Any) -> _Facts:
     # matrix work reads the TF32 switch (read once per op, from its name)
     matmul_like = matrix_like(key.split("::")[-1].split(".")[0])
     reads_values = key.startswith("aten::_grouped_mm")
+    storage = "attention" in key
     return _Facts(func, key, arg_names, out_args, lookup(func), matmul_like, reads_values, _registry.GENERATION,
                   func._op if _DIRECT and type(func) is _OpOverload else func,
-                  any(_is_tensor_type(a.type) for a in schema.arguments), matmul_like or reads_values)
+                  any(_is_tensor_type(a.type) for a in schema.arguments), storage,
+                  matmul_like or reads_values or storage)
 
 
 def _is_tensor_type(t: Any) -> bool:

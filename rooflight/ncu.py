@@ -279,7 +279,7 @@ def _child(spec: Mapping[str, Any]) -> None:
             run()
         torch.cuda.synchronize()
         rec = cap.recorder
-        Path(spec["distinct"]).write_text(json.dumps({"ops": len(rec.rows), "same_as": rec.same_as}),
+        Path(spec["distinct"]).write_text(json.dumps({"ops": len(rec.payloads), "same_as": rec.same_as}),
                                           encoding="utf-8")
         return
     cudart.cudaProfilerStart()

@@ -3,6 +3,7 @@ the meta device and fake CUDA tensors alike; module and region attribution; the 
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import subprocess
@@ -312,6 +313,44 @@ def test_repeated_calls_reuse_a_cost_only_where_the_output_is_the_same():
     assert [o.bytes_written for o in selects] == [8.0, 20.0]
     made = [o.outputs[0].dtype for o in ops if o.short_op != "masked_select"]
     assert "float32" in made and "float64" in made
+
+
+def test_attention_keeps_its_kvs_storage_size_and_other_ops_leave_it_out():
+    # the same K/V views (shapes, strides, offsets) into a 2048-element and a 4096-element buffer:
+    # the aten attention op (what runs on the GPU, past the function mode) is two calls, each with
+    # its own storage size (the advice reads the KV cache reserved from it); an add keys no storage
+    q = torch.randn(1, 2, 1, 8)
+    small, big = (torch.randn(2048), torch.randn(2048)), (torch.randn(4096), torch.randn(4096))
+
+    def run():
+        for ks, vs in (small, big):
+            k, v = ks[:256].view(1, 2, 16, 8), vs[:256].view(1, 2, 16, 8)  # 16 positions used
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+            torch.add(k, 1)
+
+    ops = count(run).ops
+    attn = [o for o in ops if "attention" in o.op]
+    assert [o.inputs[1].storage_numel for o in attn] == [2048, 4096]
+    adds = [o for o in ops if o.short_op == "add"]
+    assert len(adds) == 2 and all(o.inputs[0].storage_numel is None for o in adds)
+    # the bytes do not need it: 16 positions of 2 heads of 8 floats (1 KiB), whichever the buffer
+    assert [o.inputs[0].bytes for o in adds] == [16 * 2 * 8 * 4] * 2
+
+
+def test_a_repeated_op_adds_no_object_for_the_garbage_collector():
+    # each op's record is a reference to its call's payload and to an interned place, so 2000
+    # repeats of one call leave the collector's generations as they were (40k ops would otherwise
+    # add 40k tuples for every collection to walk)
+    x = torch.randn(4)
+    with Capture() as cap:
+        x + 1
+        gc.collect()
+        before = len(gc.get_objects())
+        for _ in range(2000):
+            x + 1
+        after = len(gc.get_objects())
+    assert len(cap.records) == 2001
+    assert after - before < 50, after - before
 
 
 def test_a_start_up_freeze_does_not_keep_the_capture_from_freezing():

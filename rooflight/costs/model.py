@@ -103,8 +103,9 @@ class TensorMeta:
     storage_numel: int | None = None  # elements in the underlying storage, when known
 
     @classmethod
-    def of(cls, t: Any) -> "TensorMeta":
-        """From a torch.Tensor (real, meta or fake); reads shapes and strides only."""
+    def of(cls, t: Any, storage: bool = True) -> "TensorMeta":
+        """From a torch.Tensor (real, meta or fake); reads shapes and strides only (and the size
+        of its storage, unless storage=False: then storage_numel is None)."""
         try:
             shape = tuple(t.shape)
             stride = tuple(t.stride())
@@ -116,11 +117,12 @@ class TensorMeta:
             shape = tuple(int(s) for s in t.shape)
             stride, offset = _contiguous_stride(shape), 0
         storage_numel = None
-        try:
-            itemsize = t.element_size()
-            storage_numel = int(t.untyped_storage().nbytes() // itemsize) if itemsize else None
-        except (RuntimeError, NotImplementedError, AttributeError, TypeError):
-            pass
+        if storage:
+            try:
+                itemsize = t.element_size()
+                storage_numel = int(t.untyped_storage().nbytes() // itemsize) if itemsize else None
+            except (RuntimeError, NotImplementedError, AttributeError, TypeError):
+                pass
         device = t.device
         name = _DEVICE_NAMES.get(device)
         if name is None:
