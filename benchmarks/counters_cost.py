@@ -10,9 +10,11 @@ far each repeated op's counters (its first call's) are from its own.  When ncu o
 is stopped at --cap, the whole run's kernel count is the timed run's kernels per run times the
 child's runs (warm-ups and the measured one).
 
-`--set roofline` replays every kernel many times (tens to hundreds of ms each): it is run on the
-first --roofline-kernels kernels of the whole run, and its cost per kernel times the run's kernel
-count gives the whole run's (printed as an extrapolation, beside the part measured).  Each case's
+`--set roofline` replays every kernel many times (tens to hundreds of ms each): it is run twice,
+on the first kernel and on the first --roofline-kernels kernels of the whole run; the difference
+over the kernels between gives its cost per kernel, the first run less one kernel its start-up
+(the child's own under ncu), and start-up + cost per kernel x the run's kernels the whole run's
+(printed as an extrapolation, beside the parts measured).  Each case's
 row is printed and merged into benchmarks/results/counters_cost.json as soon as it is measured
 (--case picks one, so each fits a 10-minute call).
 """
@@ -24,6 +26,8 @@ import csv
 import datetime as dt
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,11 +44,17 @@ CASES = [("kernels/llama.py", "decode", {"config": "llama-2-7b", "batch": 1, "co
 
 
 def _timed(cmd, timeout):
+    """(seconds, the CompletedProcess or None, whether it was stopped at `timeout`); a stopped run is
+    stopped with its children (ncu's profiled child would go on writing into the temporary folder)."""
     t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-        return time.perf_counter() - t0, r, False
+        out, err = proc.communicate(timeout=timeout)
+        return time.perf_counter() - t0, subprocess.CompletedProcess(cmd, proc.returncode, out, err), False
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return time.perf_counter() - t0, None, True
 
 
@@ -105,7 +115,7 @@ def main(argv=None) -> int:
             continue
         base = [sys.executable, "-m", "rooflight", "profile", file, "-w", wl, "--no-sweep", "--format", "json",
                 "--force", "--repeats", "3", "--no-check"] + [x for k, v in params.items() for x in ("--param", f"{k}={v}")]
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
             t_plain, r0, _ = _timed(base + ["-o", f"{tmp}/a"], args.cap)
             t_rl, r1, cut1 = _timed(base + ["-o", f"{tmp}/b", "--counters"], args.cap)
             # the same counters rooflight chose (narrowed to the ops' dtypes), and its one repeat's kernels
@@ -133,32 +143,40 @@ def main(argv=None) -> int:
             # the whole run: the warm-ups and the measured run (the child's), counted or, when the run was
             # stopped at the cap, from the timed profile's kernels per run
             n_all = _kernels(nb, Path(f"{tmp}/same.ncu-rep")) if not cut2 else per_run * (spec["warmup"] + 1)
+            t_roof1, r5, cut5 = _timed([nb, "--set", "roofline", "--clock-control", "none", "-c", "1", "-f", "-o",
+                                        f"{tmp}/roof1"] + child, args.cap)
             t_roof, r3, cut3 = _timed([nb, "--set", "roofline", "--clock-control", "none", "-c",
                                        str(args.roofline_kernels), "-f", "-o", f"{tmp}/roof"] + child, args.cap)
             n_roof = _kernels(nb, Path(f"{tmp}/roof.ncu-rep")) if not cut3 else 0
-        # per kernel under --set roofline, less the child's own start-up (the plain-metrics run's time
-        # per kernel stands in for nothing: take the start-up as the plain profile's wall)
-        per_kernel = (t_roof - min(t_plain, t_roof)) / n_roof if n_roof else float("nan")
-        roof_whole = t_plain + per_kernel * n_all if n_all else float("nan")
+            n_roof1 = _kernels(nb, Path(f"{tmp}/roof1.ncu-rep")) if not cut5 else 0
+        # per kernel under --set roofline: the slope between the two runs; its start-up: the one-kernel
+        # run less that kernel (the child under ncu, the same in both)
+        per_kernel = (t_roof - t_roof1) / (n_roof - n_roof1) if n_roof > n_roof1 > 0 else float("nan")
+        startup = t_roof1 - per_kernel * n_roof1
+        roof_whole = startup + per_kernel * n_all if n_all else float("nan")
         r = {"workload": label, "kernels_whole_run": n_all, "kernels_counter_pass": n_repeat,
              "kernels_measured": n_measured, "kernels_whole_run_counted": not cut2,
              "metrics": len(same_metrics), "rooflight_profile_s": t_plain,
              "rooflight_counters_s": t_rl, "counter_pass_s": t_rl - t_plain, "ncu_same_metrics_whole_s": t_same,
              "ncu_roofline_first_kernels": n_roof, "ncu_roofline_first_s": t_roof,
+             "ncu_roofline_one_kernel_s": t_roof1, "ncu_roofline_startup_s": startup,
              "ncu_roofline_per_kernel_s": per_kernel, "ncu_roofline_whole_extrapolated_s": roof_whole,
              "roofline_over_rooflight_counters": roof_whole / t_rl,
              "same_metrics_over_rooflight_counters": t_same / t_rl,
              "one_of_each_against_every_kernel": agreement,
-             "errors": [x.stderr[-300:] for x in (r0, r1, r2, r3) if x is not None and x.returncode],
+             "errors": [x.stderr[-300:] for x in (r0, r1, r2, r3, r5) if x is not None and x.returncode],
              "cut_at_cap": [name for name, cut in (("rooflight --counters", cut1), ("ncu same metrics", cut2),
-                                                   ("ncu roofline", cut3)) if cut]}
+                                                   ("ncu roofline", cut3), ("ncu roofline, one kernel", cut5))
+                            if cut]}
         result["rows"] = [x for x in result["rows"] if x["workload"] != label] + [r]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
         print(f"{r['workload']:38} {r['kernels_whole_run']:7d} {r['rooflight_profile_s']:7.1f}s "
               f"{r['rooflight_counters_s']:8.1f}s {r['ncu_same_metrics_whole_s']:8.1f}s "
               f"{r['ncu_roofline_whole_extrapolated_s']:18.0f}s {r['roofline_over_rooflight_counters']:7.1f}"
-              f"   (roofline measured on {r['ncu_roofline_first_kernels']} kernels: {r['ncu_roofline_first_s']:.1f} s)",
+              f"   (roofline measured on 1 kernel: {r['ncu_roofline_one_kernel_s']:.1f} s, on "
+              f"{r['ncu_roofline_first_kernels']}: {r['ncu_roofline_first_s']:.1f} s; {r['ncu_roofline_per_kernel_s']:.2f} s "
+              f"a kernel, start-up {r['ncu_roofline_startup_s']:.1f} s)",
               flush=True)
         print(f"   counter pass: {r['kernels_measured']} of {r['kernels_counter_pass']} kernels measured (one of each "
               f"distinct call); whole run {r['kernels_whole_run']} kernels"
