@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import sys
 import time
 from collections import Counter
 from types import MappingProxyType
@@ -42,11 +43,6 @@ from torch.overrides import TorchFunctionMode
 from torch._ops import OpOverload as _OpOverload
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
-
-try:
-    from torch.nn.attention.bias import CausalBias, CausalVariant
-except ImportError:  # pragma: no cover  (torch < 2.3)
-    CausalBias = CausalVariant = None
 
 from ._version import __version__
 from . import regions as _regions
@@ -729,6 +725,14 @@ def _rms_norm(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     return out
 
 
+def _causal_bias_types() -> tuple[Any, Any]:
+    """(CausalBias, CausalVariant) once torch.nn.attention.bias is loaded, else (None, None): a
+    CausalBias mask exists only after its maker imported it.  Never imported here: it loads
+    torch._dynamo (~1.6 s), which a command that captures nothing (`rooflight --help`) would pay."""
+    m = sys.modules.get("torch.nn.attention.bias")
+    return (getattr(m, "CausalBias", None), getattr(m, "CausalVariant", None)) if m is not None else (None, None)
+
+
 def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     """F.scaled_dot_product_attention off the GPU: run it here, record it as the kernel a GPU would
     pick (costs.functions.plan_sdpa); a "math" plan runs the decomposition so its ops are recorded."""
@@ -742,6 +746,7 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     is_causal = bool(p.get("is_causal", False))
     enable_gqa = bool(p.get("enable_gqa", False))
     variant = None
+    CausalBias, CausalVariant = _causal_bias_types()
     if CausalBias is not None and isinstance(mask, CausalBias):
         variant = "lower_right" if mask.variant == CausalVariant.LOWER_RIGHT else "upper_left"
     mask_meta = TensorMeta.of(mask) if isinstance(mask, torch.Tensor) else None

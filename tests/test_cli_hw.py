@@ -114,6 +114,26 @@ def test_installed_console_script_runs_as_a_subprocess():
     assert r.returncode == 0 and r.stdout.startswith("rooflight ")
 
 
+def test_a_command_that_draws_nothing_loads_neither_matplotlib_nor_dynamo():
+    # `rooflight --help`, `hw list`, a JSON-only profile: matplotlib (~0.7 s, ~10 s building its
+    # font cache on a fresh machine) loads on the first chart drawn, torch._dynamo (~1.6 s) when a
+    # capture starts; a chart drawn still works
+    script = (
+        "import sys, torch, rooflight, rooflight.cli.application\n"
+        "from rooflight.cli import main\n"
+        "try:\n"
+        "    main(['hw', 'list'])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "loaded = [m for m in ('matplotlib', 'torch._dynamo') if m in sys.modules]\n"
+        "fig = rooflight.count(lambda: torch.randn(8, 8) @ torch.randn(8, 8)).plot()\n"
+        "print(loaded, 'matplotlib' in sys.modules, type(fig).__name__)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[] True ChartFigure"
+
+
 def test_every_commands_help_shows_flags_as_flags():
     """Each command's --help works, and a flag is shown as a flag (no '<bool>' value to give)."""
     import typer.main

@@ -7,19 +7,18 @@ with the Agg canvas, so they work on headless machines and in notebooks alike.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from ..errors import UsageError
 from ..math_class import MathClass
 from ..steps import STEADY, summary_regions
 from ..units import fmt_bandwidth, fmt_flops_rate
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # one colour per label, readable for the common colour-vision deficiencies (Okabe-Ito)
 LABEL_COLORS = {
@@ -55,23 +54,11 @@ class Roof:
     calibrated: bool  # solid if measured here, dashed if from the datasheet
 
 
-class ChartFigure(Figure):
-    """A matplotlib Figure that shows itself in a notebook (as a PNG) whatever the kernel's
-    backend: a Figure made without pyplot has no display of its own, so a fresh kernel would print
-    `<Figure size 990x660 with 1 Axes>` instead of the chart."""
-
-    def _repr_png_(self) -> bytes:
-        return figure_bytes(self, "png")
-
-    def __repr__(self) -> str:
-        w, h = self.get_size_inches()
-        return f"<rooflight chart {w:.0f}x{h:.0f} in: {self.axes[0].get_title() if self.axes else ''}>"
-
-
 def new_figure(width: float = 9.0, height: float = 6.0) -> Figure:
-    fig = ChartFigure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    """A chart's figure (render.figure: matplotlib is imported here, on the first chart drawn)."""
+    from .figure import chart_figure
+
+    return chart_figure(width, height, DPI)
 
 
 def _fmt_rate(v: float) -> str:
@@ -312,9 +299,6 @@ def trajectories(series: dict[str, list[tuple[str, float, float]]], roofs: Seque
 
 
 # who made the file, in the formats that carry it
-_METADATA = {"png": {"Software": "rooflight"}, "svg": {"Creator": "rooflight"}}
-
-
 def chart_format(path: str | Path) -> str:
     """"png" or "svg" from a file name's suffix; anything else is a usage error."""
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
@@ -324,10 +308,10 @@ def chart_format(path: str | Path) -> str:
 
 
 def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
-    """A figure as PNG or SVG bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, metadata=_METADATA.get(fmt))
-    return buf.getvalue()
+    """A figure as PNG or SVG bytes (render.figure's, imported when a figure exists to write)."""
+    from .figure import figure_bytes as to_bytes
+
+    return to_bytes(fig, fmt)
 
 
 # ---------------------------------------------------------------------------- from an Analysis

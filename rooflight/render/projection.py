@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Sequence
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Sequence
 
 from ..groups import group_ops
 from ..units import fmt_seconds
 from .charts import CLASS_COLORS, Point, Roof, _chart_text, legend_outside, roofline
 from .html import img
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 e = html.escape
 

@@ -11,9 +11,8 @@ import html
 import math
 import statistics
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from rich.markup import escape as esc
 from rich.table import Table
 
@@ -23,6 +22,9 @@ from ..steps import BETWEEN, OUTSIDE, SETUP, TEARDOWN, UNMARKED
 from ..steps import summary_regions as _summary_regions
 from ..units import fmt_bytes, fmt_seconds
 from .charts import LABEL_COLORS, new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 e = html.escape
 
@@ -153,6 +155,8 @@ def steps_table(a, limit: int = 12) -> Table:
 def steps_figure(a) -> Figure | None:
     """Step time against the step index (wall, GPU busy, idle), and for decode steps against the KV
     length; None without steps."""
+    from matplotlib.ticker import MaxNLocator
+
     rows = step_rows(a)
     if not rows:
         return None
