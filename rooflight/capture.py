@@ -220,8 +220,9 @@ class Recorder:
         self.suppress = 0
         self.saw_fake = False  # fake tensors: shapes only, whatever device they claim
         self.inner: list[str] = []
-        self.frames: list[tuple[int, str, str]] = []  # the module calls running: (id, path, type name)
-        self._forward: list[tuple] = []  # beside frames: each one's place (frame, "", "forward")
+        # the module calls running, each as the place of an op in its forward (no user region):
+        # ((module id, path, type name), "", "forward")
+        self.frames: list[tuple[tuple[int, str, str], str, str]] = []
         self._names: dict[int, dict[int, str]] = {}
         self.calls: list[TopCall] = []  # outermost module calls (rooflight.steps)
         self._call_start: tuple[int, str, int] | None = None
@@ -249,17 +250,14 @@ class Recorder:
         else:
             path = getattr(self, "_root_names", {}).get(id(module))
             if path is None:
-                parent = self.frames[-1][1]
+                parent = self.frames[-1][0][1]
                 path = f"{parent}.{type(module).__name__}" if parent else type(module).__name__
-        frame = (id(module), path, type(module).__name__)
-        self.frames.append(frame)
-        self._forward.append((frame, "", "forward"))
+        self.frames.append(((id(module), path, type(module).__name__), "", "forward"))
 
     def exit_module(self, module: torch.nn.Module) -> None:
         for i in range(len(self.frames) - 1, -1, -1):
-            if self.frames[i][0] == id(module):
+            if self.frames[i][0][0] == id(module):
                 del self.frames[i:]
-                del self._forward[i:]
                 break
         if not self.frames and self._call_start is not None and self._call_start[0] == id(module):
             mid, mtype, start = self._call_start
@@ -330,7 +328,7 @@ class Recorder:
         if _graph_task_id() != -1:
             place = (_NO_FRAME, region, "backward")
         elif self.frames:
-            place = (self.frames[-1], region, "forward")
+            place = (self.frames[-1][0], region, "forward")
         else:
             place = (_NO_FRAME, region, "optimizer" if self.optimizer_depth else "forward")
         return self._interned.setdefault(place, place)
@@ -399,7 +397,7 @@ class Recorder:
         if _regions._STACK or _graph_task_id() != -1 or not self.frames:
             self.places.append(self._where())
         else:
-            self.places.append(self._forward[-1])
+            self.places.append(self.frames[-1])
 
     @property
     def records(self) -> list[OpRecord]:

@@ -308,7 +308,6 @@ def trajectories(series: dict[str, list[tuple[str, float, float]]], roofs: Seque
     return fig
 
 
-# who made the file, in the formats that carry it
 def chart_format(path: str | Path) -> str:
     """"png" or "svg" from a file name's suffix; anything else is a usage error."""
     fmt = Path(path).suffix.lstrip(".").lower() or "png"

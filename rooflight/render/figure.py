@@ -9,7 +9,7 @@ import io
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-
+# who made the file, in the formats that carry it
 _METADATA = {"png": {"Software": "rooflight"}, "svg": {"Creator": "rooflight"}}
 
 
