@@ -162,6 +162,8 @@ def main(argv=None) -> int:
              "ncu_roofline_one_kernel_s": t_roof1, "ncu_roofline_startup_s": startup,
              "ncu_roofline_per_kernel_s": per_kernel, "ncu_roofline_whole_extrapolated_s": roof_whole,
              "roofline_over_rooflight_counters": roof_whole / t_rl,
+             # the most any counter pass could give: --set roofline's whole run over the profile alone
+             "roofline_over_rooflight_profile": roof_whole / t_plain,
              "same_metrics_over_rooflight_counters": t_same / t_rl,
              "one_of_each_against_every_kernel": agreement,
              "errors": [x.stderr[-300:] for x in (r0, r1, r2, r3, r5) if x is not None and x.returncode],
@@ -178,6 +180,8 @@ def main(argv=None) -> int:
               f"{r['ncu_roofline_first_kernels']}: {r['ncu_roofline_first_s']:.1f} s; {r['ncu_roofline_per_kernel_s']:.2f} s "
               f"a kernel, start-up {r['ncu_roofline_startup_s']:.1f} s)",
               flush=True)
+        print(f"   rooflight's profile alone (no counters) is {r['roofline_over_rooflight_profile']:.1f}x cheaper than "
+              "--set roofline: the most any counter pass added to it could be", flush=True)
         print(f"   counter pass: {r['kernels_measured']} of {r['kernels_counter_pass']} kernels measured (one of each "
               f"distinct call); whole run {r['kernels_whole_run']} kernels"
               + ("" if r["kernels_whole_run_counted"] else " (from the timed run's kernels per run: the ncu run was cut)"),

@@ -13,8 +13,14 @@ brackets the whole measured run instead.  Clocks are left alone
 (`--clock-control none`); caches are flushed before each replay (ncu's default), which the
 comparison of bytes takes into account.
 
+A model file's workload point starts its child before the profile builds the workload
+(EarlyPass): the child's interpreter, imports and build run beside the profile's build, then it
+waits until the profile's timed passes are over (the profile's first call of the workload waits
+for the child's build to end), so the workload's set-up is paid about once in wall time.  A
+script's set-up is inside each of its runs, so its child runs after the profile (run_counter_pass).
+
 Child side: `python -m rooflight.ncu SPEC.json` (the spec names the file, the workload point or
-the script's arguments, the device and the warm-ups).
+the script's arguments, the device and the warm-ups; an early child's, its ready and go files).
 """
 
 from __future__ import annotations
@@ -155,6 +161,38 @@ def _setup(ncu: str) -> tuple[str, str]:
     return version(ncu), q.stdout
 
 
+def _command(ncu: str, metrics: Sequence[str], report: Path, spec_path: Path) -> tuple[list[str], dict]:
+    """ncu's command line over the child, and the child's environment (rooflight importable)."""
+    cmd = [ncu, "--metrics", ",".join(metrics), "--clock-control", "none", "--profile-from-start", "off",
+           "--target-processes", "all", "-f", "-o", str(report), sys.executable, "-m", "rooflight.ncu", str(spec_path)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent)]
+                                                       + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    return cmd, env
+
+
+def _read_report(ncu: str, returncode: int, text: str, report: Path, marks: Path | None, ver: str,
+                 metrics: Sequence[str], t0: float) -> NcuRun:
+    """The finished child's report as CSV, with the ops it measured (one of each, `marks`)."""
+    _check_permission(text)
+    if returncode != 0 or not report.exists():
+        tail = " | ".join(ln for ln in text.splitlines()[-4:] if ln.strip())
+        raise CountersUnavailable(f"the counter pass under ncu failed (exit {returncode}): {tail[:400]}; the "
+                                  "profile without counters was written")
+    imp = subprocess.run([ncu, "--import", str(report), "--csv", "--page", "raw", "--print-units", "base",
+                          "--print-kernel-base", "demangled"], capture_output=True, text=True, timeout=600)
+    if imp.returncode != 0:
+        raise CountersUnavailable(f"ncu --import failed (exit {imp.returncode}): {imp.stderr.strip()[:300]}")
+    same_as, ops = None, None
+    if marks is not None:
+        try:
+            got = json.loads(marks.read_text(encoding="utf-8"))
+            same_as, ops = {int(k): int(v) for k, v in got["same_as"].items()}, int(got["ops"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CountersUnavailable(f"the counter pass did not say which ops it measured ({err}); the profile "
+                                      "without counters was written") from None
+    return NcuRun(imp.stdout, ver, tuple(metrics), time.perf_counter() - t0, same_as, ops)
+
+
 def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None,
                      dtypes: frozenset[str] | None = None, distinct: bool = True) -> NcuRun:
     """Run the child under ncu and read its report back as CSV (the metric set narrowed to the
@@ -166,55 +204,135 @@ def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None,
     metrics = choose_metrics(query, dtypes)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rooflight-ncu-") as tmp:
-        spec_path = Path(tmp) / "spec.json"
-        marks = Path(tmp) / "distinct.json"
+        spec_path, marks, rep = Path(tmp) / "spec.json", Path(tmp) / "distinct.json", Path(tmp) / "counters"
         spec_path.write_text(json.dumps({**spec, **({"distinct": str(marks)} if distinct else {})}),
                              encoding="utf-8")
-        rep = Path(tmp) / "counters"
-        cmd = [ncu, "--metrics", ",".join(metrics), "--clock-control", "none", "--profile-from-start", "off",
-               "--target-processes", "all", "-f", "-o", str(rep), sys.executable, "-m", "rooflight.ncu", str(spec_path)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent)]
-                                                           + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        cmd, env = _command(ncu, metrics, rep, spec_path)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        text = r.stdout + r.stderr
-        _check_permission(text)
-        report = rep.with_suffix(".ncu-rep")
-        if r.returncode != 0 or not report.exists():
-            tail = " | ".join(ln for ln in text.splitlines()[-4:] if ln.strip())
-            raise CountersUnavailable(f"the counter pass under ncu failed (exit {r.returncode}): {tail[:400]}; the "
-                                      "profile without counters was written")
-        imp = subprocess.run([ncu, "--import", str(report), "--csv", "--page", "raw", "--print-units", "base",
-                              "--print-kernel-base", "demangled"], capture_output=True, text=True, timeout=600)
-        if imp.returncode != 0:
-            raise CountersUnavailable(f"ncu --import failed (exit {imp.returncode}): {imp.stderr.strip()[:300]}")
-        same_as, ops = None, None
-        if distinct:
+        return _read_report(ncu, r.returncode, r.stdout + r.stderr, rep.with_suffix(".ncu-rep"),
+                            marks if distinct else None, ver, metrics, t0)
+
+
+class EarlyPass:
+    """The counter pass's child, started under ncu before the profile builds its workload, so that
+    the child's set-up (the interpreter, the imports, the workload's build: a model's weights
+    initialised on the CPU and moved to the GPU) runs while the profile's own does.  The child
+    then waits; `wait_ready` holds the profile's warm-ups and timed passes until it waits (a child
+    at work beside them would perturb their times, and an autotuner's choices), and `finish`
+    starts its measured run once the profile is done.  ncu is given every counter this GPU offers:
+    the ops' dtypes, which narrow the set in run_counter_pass, are not known yet.
+
+    Its files live in a temporary folder until finish or close; a child whose rooflight process
+    went away stops waiting by itself."""
+
+    def __init__(self, spec: Mapping[str, Any], *, distinct: bool = True):
+        self.ncu = find_ncu()
+        self.version, query = _setup(self.ncu)
+        self.metrics = choose_metrics(query)
+        self.distinct = distinct
+        self._tmp = tempfile.TemporaryDirectory(prefix="rooflight-ncu-", ignore_cleanup_errors=True)
+        d = Path(self._tmp.name)
+        self._ready, self._go, self._marks, self._rep = d / "ready", d / "go", d / "distinct.json", d / "counters"
+        self._log = d / "ncu.log"
+        spec_path = d / "spec.json"
+        spec_path.write_text(json.dumps({**spec, "ready": str(self._ready), "go": str(self._go),
+                                         "parent": os.getpid(), **({"distinct": str(self._marks)} if distinct else {})}),
+                             encoding="utf-8")
+        cmd, env = _command(self.ncu, self.metrics, self._rep, spec_path)
+        self.started = time.perf_counter()
+        self.waited = 0.0  # seconds the profile was held waiting for the child's set-up
+        with open(self._log, "w", encoding="utf-8") as log:
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True)
+
+    def wait_ready(self) -> bool:
+        """Block until the child has set up and waits (True), or has exited (False: finish says why)."""
+        t0 = time.perf_counter()
+        try:
+            while not self._ready.exists():
+                if self._proc.poll() is not None:
+                    return False
+                time.sleep(0.02)
+            return True
+        finally:
+            self.waited += time.perf_counter() - t0
+
+    def finish(self, timeout: float | None = None) -> NcuRun:
+        """The child's measured run, now: its report read back (times from the go)."""
+        t0 = time.perf_counter()
+        try:
+            _write_atomic(self._go, "run")
             try:
-                got = json.loads(marks.read_text(encoding="utf-8"))
-                same_as, ops = {int(k): int(v) for k, v in got["same_as"].items()}, int(got["ops"])
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                raise CountersUnavailable(f"the counter pass did not say which ops it measured ({err}); the profile "
-                                          "without counters was written") from None
-    return NcuRun(imp.stdout, ver, metrics, time.perf_counter() - t0, same_as, ops)
+                code = self._proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._stop()
+                raise CountersUnavailable(f"the counter pass under ncu did not finish in {timeout:.0f} s; the "
+                                          "profile without counters was written") from None
+            return _read_report(self.ncu, code, self._log.read_text(encoding="utf-8", errors="replace"),
+                                self._rep.with_suffix(".ncu-rep"), self._marks if self.distinct else None,
+                                self.version, self.metrics, t0)
+        finally:
+            self.close()
+
+    def _stop(self) -> None:
+        if self._proc.poll() is None:
+            _write_atomic(self._go, "stop")
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self._proc.pid, 9)
+                except ProcessLookupError:
+                    pass
+                self._proc.wait()
+
+    def close(self) -> None:
+        """Stop the child if it still runs, and remove its files."""
+        self._stop()
+        self._tmp.cleanup()
 
 
-def read_counters(profile, spec: Mapping[str, Any], *, one_of_each: bool = True):
+def _write_atomic(path: Path, text: str) -> None:
+    part = path.with_suffix(".part")
+    part.write_text(text, encoding="utf-8")
+    os.replace(part, path)
+
+
+def read_counters(profile, spec: Mapping[str, Any], *, one_of_each: bool = True, early: EarlyPass | None = None):
     """`profile` (a timed GPU profile) with the counters of one more run of `spec` beside its
     counts: the pass, its CSV read, its kernels joined to the ops (rooflight.counters).
-    one_of_each: measure each distinct call once (run_counter_pass's `distinct`)."""
+    one_of_each: measure each distinct call once (run_counter_pass's `distinct`).  early: the
+    child started before the profile (EarlyPass), measured now; should it have failed for any
+    reason but the counters' permission, one more child is run after the profile as without it."""
     dtypes = profile_dtypes(profile)
-    run = run_counter_pass(spec, dtypes=dtypes, distinct=one_of_each)
-    took = f"the counter pass (one more run under ncu) took {run.seconds:.1f} s"
+    run, took = None, []
+    if early is not None:
+        waited = early.waited
+        try:
+            run = early.finish()
+            took = [f"the counter pass (one more run under ncu, set up while the profile set up its own; the profile "
+                    f"waited {waited:.1f} s for it) took {run.seconds:.1f} s after the profile",
+                    f"{len(run.metrics)} counters, every one this GPU offers (the pass started before the ops' dtypes "
+                    "were known)"]
+        except CountersUnavailable as err:
+            if "ERR_NVGPUCTRPERM" in str(err):
+                raise
+            took = [f"the counter pass started beside the profile failed ({str(err).split('; the profile')[0]}), so "
+                    "one more was run after it"]
+    if run is None:
+        run = run_counter_pass(spec, dtypes=dtypes, distinct=one_of_each)
+        took += [f"the counter pass (one more run under ncu) took {run.seconds:.1f} s",
+                 f"{len(run.metrics)} counters, those the ops' dtypes can move ({', '.join(sorted(dtypes))})"]
     if run.same_as is not None and run.ops != len(profile.ops):
         # its op indexes are not the profile's (the script does not repeat itself exactly): measure all
         first = run
         run = run_counter_pass(spec, dtypes=dtypes, distinct=False)
-        took = (f"the counter pass took {first.seconds + run.seconds:.1f} s: its run measuring one of each call "
+        took = [f"the counter pass took {first.seconds + run.seconds:.1f} s: its run measuring one of each call "
                 f"recorded {first.ops} ops where the profile has {len(profile.ops)}, so a second run measured "
-                "every kernel")
-    notes = [took, f"{len(run.metrics)} counters, those the ops' dtypes can move ({', '.join(sorted(dtypes))})"]
+                "every kernel", f"{len(run.metrics)} counters, those the ops' dtypes can move "
+                f"({', '.join(sorted(dtypes))})"]
     joined = _counters.join(profile, _counters.parse_csv(run.csv), metrics=run.metrics,
-                            tool=f"Nsight Compute {run.version.replace('Version ', '')}", notes=notes,
+                            tool=f"Nsight Compute {run.version.replace('Version ', '')}", notes=took,
                             same_as=run.same_as)
     return _counters.attach(profile, joined)
 
@@ -230,7 +348,14 @@ def _child(spec: Mapping[str, Any]) -> None:
 
     from . import workloads as _w
 
-    cudart = torch.cuda.cudart()
+    gpu = torch.cuda.is_available()  # (a test runs the child on a CPU machine: no range to open there)
+    cudart = torch.cuda.cudart() if gpu else None
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+
+    def profiled(on: bool) -> None:  # ncu's range (--profile-from-start off)
+        if cudart is not None:
+            (cudart.cudaProfilerStart if on else cudart.cudaProfilerStop)()
+
     # the script's own start()/stop() must not open ranges during the warm-ups: only ours count
     cuda_profiler.start = cuda_profiler.stop = lambda: None
     path = Path(spec["path"])
@@ -264,28 +389,47 @@ def _child(spec: Mapping[str, Any]) -> None:
 
         def run() -> None:
             built.fn(*built.args, **built.kwargs)
+    if spec.get("ready") and not _wait_for_go(spec):
+        return
     for _ in range(int(spec.get("warmup", 0))):
         run()
-    torch.cuda.synchronize()
+    sync()
     if spec.get("distinct"):
         # one of each: ncu profiles only between start and stop, opened around the first op of each
         # distinct call (rooflight.capture marks them); the same capture gives the op indexes
         from .capture import Capture
 
-        def mark(first: bool) -> None:
-            (cudart.cudaProfilerStart if first else cudart.cudaProfilerStop)()
-
-        with Capture(distinct=mark) as cap:
+        with Capture(distinct=profiled) as cap:
             run()
-        torch.cuda.synchronize()
+        sync()
         rec = cap.recorder
         Path(spec["distinct"]).write_text(json.dumps({"ops": len(rec.payloads), "same_as": rec.same_as}),
                                           encoding="utf-8")
         return
-    cudart.cudaProfilerStart()
+    profiled(True)
     run()
-    torch.cuda.synchronize()
-    cudart.cudaProfilerStop()
+    sync()
+    profiled(False)
+
+
+def _wait_for_go(spec: Mapping[str, Any]) -> bool:
+    """Started early (EarlyPass): say the set-up is done, then wait until the profile says to run
+    (True) or to stop, or its process is gone (False)."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()  # the build's copies and kernels end before the profile's warm-ups begin
+    _write_atomic(Path(spec["ready"]), "ready")
+    go, parent = Path(spec["go"]), int(spec["parent"])
+    while not go.exists():
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        time.sleep(0.02)
+    return go.read_text(encoding="utf-8").strip() == "run"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -299,6 +443,6 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["CountersUnavailable", "NcuRun", "callable_spec", "choose_metrics", "find_ncu", "profile_dtypes",
+__all__ = ["CountersUnavailable", "EarlyPass", "NcuRun", "callable_spec", "choose_metrics", "find_ncu", "profile_dtypes",
            "read_counters",
            "run_counter_pass", "version"]

@@ -33,7 +33,7 @@ from .errors import NoGPUError, RooflightError, UsageError
 from .profile_data import Profile
 from .timing import profile as time_profile
 from .timing import trace_name as _trace_name
-from .workloads import ModelFileError, Run, Workload, build, check_run, declares_workloads, points, user_traceback
+from .workloads import ModelFileError, Run, Workload, build, check_run, points, user_traceback
 
 
 @dataclass(frozen=True)
@@ -137,12 +137,51 @@ class PointFailed(RooflightError):
         self.exit_code = exit_code
 
 
+@dataclass
+class CounterRequest:
+    """`--counters`: how the counter pass measures (one of each distinct call, or every kernel),
+    and the first error it met, which the caller reports once the profiles are written (later
+    points are then profiled without counters)."""
+
+    one_of_each: bool = True
+    error: RooflightError | None = None
+
+
+def check_counters(options: Options) -> None:
+    if options.count_only or not options.device.startswith("cuda"):
+        raise UsageError("--counters reads a GPU's hardware counters: it needs a timed run on a CUDA GPU "
+                         "(drop --count-only / --device cpu)")
+
+
+def _start_counters(counters: CounterRequest | None, spec: dict) -> _ncu.EarlyPass | None:
+    if counters is None or counters.error is not None:
+        return None
+    try:
+        return _ncu.EarlyPass(spec, distinct=counters.one_of_each)
+    except _ncu.CountersUnavailable as err:
+        counters.error = err
+        return None
+
+
+def _add_counters(counters: CounterRequest, prof: Profile, spec: dict, early: _ncu.EarlyPass | None) -> Profile:
+    try:
+        return _ncu.read_counters(prof, spec, one_of_each=counters.one_of_each, early=early)
+    except (_ncu.CountersUnavailable, _counters.CounterFormatError) as err:
+        counters.error = err
+        return prof
+
+
 def profile_workloads(path: Path, workloads: Sequence[Workload], options: Options, *,
                       params: Mapping[str, Any] | None = None, sweeps: Mapping[str, Sequence[Any]] | None = None,
-                      default_sweep: bool = True,
+                      default_sweep: bool = True, counters: CounterRequest | None = None,
                       progress: Callable[[str, int, int], None] | None = None) -> list[Result]:
-    """Build and profile every workload at every parameter point (in order)."""
+    """Build and profile every workload at every parameter point (in order).  counters: each
+    point also gets the hardware counters of one more run under Nsight Compute, whose child is
+    started as the point begins, so its build runs beside the profile's (rooflight.ncu.EarlyPass);
+    the profile's first call of the workload waits until the child's build is done."""
     validate(options)
+    if counters is not None:
+        check_counters(options)
     plan = [(w, p, label) for w in workloads
             for p, label in points(w, params or {}, sweeps or {}, default_sweep=default_sweep)]
     results = []
@@ -151,18 +190,26 @@ def profile_workloads(path: Path, workloads: Sequence[Workload], options: Option
         name = f"{w.name}{' [' + label + ']' if label else ''}"
         if progress:
             progress(name, i, len(plan))
+        spec = counter_spec(path, w.name, p, options)
+        early = _start_counters(counters, spec)
         try:
             with user_code(files, f"workload {name} in {path.name}"):
                 seed_everything(p.get("seed", SEED) if isinstance(p.get("seed"), int) else SEED)
                 run = build(w, p, device=options.device, dtype=options.dtype)
+                if early is not None:
+                    early.wait_ready()  # before the workload's first call: its check, its warm-ups, its timing
                 checked = check_run(run) if options.check and options.device != "meta" else None
                 with _trace_name(f"{w.name}__{label}" if label else w.name):
                     prof = _profile_run(run, options, w.name, p)
-        except RooflightError as err:
-            if not results:
+        except BaseException as err:
+            if early is not None:
+                early.close()
+            if not isinstance(err, RooflightError) or not results:
                 raise
             raise PointFailed(f"{name}: {err} ({len(results)} earlier point{'s' if len(results) > 1 else ''} "
                               "finished and kept)", tuple(results), getattr(err, "exit_code", 1)) from err
+        if counters is not None and counters.error is None:
+            prof = _add_counters(counters, prof, spec, early)
         notes = ()
         if checked is not None and checked[0] > checked[1]:
             notes = (f"correctness check FAILED: relative error {checked[0]:.3g} > tolerance {checked[1]:.3g}",)
@@ -266,32 +313,27 @@ def profile_script(path: Path, argv: Sequence[str], options: Options) -> Result:
 # ---------------------------------------------------------------------------- hardware counters
 
 
-def counter_spec(path: Path, result: Result, options: Options, argv: Sequence[str] = ()) -> dict:
-    """What the counter pass's child runs (rooflight.ncu): the same workload point, or the script."""
-    if declares_workloads(path):
-        return {"kind": "workload", "path": str(path.resolve()), "workload": result.workload,
-                "params": dict(result.params), "device": options.device, "warmup": options.warmup,
+def counter_spec(path: Path, workload: str | None, params: Mapping[str, Any], options: Options,
+                 argv: Sequence[str] = ()) -> dict:
+    """What the counter pass's child runs (rooflight.ncu): a workload point (workload named), or
+    the script (workload None) with its arguments."""
+    if workload is not None:
+        return {"kind": "workload", "path": str(path.resolve()), "workload": workload,
+                "params": dict(params), "device": options.device, "warmup": options.warmup,
                 "dtype": str(options.dtype).replace("torch.", "") if options.dtype else None}
     return {"kind": "script", "path": str(path.resolve()), "argv": list(argv), "warmup": options.warmup}
 
 
-def with_counters(path: Path, results: Sequence[Result], options: Options, argv: Sequence[str] = (),
-                  one_of_each: bool = True) -> tuple[list[Result], RooflightError | None]:
-    """Each result with the hardware counters of one more run under Nsight Compute beside its
-    counts (one_of_each: each distinct call measured once); on a machine without ncu (or counters
-    it may not read), the results unchanged and the error to report after they are written."""
-    if options.count_only or not options.device.startswith("cuda"):
-        raise UsageError("--counters reads a GPU's hardware counters: it needs a timed run on a CUDA GPU "
-                         "(drop --count-only / --device cpu)")
-    out = []
-    for r in results:
-        try:
-            out.append(replace(r, profile=_ncu.read_counters(r.profile, counter_spec(path, r, options, argv),
-                                                             one_of_each=one_of_each)))
-        except (_ncu.CountersUnavailable, _counters.CounterFormatError) as err:
-            return list(results), err
-    return out, None
+def script_with_counters(path: Path, result: Result, options: Options, argv: Sequence[str],
+                         counters: CounterRequest) -> Result:
+    """A script's result with the counters of one more run of the script under Nsight Compute.
+    The run follows the profile (a script's set-up is inside each of its runs, so there is no
+    build to overlap) and asks only for the counters the profile's dtypes can move; an error is
+    left in `counters` and the result comes back unchanged."""
+    check_counters(options)
+    spec = counter_spec(path, None, {}, options, argv)
+    return replace(result, profile=_add_counters(counters, result.profile, spec, None))
 
 
 __all__ = ["ModelFileError", "Options", "PointFailed", "RankRun", "launch_ranks", "SEED", "seed_everything", "Result", "ScriptExit", "counter_spec", "default_device", "profile_script",
-           "profile_workloads", "validate", "with_counters"]
+           "profile_workloads", "script_with_counters", "validate", "CounterRequest", "check_counters"]

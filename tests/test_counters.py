@@ -305,15 +305,19 @@ def stack(n: int = 4096, layers: int = 4, device="cuda"):
 '''
 
 
+def _need_ncu() -> None:
+    try:
+        ncu.find_ncu()
+    except ncu.CountersUnavailable:
+        pytest.skip("no Nsight Compute on this machine")
+
+
 @pytest.mark.gpu
 def test_one_of_each_gives_repeated_layers_the_counters_they_would_read(tmp_path):
     """`--counters` measures the first of four identical layers and shows its counters for the
     other three; `--every-kernel` measures all four: each repeat's own counters are within 2% of
     the first's (ncu flushes the caches before each kernel)."""
-    try:
-        ncu.find_ncu()
-    except ncu.CountersUnavailable:
-        pytest.skip("no Nsight Compute on this machine")
+    _need_ncu()
     model = tmp_path / "stack.py"
     model.write_text(STACK)
     runs = {}
@@ -339,3 +343,178 @@ def test_one_of_each_gives_repeated_layers_the_counters_they_would_read(tmp_path
         assert abs(mine.dram_read - theirs.dram_read) <= 0.02 * theirs.dram_read
         assert abs(sum(mine.flops.values()) - sum(theirs.flops.values())) <= 0.02 * sum(theirs.flops.values())
     assert any("kernels measured" in n for n in one.notes)
+
+
+# ---------------------------------------------------------------------------- the early counter pass
+# The parent side of `--counters` on a model file, on this CPU machine: a stand-in ncu (a script
+# named by ROOFLIGHT_NCU) answers --version, --query-metrics (the H200's recorded list) and
+# --import (a recorded CSV), and runs the real child (python -m rooflight.ncu) as ncu would; the
+# workload stamps its build and its calls with the process id, so the order of the two processes'
+# work can be read back.
+
+FAKE_NCU = '''#!{python}
+import os, subprocess, sys
+args = sys.argv[1:]
+fix = {fix!r}
+if args == ["--version"]:
+    print("NVIDIA (R) Nsight Compute Command Line Profiler"); print("Version 2099.1.0.0 (stand-in)"); sys.exit(0)
+if "--query-metrics" in args:
+    print(open(os.path.join(fix, "query-metrics-h200.txt")).read()); sys.exit(0)
+if "--import" in args:
+    print(open(os.path.join(fix, "softmax.csv")).read()); sys.exit(0)
+with open(os.environ["FAKE_NCU_LOG"], "a") as log:
+    log.write(args[args.index("--metrics") + 1] + "\\n")
+if os.environ.get("FAKE_NCU_FAIL_FIRST") and not os.path.exists(os.environ["FAKE_NCU_LOG"] + ".failed"):
+    open(os.environ["FAKE_NCU_LOG"] + ".failed", "w").close()
+    print("==ERROR== the stand-in failed on purpose"); sys.exit(3)
+rep = args[args.index("-o") + 1]
+code = subprocess.run(args[args.index("-m") - 1:]).returncode
+open(rep + ".ncu-rep", "w").write("stand-in report")
+sys.exit(code)
+'''
+
+STAMPED = '''
+import os, time
+import torch
+import rooflight
+
+
+def _stamp(what):
+    with open(os.environ["STAMPS"], "a") as f:
+        f.write(f"{{os.getpid()}} {{what}} {{time.time():.6f}}\\n")
+
+
+@rooflight.workload
+def slow_build(n: int = 32):
+    """A set-up of {setup} s (as a model's weights initialised on the CPU), then a matmul."""
+    _stamp("build-start")
+    time.sleep({setup})
+    x = torch.randn(n, n)
+    _stamp("build-end")
+
+    def step():
+        _stamp("call")
+        return x @ x
+
+    return rooflight.Run(step, ())
+'''
+
+
+def _stamps(path: Path) -> dict[int, list[tuple[str, float]]]:
+    out: dict[int, list[tuple[str, float]]] = {}
+    for line in path.read_text().splitlines():
+        pid, what, t = line.split()
+        out.setdefault(int(pid), []).append((what, float(t)))
+    return out
+
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch):
+    from rooflight import runner
+
+    fake = tmp_path / "ncu"
+    fake.write_text(FAKE_NCU.format(python=sys.executable, fix=str(FIX)))
+    fake.chmod(0o755)
+    monkeypatch.setenv("ROOFLIGHT_NCU", str(fake))
+    monkeypatch.setenv("FAKE_NCU_LOG", str(tmp_path / "ncu.log"))
+    monkeypatch.setenv("STAMPS", str(tmp_path / "stamps"))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setattr(runner, "check_counters", lambda options: None)  # the stand-in runs on this CPU
+    ncu._setup.cache_clear()
+    yield tmp_path
+    ncu._setup.cache_clear()
+
+
+def _profile_with_counters(tmp_path, setup: float):
+    from rooflight import runner
+    from rooflight.workloads import load_model_file
+
+    model = tmp_path / "stamped.py"
+    model.write_text(STAMPED.format(setup=setup))
+    request = runner.CounterRequest()
+    opts = runner.Options(device="cpu", warmup=1, repeats=1, check=False)
+    results = runner.profile_workloads(model, load_model_file(model), opts, default_sweep=False, counters=request)
+    return results, request
+
+
+def test_the_counter_pass_builds_beside_the_profile_and_runs_after_it(stand_in):
+    """The child starts before the profile's build and builds beside it (the two 6 s set-ups
+    overlap); the profile's first call waits until the child is built, and the child's first call
+    comes after the profile's last: no work of one beside the other's calls."""
+    (r,), request = _profile_with_counters(stand_in, 6.0)  # longer than the child's start here
+    assert request.error is None
+    by = _stamps(stand_in / "stamps")
+    (child,) = [p for p in by if p != os.getpid()]
+    mine, theirs = dict((w, t) for w, t in by[os.getpid()] if w != "call"), by[child]
+    child_build = dict((w, t) for w, t in theirs if w != "call")
+    assert child_build["build-start"] < mine["build-end"] and mine["build-start"] < child_build["build-end"]
+    parent_calls = [t for w, t in by[os.getpid()] if w == "call"]
+    child_calls = [t for w, t in theirs if w == "call"]
+    assert parent_calls and child_calls
+    assert min(parent_calls) > child_build["build-end"]
+    assert min(child_calls) > max(parent_calls)
+    # the child was given every counter the chip offers (its dtypes were not known yet)
+    (metrics,) = (stand_in / "ncu.log").read_text().split()
+    assert len(metrics.split(",")) == 23
+    notes = r.profile.counters.notes
+    assert any("set up while the profile set up its own" in n and "after the profile" in n for n in notes)
+    assert any("23 counters, every one this GPU offers" in n for n in notes)
+
+
+def test_a_counter_pass_that_failed_beside_the_profile_is_run_again_after_it(stand_in, monkeypatch):
+    monkeypatch.setenv("FAKE_NCU_FAIL_FIRST", "1")
+    (r,), request = _profile_with_counters(stand_in, 0.2)
+    assert request.error is None and r.profile.counters is not None
+    first, second = (stand_in / "ncu.log").read_text().split()
+    assert len(first.split(",")) == 23 and len(second.split(",")) < 23  # the second narrowed to the ops' dtypes
+    assert any("the counter pass started beside the profile failed (the counter pass under ncu failed (exit 3): "
+               "==ERROR== the stand-in failed on purpose), so one more was run after it" in n
+               for n in r.profile.counters.notes)
+
+
+def test_no_ncu_leaves_the_profile_whole_and_the_error_for_after(stand_in, monkeypatch):
+    monkeypatch.setenv("ROOFLIGHT_NCU", str(stand_in / "nowhere"))
+    (r,), request = _profile_with_counters(stand_in, 0.0)
+    assert r.profile.counters is None and r.profile.timing is not None
+    assert "ROOFLIGHT_NCU=" in str(request.error) and "no such file" in str(request.error)
+
+
+def test_a_waiting_child_whose_profile_went_away_stops(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    spec = {"ready": str(tmp_path / "ready"), "go": str(tmp_path / "go"), "parent": dead.pid}
+    assert ncu._wait_for_go(spec) is False and (tmp_path / "ready").exists()
+    (tmp_path / "ready").unlink()
+    ncu._write_atomic(tmp_path / "go", "stop")
+    assert ncu._wait_for_go({**spec, "parent": os.getpid()}) is False
+    ncu._write_atomic(tmp_path / "go", "run")
+    assert ncu._wait_for_go({**spec, "parent": os.getpid()}) is True
+
+
+GPU_SCRIPT = '''
+import torch
+
+model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.GELU(), torch.nn.Linear(512, 512)).cuda().half()
+x = torch.randn(256, 512, device="cuda", dtype=torch.half)
+with torch.no_grad():
+    for _ in range(3):
+        model(x)
+torch.cuda.synchronize()
+'''
+
+
+@pytest.mark.gpu
+def test_a_script_s_counter_pass_follows_its_profile_with_the_counters_its_dtypes_move(tmp_path):
+    """A plain script under --counters: one more run of it under ncu after the profile (a script
+    has no build to overlap), narrowed to the counters fp16 work can move; its matmuls joined."""
+    _need_ncu()
+    script = tmp_path / "mlp.py"
+    script.write_text(GPU_SCRIPT)
+    r = subprocess.run([sys.executable, "-m", "rooflight", "profile", str(script), "--counters", "--format", "json",
+                        "-o", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (f,) = [f for f in (tmp_path / "out").glob("*.json") if json.loads(f.read_text()).get("counters")]
+    p = Profile.load(f)
+    assert any("those the ops' dtypes can move" in n for n in p.counters.notes)
+    joined = {p.ops[k.op_index].short_op for k in p.counters.kernels if k.op_index >= 0}
+    assert joined & {"addmm", "mm", "linear"}

@@ -24,7 +24,8 @@ from ..render.outputs import ops_csv, slug
 from ..render.projection import projection_html
 from ..render.steps import headline_text, phase_summary, steps_table, summary_lines
 from ..render.tables import groups_table
-from ..runner import Options, PointFailed, default_device, profile_script, profile_workloads, with_counters
+from ..runner import (CounterRequest, Options, PointFailed, check_counters, default_device, profile_script,
+                      profile_workloads, script_with_counters)
 from ..steps import parse_select
 from ..workloads import declares_workloads, load_model_file, parse_assignments, parse_dtype
 from ..profile_data import strict_json
@@ -122,6 +123,9 @@ def profile_cmd(
                    dtype=parse_dtype(dtype), flush_l2=flush_l2, cuda_graph=cuda_graph, check=not no_check,
                    select_steps=parse_select(steps) if steps else None, single_pass=single_pass)
     con = console()
+    wanted = CounterRequest(one_of_each=not every_kernel) if counters else None
+    if wanted is not None:
+        check_counters(opts)
     if trace is not None:
         if opts.count_only or not dev.startswith("cuda"):
             raise UsageError("--trace keeps the GPU profiler's traces: it needs a timed run on a CUDA GPU (CPU runs are "
@@ -152,6 +156,7 @@ def profile_cmd(
                 try:
                     results = profile_workloads(
                         file, workloads, opts, params=params, sweeps=sweeps, default_sweep=not no_sweep,
+                        counters=wanted,
                         progress=lambda name, i, n: bar.update(task, total=n, completed=i, description=name))
                 except PointFailed as err:  # the finished points are written below, then the failure is raised
                     results, point_failure = list(err.finished), err
@@ -164,12 +169,11 @@ def profile_cmd(
             with progress("running") as bar:
                 bar.add_task(file.name, total=None)
                 results = [profile_script(file, script_args or [], opts)]
-    counter_error = None
-    if counters:
+    if wanted is not None and not is_model:
         with progress("reading hardware counters (ncu)") as bar:
             bar.add_task(file.name, total=None)
-            results, counter_error = with_counters(file, results, opts, script_args or [],
-                                                   one_of_each=not every_kernel)
+            results = [script_with_counters(file, results[0], opts, script_args or [], wanted)]
+    counter_error = wanted.error if wanted is not None else None
     run = api.render_run(results, formats=formats, hw=hw, db=db, source=file.name, measure=True)
     if quiet and verbose:
         raise UsageError("--quiet and --verbose: give one of them")
