@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -156,9 +157,14 @@ def _check_permission(text: str) -> None:
 def _setup(ncu: str) -> tuple[str, str]:
     """(version, `--query-metrics` text) of an ncu binary, asked once per process (a model file's
     points each run a counter pass); a failure is not cached."""
-    q = subprocess.run([ncu, "--devices", "0", "--query-metrics"], capture_output=True, text=True, timeout=120)
-    _check_permission(q.stdout + q.stderr)
-    return version(ncu), q.stdout
+    try:
+        q = subprocess.run([ncu, "--devices", "0", "--query-metrics"], capture_output=True, text=True, timeout=120)
+        _check_permission(q.stdout + q.stderr)
+        return version(ncu), q.stdout
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise CountersUnavailable(f"{ncu} --query-metrics failed ({getattr(err, 'strerror', None) or err}): point "
+                                  "ROOFLIGHT_NCU at Nsight Compute's ncu; the profile without counters was "
+                                  "written") from None
 
 
 def _command(ncu: str, metrics: Sequence[str], report: Path, spec_path: Path) -> tuple[list[str], dict]:
@@ -239,11 +245,16 @@ class EarlyPass:
                                          "parent": os.getpid(), **({"distinct": str(self._marks)} if distinct else {})}),
                              encoding="utf-8")
         cmd, env = _command(self.ncu, self.metrics, self._rep, spec_path)
-        self.started = time.perf_counter()
         self.waited = 0.0  # seconds the profile was held waiting for the child's set-up
-        with open(self._log, "w", encoding="utf-8") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                          start_new_session=True)
+        try:
+            with open(self._log, "w", encoding="utf-8") as log:
+                self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                              start_new_session=True)
+        except OSError as err:
+            self._tmp.cleanup()
+            raise CountersUnavailable(f"{self.ncu} could not be started ({err.strerror or err}): point "
+                                      "ROOFLIGHT_NCU at Nsight Compute's ncu; the profile without counters was "
+                                      "written") from None
 
     def wait_ready(self) -> bool:
         """Block until the child has set up and waits (True), or has exited (False: finish says why)."""
@@ -281,7 +292,7 @@ class EarlyPass:
                 self._proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 try:
-                    os.killpg(self._proc.pid, 9)
+                    os.killpg(self._proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 self._proc.wait()

@@ -518,3 +518,13 @@ def test_a_script_s_counter_pass_follows_its_profile_with_the_counters_its_dtype
     assert any("those the ops' dtypes can move" in n for n in p.counters.notes)
     joined = {p.ops[k.op_index].short_op for k in p.counters.kernels if k.op_index >= 0}
     assert joined & {"addmm", "mm", "linear"}
+
+
+def test_an_ncu_that_cannot_run_is_one_line_and_leaves_the_profile_whole(stand_in, monkeypatch):
+    broken = stand_in / "not-ncu"
+    broken.write_text("this is not a program\n")  # no shebang, not executable
+    monkeypatch.setenv("ROOFLIGHT_NCU", str(broken))
+    (r,), request = _profile_with_counters(stand_in, 0.0)
+    assert r.profile.counters is None and r.profile.timing is not None
+    assert isinstance(request.error, ncu.CountersUnavailable)
+    assert "--query-metrics failed" in str(request.error) and "the profile without counters was written" in str(request.error)
