@@ -55,6 +55,10 @@ class CountersUnavailable(RooflightError):
     """No Nsight Compute here, or it cannot read this GPU's counters."""
 
 
+class CountersForbidden(CountersUnavailable):
+    """ncu runs but may not read this GPU's counters (ERR_NVGPUCTRPERM): no second child would."""
+
+
 @dataclass(frozen=True)
 class NcuRun:
     csv: str  # `ncu --import ... --csv --page raw --print-units base`
@@ -148,7 +152,7 @@ def callable_spec(fn, args: tuple, kwargs: dict, warmup: int, folder: str) -> di
 
 def _check_permission(text: str) -> None:
     if "ERR_NVGPUCTRPERM" in text or "permission to access NVIDIA GPU Performance Counters" in text:
-        raise CountersUnavailable("ncu cannot read this GPU's performance counters (ERR_NVGPUCTRPERM): run as a user "
+        raise CountersForbidden("ncu cannot read this GPU's performance counters (ERR_NVGPUCTRPERM): run as a user "
                                   "allowed to profile (see NVIDIA's ERR_NVGPUCTRPERM page); the profile without "
                                   "counters was written")
 
@@ -268,17 +272,12 @@ class EarlyPass:
         finally:
             self.waited += time.perf_counter() - t0
 
-    def finish(self, timeout: float | None = None) -> NcuRun:
+    def finish(self) -> NcuRun:
         """The child's measured run, now: its report read back (times from the go)."""
         t0 = time.perf_counter()
         try:
             _write_atomic(self._go, "run")
-            try:
-                code = self._proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._stop()
-                raise CountersUnavailable(f"the counter pass under ncu did not finish in {timeout:.0f} s; the "
-                                          "profile without counters was written") from None
+            code = self._proc.wait()
             return _read_report(self.ncu, code, self._log.read_text(encoding="utf-8", errors="replace"),
                                 self._rep.with_suffix(".ncu-rep"), self._marks if self.distinct else None,
                                 self.version, self.metrics, t0)
@@ -316,32 +315,32 @@ def read_counters(profile, spec: Mapping[str, Any], *, one_of_each: bool = True,
     child started before the profile (EarlyPass), measured now; should it have failed for any
     reason but the counters' permission, one more child is run after the profile as without it."""
     dtypes = profile_dtypes(profile)
-    run, took = None, []
+    run, took, early_run = None, [], None
     if early is not None:
-        waited = early.waited
         try:
-            run = early.finish()
+            run = early_run = early.finish()
             took = [f"the counter pass (one more run under ncu, set up while the profile set up its own; the profile "
-                    f"waited {waited:.1f} s for it) took {run.seconds:.1f} s after the profile",
-                    f"{len(run.metrics)} counters, every one this GPU offers (the pass started before the ops' dtypes "
-                    "were known)"]
+                    f"waited {early.waited:.1f} s for it) took {run.seconds:.1f} s after the profile"]
+        except CountersForbidden:
+            raise
         except CountersUnavailable as err:
-            if "ERR_NVGPUCTRPERM" in str(err):
-                raise
             took = [f"the counter pass started beside the profile failed ({str(err).split('; the profile')[0]}), so "
                     "one more was run after it"]
     if run is None:
         run = run_counter_pass(spec, dtypes=dtypes, distinct=one_of_each)
-        took += [f"the counter pass (one more run under ncu) took {run.seconds:.1f} s",
-                 f"{len(run.metrics)} counters, those the ops' dtypes can move ({', '.join(sorted(dtypes))})"]
+        took += [f"the counter pass (one more run under ncu) took {run.seconds:.1f} s"]
     if run.same_as is not None and run.ops != len(profile.ops):
         # its op indexes are not the profile's (the script does not repeat itself exactly): measure all
         first = run
         run = run_counter_pass(spec, dtypes=dtypes, distinct=False)
         took = [f"the counter pass took {first.seconds + run.seconds:.1f} s: its run measuring one of each call "
                 f"recorded {first.ops} ops where the profile has {len(profile.ops)}, so a second run measured "
-                "every kernel", f"{len(run.metrics)} counters, those the ops' dtypes can move "
-                f"({', '.join(sorted(dtypes))})"]
+                "every kernel"]
+    if run is early_run:
+        took.append(f"{len(run.metrics)} counters, every one this GPU offers (the pass started before the ops' "
+                    "dtypes were known)")
+    else:
+        took.append(f"{len(run.metrics)} counters, those the ops' dtypes can move ({', '.join(sorted(dtypes))})")
     joined = _counters.join(profile, _counters.parse_csv(run.csv), metrics=run.metrics,
                             tool=f"Nsight Compute {run.version.replace('Version ', '')}", notes=took,
                             same_as=run.same_as)
@@ -454,6 +453,6 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["CountersUnavailable", "EarlyPass", "NcuRun", "callable_spec", "choose_metrics", "find_ncu", "profile_dtypes",
+__all__ = ["CountersForbidden", "CountersUnavailable", "EarlyPass", "NcuRun", "callable_spec", "choose_metrics", "find_ncu", "profile_dtypes",
            "read_counters",
            "run_counter_pass", "version"]

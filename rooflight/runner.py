@@ -190,7 +190,7 @@ def profile_workloads(path: Path, workloads: Sequence[Workload], options: Option
         name = f"{w.name}{' [' + label + ']' if label else ''}"
         if progress:
             progress(name, i, len(plan))
-        spec = counter_spec(path, w.name, p, options)
+        spec = counter_spec(path, w.name, p, options) if counters is not None else {}
         early = _start_counters(counters, spec)
         try:
             with user_code(files, f"workload {name} in {path.name}"):
@@ -208,7 +208,7 @@ def profile_workloads(path: Path, workloads: Sequence[Workload], options: Option
                 raise
             raise PointFailed(f"{name}: {err} ({len(results)} earlier point{'s' if len(results) > 1 else ''} "
                               "finished and kept)", tuple(results), getattr(err, "exit_code", 1)) from err
-        if counters is not None and counters.error is None:
+        if early is not None:  # (None also once an earlier point's pass failed: counters.error says why)
             prof = _add_counters(counters, prof, spec, early)
         notes = ()
         if checked is not None and checked[0] > checked[1]:

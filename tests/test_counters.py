@@ -364,6 +364,9 @@ if "--import" in args:
     print(open(os.path.join(fix, "softmax.csv")).read()); sys.exit(0)
 with open(os.environ["FAKE_NCU_LOG"], "a") as log:
     log.write(args[args.index("--metrics") + 1] + "\\n")
+if os.environ.get("FAKE_NCU_FORBID"):
+    print("==ERROR== ERR_NVGPUCTRPERM - The user does not have permission to access NVIDIA GPU Performance Counters")
+    sys.exit(1)
 if os.environ.get("FAKE_NCU_FAIL_FIRST") and not os.path.exists(os.environ["FAKE_NCU_LOG"] + ".failed"):
     open(os.environ["FAKE_NCU_LOG"] + ".failed", "w").close()
     print("==ERROR== the stand-in failed on purpose"); sys.exit(3)
@@ -528,3 +531,12 @@ def test_an_ncu_that_cannot_run_is_one_line_and_leaves_the_profile_whole(stand_i
     assert r.profile.counters is None and r.profile.timing is not None
     assert isinstance(request.error, ncu.CountersUnavailable)
     assert "--query-metrics failed" in str(request.error) and "the profile without counters was written" in str(request.error)
+
+
+def test_counters_it_may_not_read_are_not_asked_for_twice(stand_in, monkeypatch):
+    """A permission failure of the early child is final: no second child runs after the profile."""
+    monkeypatch.setenv("FAKE_NCU_FORBID", "1")
+    (r,), request = _profile_with_counters(stand_in, 0.0)
+    assert r.profile.counters is None and r.profile.timing is not None
+    assert isinstance(request.error, ncu.CountersForbidden) and "ERR_NVGPUCTRPERM" in str(request.error)
+    assert len((stand_in / "ncu.log").read_text().split()) == 1
