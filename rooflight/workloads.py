@@ -141,6 +141,18 @@ def user_traceback(err: BaseException, files: Iterable[str]) -> str:
     return "".join(lines).rstrip()
 
 
+def import_roots(path: Path) -> list[str]:
+    """Where a model file's imports are found: its folder (as Python has it for a script) and, when
+    that folder is a package, the folder holding its top package (as pytest has it), so that a
+    model file importing a sibling by its package's name (pkg/train.py: `from pkg.common import
+    ...`) imports from any working directory."""
+    folder = path.resolve().parent
+    top = folder
+    while (top / "__init__.py").is_file() and top.parent != top:
+        top = top.parent
+    return [str(folder)] + ([str(top)] if top != folder else [])
+
+
 def load_model_file(path: str | Path) -> list[Workload]:
     """Import a model file and return the workloads it declares, in order."""
     path = Path(path)
@@ -153,7 +165,8 @@ def load_model_file(path: str | Path) -> list[Workload]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     start = len(_DECLARED)
-    sys.path.insert(0, str(path.resolve().parent))
+    roots = import_roots(path)
+    sys.path[:0] = roots
     try:
         spec.loader.exec_module(module)
     except SystemExit as err:
@@ -163,7 +176,8 @@ def load_model_file(path: str | Path) -> list[Workload]:
         raise ModelFileError(f"{path} raised {type(err).__name__} while being imported: {err}",
                              user_traceback(err, [str(path)])) from None
     finally:
-        sys.path.remove(str(path.resolve().parent))
+        for r in roots:
+            sys.path.remove(r)
     # workloads declared by modules the file imported (another model file) are not its own
     found = [w for w in _DECLARED[start:] if w.module in ("", module_name)]
     del _DECLARED[start:]

@@ -234,6 +234,40 @@ def test_a_model_file_that_imports_another_declares_only_its_own(tmp_path):
         Run(lambda: None, options={"colour": 1})
 
 
+def test_a_model_file_in_a_package_imports_its_package_from_any_working_directory(tmp_path):
+    # kernels/train.py style: a model file inside a package imports a sibling by its package's name,
+    # which only the folder above the package makes importable (as pytest finds it); run from elsewhere
+    pkg = tmp_path / "proj" / "models"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "common.py").write_text("import torch\n\ndef square(n):\n    return torch.ones(n, n)\n")
+    (pkg / "train.py").write_text(textwrap.dedent("""
+        import rooflight
+        from models.common import square
+
+        @rooflight.workload
+        def mm(n: int = 8, device="cpu"):
+            x = square(n).to(device)
+            return lambda: x @ x
+    """))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = rooflight("profile", str(pkg / "train.py"), "--count-only", "--device", "meta", "--format", "json", "-o", "out",
+                  cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    # 2 * 8 * 8 * 8 = 1,024 FLOPs
+    assert json.loads((elsewhere / "out" / "mm.json").read_text())["ops"][0]["flops"] == {"fp32": 1024.0}
+    # in a process: the package's folder is on sys.path while the file is imported, then taken off
+    from rooflight.workloads import load_model_file
+
+    before = list(sys.path)
+    try:
+        assert [w.name for w in load_model_file(pkg / "train.py")] == ["mm"] and sys.path == before
+    finally:
+        for name in ("models", "models.common"):
+            sys.modules.pop(name, None)
+
+
 @pytest.mark.gpu
 def test_each_sweep_point_keeps_its_own_traces(tmp_path, model):
     r = rooflight("profile", str(model), "--sweep", "seq=16,32", "--format", "json", "-o", "out", "--trace", "tr",
