@@ -706,21 +706,76 @@ def _rms_norm(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
         return func(*args, **kwargs)
     p = dict(zip(("input", "normalized_shape", "weight", "eps"), args))
     p.update(kwargs)
+    weight = p.get("weight")
+    weight = weight if isinstance(weight, torch.Tensor) else None
+    shape = list(p["normalized_shape"])
     index = rec.next_index()
     rec.suppress += 1
     rec.inner = []
     try:
         with rec.label(index):
-            out = func(*args, **kwargs)
+            if _valueless(x) and _needs_grad(x, weight):
+                def backward(grad_out: torch.Tensor) -> tuple:
+                    inputs, outputs, cost = _fn.rms_norm_backward(
+                        TensorMeta.of(grad_out), TensorMeta.of(x), shape,
+                        TensorMeta.of(weight) if weight is not None else None, rec.settings)
+                    rec.add(_fn.FUSED_RMS_NORM_BACKWARD, inputs, outputs, cost,
+                            note="counted as the GPU's fused backward kernel (predicted)")
+                    return _empty_grads(rec, (x, weight))
+
+                out = _PredictedBackward.apply(lambda: func(*args, **kwargs), backward, x, weight)
+            else:
+                out = func(*args, **kwargs)
     finally:
         rec.suppress -= 1
-    weight = p.get("weight")
-    inputs, outputs, cost = _fn.rms_norm_cost(TensorMeta.of(x), list(p["normalized_shape"]),
-                                              TensorMeta.of(weight) if isinstance(weight, torch.Tensor) else None,
+    inputs, outputs, cost = _fn.rms_norm_cost(TensorMeta.of(x), shape,
+                                              TensorMeta.of(weight) if weight is not None else None,
                                               TensorMeta.of(out), rec.settings)
     rec.add(_fn.FUSED_RMS_NORM, inputs, outputs, cost,
             note=f"counted as the GPU's fused kernel (ran here on {x.device.type} as {len(rec.inner)} ops)")
     return out
+
+
+def _valueless(t: torch.Tensor) -> bool:
+    """Meta or fake: a tensor with no values, whose gradient can be an empty tensor of its shape."""
+    return t.device.type == "meta" or _is_fake(t)
+
+
+def _needs_grad(*tensors: Any) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def _empty_grads(rec: "Recorder", tensors: tuple, heads_inside: bool = False) -> tuple:
+    """Gradients for `tensors` (None for a non-tensor), empty, not recorded: of each one's layout,
+    or (heads_inside: attention's dQ, dK, dV) [B, S, H, D] memory, as the GPU's kernels write them."""
+    def empty(t: torch.Tensor) -> torch.Tensor:
+        if heads_inside and t.ndim >= 3:
+            return torch.empty((*t.shape[:-3], t.shape[-2], t.shape[-3], t.shape[-1]), dtype=t.dtype,
+                               device=t.device).transpose(-3, -2)
+        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+
+    rec.suppress += 1
+    try:
+        return tuple(empty(t) if isinstance(t, torch.Tensor) else None for t in tensors)
+    finally:
+        rec.suppress -= 1
+
+
+class _PredictedBackward(torch.autograd.Function):
+    """Off the device (meta or fake tensors, which hold no values), the output of a call counted as
+    a GPU's fused kernel whose backward is that kernel's fused backward: `backward(grad_out)`
+    records it and returns the gradients.  Without it, autograd would record the backward of what
+    computed the value here: for SDPA the math decomposition's, in fp32 with its [B, H, Sq, Sk]
+    scores; for RMSNorm six ops' (ops a GPU never runs)."""
+
+    @staticmethod
+    def forward(ctx, make: Callable[[], torch.Tensor], backward: Callable, *inputs: Any) -> torch.Tensor:
+        ctx.backward_of = backward
+        return make()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple:
+        return (None, None, *ctx.backward_of(grad_out))
 
 
 def _causal_bias_types() -> tuple[Any, Any]:
@@ -778,21 +833,39 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     here = contextlib.nullcontext()
     if q.device.type == "cpu" and not _is_fake(q):
         here = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
-    try:
-        with rec.label(index), here:
-            out = func(*args, **kwargs)
-        if q.device.type == "meta" or _is_fake(q):
+    valueless = _valueless(q)
+
+    def run() -> torch.Tensor:
+        out = func(*args, **kwargs)
+        if valueless:
             # off-device the math path made a [B, H, S, Dv]-contiguous output; GPU kernels write
             # [B, S, H, Dv] memory (the usual transpose back then costs nothing): match them
-            # (through differentiable ops when a backward will run, so that it still reaches q, k, v)
+            # (through differentiable ops when the decomposition's backward is to run)
             b, h, s, dv = out.shape[:-3], out.shape[-3], out.shape[-2], out.shape[-1]
             if out.requires_grad:
                 out = out.transpose(-3, -2).contiguous().transpose(-3, -2)
             else:
                 out = torch.empty((*b, s, h, dv), dtype=out.dtype, device=out.device).transpose(-3, -2)
+        return out
+
+    try:
+        with rec.label(index), here:
+            if valueless and need_lse and not (isinstance(mask, torch.Tensor) and mask.requires_grad):
+                # its backward: the GPU's fused backward kernel, not the math decomposition's
+                def backward(grad_out: torch.Tensor) -> tuple:
+                    op, inputs, outputs, cost = _fn.sdpa_backward(plan, qm, km, vm, om, TensorMeta.of(grad_out),
+                                                                  mask=mask_meta)
+                    rec.add(op, inputs, outputs, cost, note=f"counted as the GPU's {plan.backend} backward kernel "
+                                                            "(predicted)")
+                    return _empty_grads(rec, (q, k, v), heads_inside=True)
+
+                out = _PredictedBackward.apply(run, backward, q, k, v)
+            else:  # (a mask that wants a gradient keeps the decomposition's backward: it reaches the mask)
+                out = run()
     finally:
         rec.suppress -= 1
-    cost = _fn.sdpa_cost(plan, qm, km, vm, TensorMeta.of(out), mask=mask_meta, need_lse=need_lse)
+    om = TensorMeta.of(out)
+    cost = _fn.sdpa_cost(plan, qm, km, vm, om, mask=mask_meta, need_lse=need_lse)
     ran_as = rec.inner[0].split("::")[-1] if rec.inner else "decomposed ops"
     where = "fake " + q.device.type if _is_fake(q) else q.device.type
     inputs = [qm, km, vm] + ([mask_meta] if mask_meta is not None else [])

@@ -22,6 +22,15 @@ def ops_named(prof, name):
     return [o for o in prof.ops if o.short_op == name]
 
 
+def training_step(make, device: str, shape: tuple[int, int], dtype: torch.dtype | None = None):
+    """One forward, next-token loss and backward of the causal LM `make()` builds on `device`, counted."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = make() if dtype is None else make().to(dtype)
+        ids = torch.randint(0, model.config.vocab_size, shape)
+    return count(lambda: model(input_ids=ids, labels=ids).loss.backward())
+
+
 # ---------------------------------------------------------------------------- the loss and view backwards
 
 
@@ -85,6 +94,75 @@ def test_fused_rms_norm_backward():
     # w 256 B; writes dx 1 KB and dw 256 B
     assert cost.total_flops == 2304 and cost.bytes_read == 1024 + 1024 + 16 + 256
     assert cost.bytes_written == 1024 + 256
+
+
+def test_rms_norm_trained_on_meta_counts_the_gpus_fused_backward():
+    # counted off the GPU, F.rms_norm is the GPU's fused kernel; its backward must be the GPU's
+    # fused backward too, not the backward of the six ops that computed it on meta
+    x = torch.empty(4, 128, 1024, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.empty(1024, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    prof = count(lambda: F.rms_norm(x, (1024,), w, 1e-6).sum().backward())
+    bwd = [o for o in prof.ops if o.phase == "backward" and (o.total_flops or o.bytes)]
+    assert [o.short_op for o in bwd] == ["_fused_rms_norm_backward"]
+    # 9 per element (7 for dx, 2 for dw) over 4*128*1024 = 524,288 elements = 4,718,592; reads the
+    # gradient (the sum's scalar expanded: its 2 bytes), x (1 MiB), rstd (512 rows x 4 B) and w
+    # (2 KiB); writes dx (1 MiB) and dw (2 KiB)
+    assert bwd[0].total_flops == 4_718_592
+    assert bwd[0].bytes_read == 2 + 1_048_576 + 2048 + 2048 and bwd[0].bytes_written == 1_048_576 + 2048
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape
+
+
+@needs_transformers
+def test_a_bf16_training_step_on_meta_counts_the_gpus_fused_attention_backward():
+    # GPT-2 of 2 layers, 4 heads of D = 64, 2 sequences of 256 tokens, bf16.  A GPU runs a fused
+    # attention forward and its fused backward; on meta the value is computed by the math
+    # decomposition, whose own backward (fp32 bmm over [8, 256, 256] scores, a softmax backward) is
+    # not what the GPU runs and must not be counted
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(n_layer=2, n_embd=256, n_head=4, vocab_size=512, n_positions=256, resid_pdrop=0.0,
+                     embd_pdrop=0.0, attn_pdrop=0.0)
+
+    def by_class(prof):
+        out = {}
+        for o in prof.ops:
+            for cls, v in o.flops.items():
+                out[(o.phase, cls)] = out.get((o.phase, cls), 0) + v
+        return out
+
+    meta, cpu = (training_step(lambda: GPT2LMHeadModel(cfg), d, (2, 256), torch.bfloat16) for d in ("meta", "cpu"))
+    bwd = [o for o in meta.ops if o.phase == "backward" and "attention" in o.short_op]
+    assert len(bwd) == 2 and all(o.short_op.endswith("_attention_backward") and o.dtype == "bfloat16" for o in bwd)
+    assert not [o for o in meta.ops if o.phase == "backward" and o.short_op in ("bmm", "_softmax_backward_data")]
+    # causal over 256 tokens in 128 x 128 tiles: 128*128 + 128*256 = 49,152 pairs per sequence and
+    # head, x 2 x 4 = 393,216; FlashAttention-2's backward 2P(3D + 2Dv) = 2*393,216*320 = 251,658,240
+    assert [o.flops["bf16_tensor"] for o in bwd] == [251_658_240] * 2
+    # class by class the same FLOPs as on the CPU, where the CPU's own flash kernel and its backward ran
+    assert by_class(meta) == by_class(cpu)
+
+
+@pytest.mark.gpu
+@needs_transformers
+def test_a_bf16_training_step_counted_on_meta_predicts_the_gpus_own_capture():
+    # a GQA Llama (16 query heads, 4 KV heads) of 2 layers, 2 x 1024 tokens, bf16: counted on meta
+    # (no GPU needed) and captured on the GPU, where the real cuDNN/flash kernels and their
+    # backwards run, the matrix FLOPs agree class by class and the attention backwards exactly
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=2, num_attention_heads=16,
+                      num_key_value_heads=4, vocab_size=4096)
+
+    def flops(prof, cls):
+        return {ph: sum(o.flops.get(cls, 0) for o in prof.ops if o.phase == ph) for ph in ("forward", "backward")}
+
+    meta, gpu = (training_step(lambda: LlamaForCausalLM(cfg), d, (2, 1024), torch.bfloat16) for d in ("meta", "cuda"))
+    assert flops(meta, "bf16_tensor") == flops(gpu, "bf16_tensor")
+    attention = [[(sum(o.flops.values()), o.bytes) for o in p.ops if o.phase == "backward" and "attention" in o.short_op]
+                 for p in (meta, gpu)]
+    assert len(attention[0]) == 2 and attention[0] == attention[1]
+    # the rest of the backward differs only by where the kernels' gradients need a copy to be viewed
+    bwd = [sum(o.bytes for o in p.ops if o.phase == "backward") for p in (meta, gpu)]
+    assert bwd[0] == pytest.approx(bwd[1], rel=0.03)
 
 
 # ---------------------------------------------------------------------------- optimizers
@@ -243,11 +321,7 @@ def test_a_training_step_counts_the_same_on_meta_as_on_the_cpu():
                       num_key_value_heads=2, vocab_size=512)
 
     def totals(device):
-        torch.manual_seed(0)
-        with torch.device(device):
-            model = LlamaForCausalLM(cfg)
-            ids = torch.randint(0, 512, (2, 32))
-        prof = count(lambda: model(input_ids=ids, labels=ids).loss.backward())
+        prof = training_step(lambda: LlamaForCausalLM(cfg), device, (2, 32))
         backward = sum(o.total_flops for o in prof.ops if o.short_op == "mm" and o.phase == "backward")
         return prof.total_flops, prof.total_bytes, backward, prof.uncounted()
 

@@ -13,6 +13,10 @@ the aten ops they reach depend on the device and off the GPU they are not what a
   `rms_norm_cost` costs it as the fused kernel.
 - flex attention's higher-order op: costed from its BlockMask (costs.attention.flex_attention_cost).
 
+Off the device (meta or fake tensors) the first two also have their backward costed as the GPU's
+fused backward kernel (`sdpa_backward`, `rms_norm_backward`): autograd's backward of what computed
+them there (the math decomposition, six RMSNorm ops) is not what a GPU runs.
+
 rooflight.capture intercepts the calls and runs them; what they cost is decided here.  Pure
 functions of tensor metadata and settings.
 """
@@ -23,12 +27,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
-from .attention import attention_cost, flex_attention_cost, predict_sdpa_backend
+from .attention import attention_backward_cost, attention_cost, flex_attention_cost, predict_sdpa_backend
 from .model import OpCall, OpCost, Settings, TensorMeta
 from .pointwise import fused_rms_norm
+from .training import fused_rms_norm_backward
 
 SDPA = "aten::scaled_dot_product_attention"
 FUSED_RMS_NORM = "aten::_fused_rms_norm.default"
+FUSED_RMS_NORM_BACKWARD = "aten::_fused_rms_norm_backward.default"
 FLEX = "higher_order::flex_attention"
 
 
@@ -61,6 +67,19 @@ def sdpa_cost(plan: SdpaPlan, q: TensorMeta, k: TensorMeta, v: TensorMeta, out: 
                           settings=plan.settings, need_lse=need_lse)
 
 
+def sdpa_backward(plan: SdpaPlan, q: TensorMeta, k: TensorMeta, v: TensorMeta, out: TensorMeta,
+                  grad_out: TensorMeta, *, mask: TensorMeta | None) -> tuple[str, list[TensorMeta], list[TensorMeta],
+                                                                         OpCost]:
+    """(op, inputs, outputs, cost) of the fused backward kernel of a call planned as `plan` (not
+    "math"): reads dO, Q, K, V, O and the fp32 log-sum-exp per query row, writes dQ, dK, dV."""
+    lse = TensorMeta.contiguous(q.shape[:-1], "float32", q.device)
+    op = f"aten::_scaled_dot_product_{plan.backend}_attention_backward.default"
+    cost = attention_backward_cost(q, k, v, out, grad_out, backend=plan.backend, causal=plan.causal,
+                                   settings=plan.settings, mask=mask)
+    grads = [TensorMeta.contiguous(t.shape, t.dtype, t.device) for t in (q, k, v)]
+    return op, [grad_out, q, k, v, out, lse] + ([mask] if mask is not None else []), grads, cost
+
+
 def rms_norm_cost(x: TensorMeta, normalized_shape: Sequence[int], weight: TensorMeta | None, out: TensorMeta,
                   settings: Settings) -> tuple[list[TensorMeta], list[TensorMeta], OpCost]:
     """(inputs, outputs, cost) of F.rms_norm as the GPU's fused kernel: y and the fp32 rstd per row."""
@@ -68,6 +87,20 @@ def rms_norm_cost(x: TensorMeta, normalized_shape: Sequence[int], weight: Tensor
     call = OpCall(FUSED_RMS_NORM, (x, list(normalized_shape), weight), {}, (out, rstd), settings,
                   arg_names=("input", "normalized_shape", "weight", "eps"))
     return [t for t in (x, weight) if t is not None], [out, rstd], fused_rms_norm(call)
+
+
+def rms_norm_backward(grad_out: TensorMeta, x: TensorMeta, normalized_shape: Sequence[int],
+                      weight: TensorMeta | None, settings: Settings) -> tuple[list[TensorMeta], list[TensorMeta],
+                                                                              OpCost]:
+    """(inputs, outputs, cost) of the GPU's fused RMSNorm backward (aten._fused_rms_norm_backward):
+    dx, and dw when there is a weight."""
+    rstd = TensorMeta.contiguous((*x.shape[:x.ndim - len(normalized_shape)], 1), "float32", x.device)
+    outs = [TensorMeta.contiguous(x.shape, x.dtype, x.device)] + (
+        [TensorMeta.contiguous(weight.shape, weight.dtype, weight.device)] if weight is not None else [])
+    call = OpCall(FUSED_RMS_NORM_BACKWARD, (grad_out, x, list(normalized_shape), rstd, weight,
+                                            [True, weight is not None]), {}, tuple(outs), settings,
+                  arg_names=("grad_out", "input", "normalized_shape", "rstd", "weight", "output_mask"))
+    return [t for t in (grad_out, x, rstd, weight) if t is not None], outs, fused_rms_norm_backward(call)
 
 
 def flex_cost(q: TensorMeta, k: TensorMeta, v: TensorMeta, out: TensorMeta, block_mask, settings: Settings) -> OpCost:
