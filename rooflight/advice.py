@@ -32,7 +32,7 @@ from .counters import is_tensor_pipe
 from .math_class import MathClass
 from .groups import (ATTENTION_MATH_OPS, BATCHED_MATMUL_OPS, FUSIBLE, SOFTMAX_OPS, Kind,
                      fusible_chains, kind_of, materialized_attention, op_kinds)
-from .profile_data import OpRecord, Profile
+from .profile_data import TRAINING_PHASES, OpRecord, Profile, region_and_ancestors
 from .roofline import Ceilings, intensity
 from .units import fmt_bandwidth, fmt_bytes, fmt_flops_rate, fmt_seconds
 
@@ -142,6 +142,7 @@ class OpFacts:
     # hardware counters (profile --counters): measured over the counted, over the group; NaN without
     dram_read_ratio: float = math.nan  # DRAM bytes read / the modelled bytes read
     executed_ratio: float = math.nan  # tensor-pipe FLOPs executed / the useful tensor FLOPs counted
+    training: bool = False  # in a region that runs backward or optimizer ops (a training step)
 
     @property
     def is_decode(self) -> bool:
@@ -164,7 +165,7 @@ class RegionFacts:
     kernels: int  # ops that ran a kernel
     short_kernels: int  # of them overhead-bound
     is_decode: bool
-    is_prefill: bool
+    is_prefill: bool  # an inference prefill: a training step's long forward is not one
     batch: int | None  # sequences per step, from attention (else the smallest matmul row count)
     m_ridge: float  # the heaviest weight matmul's ridge row count
     kv_reserved: int | None  # cache positions per sequence the KV storage holds
@@ -511,7 +512,8 @@ def _small_batch_weight_gemm(f: OpFacts) -> bool:
 
 
 def _weight_only_fits(f: OpFacts) -> bool:
-    return (f.has_weight and f.m_rows is not None and f.m_rows <= WEIGHT_ONLY_MAX_ROWS
+    # a training step updates its weights: quantizing them is an inference technique
+    return (not f.training and f.has_weight and f.m_rows is not None and f.m_rows <= WEIGHT_ONLY_MAX_ROWS
             and f.weight_dtype in _SIXTEEN_OR_MORE_BITS)
 
 
@@ -828,10 +830,12 @@ def _matmul_facts(op: OpRecord) -> dict:
 
 
 def _attention_facts(op: OpRecord) -> dict:
-    """q [B, Hq, Sq, D], k [B, Hkv, Sk, D] of a fused attention op ([B, S, H, D] for _flash_attention_forward)."""
-    if len(op.inputs) < 3 or op.inputs[0].ndim < 3:
+    """q [B, Hq, Sq, D], k [B, Hkv, Sk, D] of a fused attention op ([B, S, H, D] for _flash_attention_forward;
+    a backward's come after its dO)."""
+    inputs = op.inputs[1:] if op.short_op.endswith("_backward") else op.inputs
+    if len(inputs) < 3 or inputs[0].ndim < 3:
         return {}
-    q, k, v = op.inputs[0], op.inputs[1], op.inputs[2]
+    q, k, v = inputs[0], inputs[1], inputs[2]
     if op.short_op == "_flash_attention_forward" and q.ndim == 4:
         (b, sq, hq, _), (_, sk, hkv, _) = q.shape, k.shape
     else:
@@ -884,8 +888,16 @@ def _measured(profile: Profile) -> dict[int, tuple[float, float]]:
     return out
 
 
+def _training_regions(profile: Profile) -> frozenset[str]:
+    """The region paths that run backward or optimizer ops, with the regions holding them ("" the
+    whole run): a training step's forward ops are in one too."""
+    paths = {o.region for o in profile.ops if o.phase in TRAINING_PHASES}
+    return frozenset(r for p in paths for r in ("", *region_and_ancestors(p, profile.regions)))
+
+
 def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis, ceilings: Ceilings,
-              total_s: float, measured: Mapping[int, tuple[float, float]] | None = None) -> OpFacts:
+              total_s: float, measured: Mapping[int, tuple[float, float]] | None = None,
+              training: frozenset[str] = frozenset()) -> OpFacts:
     ops = [by_index[i] for i in g.ops]
     verdicts = [diagnosis.verdicts[i] for i in g.ops]
     seconds = sum(v.weight_s for v in verdicts if v.weight_s > 0)
@@ -904,6 +916,7 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
         comm_floor_s=sum(v.comm_floor_s for v in verdicts), evidence=_group_evidence(g, rep_v, seconds, total_s),
         comm_bytes=rep.comm_bytes, link=rep.link, direction=rep.note if rep.link == "pcie" else "",
         strided_inputs=_strided(rep), chain_ops=g.chain_ops,
+        training=g.region in training or any(o.phase in TRAINING_PHASES for o in ops),
     )
     if measured and all(i in measured for i in g.ops):  # every op of the group was read by the counters
         read = sum(o.bytes_read for o in ops)
@@ -945,7 +958,7 @@ def _group_evidence(g: _Group, rep: Verdict, seconds: float, total_s: float) -> 
 
 
 def _region_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, region: str,
-                  op_facts: Sequence[OpFacts], total_s: float) -> RegionFacts:
+                  op_facts: Sequence[OpFacts], total_s: float, training: frozenset[str] = frozenset()) -> RegionFacts:
     r = diagnosis.region(region)
     ops = profile.select(region=region)
     attention = [_attention_facts(o) for o in ops if kind_of(o) is Kind.ATTENTION]
@@ -969,7 +982,7 @@ def _region_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, re
         share=total / total_s if total_s > 0 else 0.0, idle_seconds=r.idle_seconds,
         idle_share=r.idle_seconds / total if total > 0 else 0.0, kernels=len(kernels),
         short_kernels=sum(1 for v in kernels if v.label is Label.OVERHEAD), is_decode=is_decode,
-        is_prefill=is_prefill and not is_decode, batch=batch, m_ridge=heaviest.m_ridge if heaviest else math.nan,
+        is_prefill=is_prefill and not is_decode and region not in training, batch=batch, m_ridge=heaviest.m_ridge if heaviest else math.nan,
         kv_reserved=reserved, kv_used=used, evidence=summary(diagnosis, region), timed=diagnosis.timed)
 
 
@@ -990,7 +1003,8 @@ def advise(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, top: int 
                     key=lambda g: -sum(diagnosis.verdicts[i].weight_s for i in g.ops))
     by_index = {o.index: o for o in profile.ops}
     measured = _measured(profile)
-    facts = [_op_facts(g, by_index, diagnosis, ceilings, total_s, measured) for g in groups]
+    training = _training_regions(profile)
+    facts = [_op_facts(g, by_index, diagnosis, ceilings, total_s, measured, training) for g in groups]
     facts = [f for f in facts if f.seconds > 0]
 
     found: dict[str, Advice] = {}
@@ -1009,7 +1023,7 @@ def advise(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, top: int 
 
     # regions: each rule on the named regions where it applies, heaviest first, skipping a region
     # nested in (or holding) one it already fired on; on the whole run only if no named region took it
-    region_facts = {path: _region_facts(profile, diagnosis, ceilings, path, facts, total_s)
+    region_facts = {path: _region_facts(profile, diagnosis, ceilings, path, facts, total_s, training)
                     for path in diagnosis.regions}
     for rule in rules:
         if rule.scope != "region":

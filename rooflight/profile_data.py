@@ -37,6 +37,10 @@ class ProfileFormatError(RooflightError):
 _new, _set = object.__new__, object.__setattr__
 
 
+# the phases of a training step (OpRecord.phase): a region running them trains
+TRAINING_PHASES = frozenset(("backward", "optimizer"))
+
+
 @dataclass(frozen=True)
 class OpRecord(Traffic):
     index: int

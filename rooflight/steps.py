@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from .errors import UsageError
-from .profile_data import OpRecord, Step, region_and_ancestors
+from .profile_data import TRAINING_PHASES, OpRecord, Step, region_and_ancestors
 
 SETUP = "setup"
 TEARDOWN = "teardown"
@@ -100,7 +100,6 @@ def parse_select(text: str) -> tuple[int, int | None]:
 
 _REGION = operator.attrgetter("region")
 _PHASE = operator.attrgetter("phase")
-_TRAINING = frozenset(("backward", "optimizer"))
 
 
 def _in_regions(ops: Sequence[OpRecord], regions: Sequence[str | None]) -> tuple[OpRecord, ...]:
@@ -137,7 +136,7 @@ def _shape_facts(ops: Sequence[OpRecord]) -> tuple[int | None, int | None, int |
 def _kinds(groups: Sequence[Sequence[OpRecord]]) -> list[tuple[str, int | None, int | None, int | None]]:
     facts = []
     for ops in groups:
-        train = any(map(_TRAINING.__contains__, map(_PHASE, ops)))
+        train = any(map(TRAINING_PHASES.__contains__, map(_PHASE, ops)))
         facts.append((train, *_shape_facts(ops)))
     out = []
     for i, (train, b, q, kv) in enumerate(facts):
@@ -223,7 +222,7 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             last = chosen[-1]
             tail = list(range(last.end, last_in + 1))
             keep = min(len(tail), max(gaps, default=0))
-            joined = [i for i in tail if ops[i].phase in _TRAINING]
+            joined = [i for i in tail if ops[i].phase in TRAINING_PHASES]
             end = max([last.end + keep] + [i + 1 for i in joined])
             bounds.append((last.start, end))
             for k, (a, b) in enumerate(bounds, 1):  # the bounds cover chosen[0].start .. end, end to end

@@ -6,6 +6,7 @@ table's integrity, deduplication and `top`."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kernels.llama import build, decode_one_token
-from rooflight.advice import FUSION_MIN_OPS, RULES, Advice, Rule, advise
+from rooflight.advice import FUSION_MIN_OPS, RULES, Advice, Rule, _attention_facts, advise
 from rooflight.groups import Kind, kind_of, materialized_attention, op_kinds
 from rooflight.capture import count
 from rooflight.roofline import Ceilings, from_spec
@@ -388,6 +389,40 @@ def test_decode_region_memory_bound_at_small_batch_gets_continuous_batching_and_
     # the cache holds 1024 positions per sequence and this step reads 256
     assert "reserves 1024 positions per sequence and this step uses 256 (25%)" in adv["paged-kv"].effect
     assert "~4x the sequences fit" in adv["paged-kv"].effect
+
+
+def _long_forward(region_: str) -> list[OpRecord]:
+    # a 4096-token forward: a [4096, 4096] x [4096, 4096] GEMM (M far above the ridge) and a GQA
+    # attention over 4096 queries and keys, both compute-bound on the H100
+    return [mm(0, 4096, 4096, 4096, region_=region_), sdpa(1, 1, 32, 8, 4096, 4096, region_=region_)]
+
+
+def test_an_inference_prefill_gets_prefix_caching_and_a_training_steps_forward_does_not():
+    adv = advice_for(timed(_long_forward("prefill"), H100, 0.8), H100)
+    assert adv["prefix-caching"].region == "prefill"
+    # the same forward in a training step (its backward ran in the step) is no prefill to cache
+    step = _long_forward("step 2") + [replace(mm(2, 4096, 4096, 4096, region_="step 2"), phase="backward")]
+    assert "prefix-caching" not in advice_for(timed(step, H100, 0.8), H100)
+
+
+def test_a_training_steps_small_batch_matmul_gets_no_weight_only_quantization():
+    # the GEMV of test_decode_gemv_at_batch_1... gets it at inference; a training step updates its weights
+    inference = advice_for(timed([mm(0, 1, 8192, 8192)], H100, 0.85), H100)
+    step = [mm(0, 1, 8192, 8192, region_="step 2"),
+            replace(mm(1, 1, 8192, 8192, region_="step 2"), phase="backward")]
+    training = advice_for(timed(step, H100, 0.85), H100)
+    assert "weight-only-quant" in inference and "weight-only-quant" not in training
+    assert "batch-more" in training  # more rows per weight read still helps
+
+
+def test_an_attention_backwards_shapes_are_read_past_its_output_gradient():
+    # (grad_out, q, k, v, out, lse) of a GQA backward: 32 query heads over 512 queries, 8 KV heads
+    q, k, go = T((1, 32, 512, 128)), T((1, 8, 512, 128)), T((1, 32, 512, 128))
+    bwd = OpRecord(0, "aten::_scaled_dot_product_flash_attention_backward.default", inputs=(go, q, k, k, go),
+                   outputs=(q, k, k), note="flash attention backward (fused)")
+    facts = _attention_facts(bwd)
+    assert (facts["hq"], facts["hkv"], facts["sq"], facts["sk"]) == (32, 8, 512, 512)
+    assert facts["kv_bytes"] == 2 * k.bytes and facts["fused"]
 
 
 def test_count_only_profile_gets_advice_from_predicted_labels():
