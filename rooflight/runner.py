@@ -293,8 +293,8 @@ def _run_script(path: Path, argv: Sequence[str]) -> Callable[[], None]:
 def profile_script(path: Path, argv: Sequence[str], options: Options) -> Result:
     """Run a script as __main__ under rooflight (its NVTX ranges become regions), cut into setup,
     steps and teardown (rooflight.steps).  Its body runs once to count (count-only), else
-    warmup + 1 counted + repeats timed times on a GPU (warmup + 2 x repeats on the CPU), or once
-    with single_pass."""
+    warmup + 1 counted + repeats timed times on a GPU (on the CPU 2 x repeats after warmup runs, or
+    after one untimed run when warmup is 0), or once with single_pass."""
     validate(options)
     if options.device == "meta":
         raise UsageError("a script chooses its own devices: --device meta applies to model files only")

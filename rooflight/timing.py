@@ -60,7 +60,8 @@ def profile(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 
     steps: cut the run into setup, steps and teardown (rooflight.steps).  single_pass: run `fn`
     once: kernel times from the counted pass itself (host-side times then include the capture's
     cost, and say so); otherwise it runs warmup + 1 counted + repeats timed times on a GPU,
-    warmup + 2 x repeats on a CPU.
+    warmup + 2 x repeats on a CPU, where a run with no warm-up first runs once more, untimed
+    (FIRST_RUN_NOTE).
     """
     if repeats < 1 or warmup < 0:
         raise UsageError(f"repeats must be >= 1 and warmup >= 0 (got repeats={repeats}, warmup={warmup})")
@@ -95,6 +96,8 @@ def profile(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 
     return replace(counted, workload=name, mode="timed", timing=timing, params=dict(params or {}))
 
 
+FIRST_RUN_NOTE = ("the workload ran once first, untimed: a process's first calls pay one-time set-up (the math "
+                  "libraries' kernels and thread pools), which would land on the first ops' times")
 SINGLE_PASS_NOTE = ("single pass: the workload ran once, counted and timed together; kernel times are the GPU's "
                     "own, but host-side times (wall, GPU idle, CPU dispatch) include the capture's per-op cost")
 
@@ -534,6 +537,11 @@ def _profile_cpu(fn, args, kwargs, warmup: int, repeats: int, name: str, params:
     region_rows: dict[str, dict[str, list[float]]] = {}
     notes: list[str] = ["CPU results: wall time of each op on the host CPU, not GPU kernel time"]
     skipped = 0
+    if not warmup and not single_pass:
+        # the op times come from the captured runs: the first of them must not be the process's
+        # first run (on a GPU the counting pass goes first; with no warm-up asked, one plain run does)
+        fn(*args, **kwargs)
+        notes.append(FIRST_RUN_NOTE)
     for _ in range(repeats):
         cap = Capture(time_ops=True, **seg)
         t0 = time.perf_counter()

@@ -99,7 +99,8 @@ def profile_cmd(
 
     A script's body runs once to count it (--count-only); timed on a GPU, 1 + 2 x --repeats times
     (a counted pass, then --repeats under the profiler and --repeats without it: 3 by default), on
-    the CPU 2 x --repeats (2 by default), plus any --warmup runs; --single-pass runs it once
+    the CPU 1 + 2 x --repeats (an untimed first run, then as on a GPU: 3 by default), or 2 x --repeats
+    plus --warmup runs when a warm-up is asked for; --single-pass runs it once
     (kernel times from that pass, host times inflated by the capture, and said so).  Its run is cut into setup, steps (each call of
     the model, with what follows it: loss, backward, optimizer) and teardown; the headline
     describes the steps, not the setup.
