@@ -683,13 +683,14 @@ RULES: tuple[Rule, ...] = (
     # ---- regions
     Rule("cuda-graphs", "region", frozenset({_L.OVERHEAD}),
          recommendation="Launch the step as one CUDA graph: torch.compile(mode='reduce-overhead') or "
-                        "torch.cuda.graphs with static buffers (a static KV cache)",
+                        "torch.cuda.graphs with static buffers (in decode, a static KV cache)",
          effect=_graphs_effect,
          devices=_GPU,
          seed="001 overhead-bound: CUDA graphs, AOT tracing, JIT compilation (TorchDynamo)"),
     Rule("host-pipelining", "region", frozenset({_L.OVERHEAD}), when=lambda r: r.idle_share >= IDLE_SHARE,
-         recommendation="Take host work off the GPU's critical path: overlap tokenize/sample/detokenize with the "
-                        "next step, avoid syncs, and issue the next step before reading this one's result",
+         recommendation="Take host work off the GPU's critical path: overlap it with the GPU's work (loading and "
+                        "tokenizing data, sampling and detokenizing, logging), avoid syncs such as .item(), and issue "
+                        "the next step before reading this one's result",
          effect=_pipelining_effect,
          devices=_GPU,
          seed="002 §3 pipelining CPU work"),
