@@ -6,6 +6,9 @@ a host thread at a known time, inside whatever ranges were open there: aten ops 
 profiler labels (`user_annotation`: rooflight's `rooflight.op:N`, `rooflight.region:PATH`,
 `rooflight.repeat:I`).  Joining is therefore: device event -> launch (by correlation) -> the
 stack of ranges open on the launching thread at that moment (found by one sweep per thread).
+Regions and repeats are process-wide (rooflight.regions: the autograd engine runs a backward's
+ops on its own thread, in the caller's region): a launch on a thread with no repeat label open
+takes the repeat and region labels open on any thread at that moment (one more sweep).
 
 Pure functions of the trace dict: the test-suite runs them on a trace recorded on an H100.
 """
@@ -102,34 +105,23 @@ def parse(trace: Mapping[str, Any]) -> Trace:
             raw_device.append(ev)
 
     # one sweep per host thread: which ranges are open at each launch
-    by_launch: dict[int, list[HostRange]] = {}
     points_by_tid: dict[Any, list[tuple[float, int]]] = {}
     for corr, (tid, ts) in launches.items():
         points_by_tid.setdefault(tid, []).append((ts, corr))
+    by_launch: dict[int, list[HostRange]] = {}
     for tid, points in points_by_tid.items():
-        spans = sorted(ranges.get(tid, []), key=lambda r: (r.start_us, -r.end_us))
-        points.sort()
-        stack: list[HostRange] = []
-        i = 0
-        for ts, corr in points:
-            while i < len(spans) and spans[i].start_us <= ts:
-                while stack and stack[-1].end_us < spans[i].start_us:
-                    stack.pop()
-                stack.append(spans[i])
-                i += 1
-            while stack and stack[-1].end_us < ts:
-                stack.pop()
-            # ranges on one thread nest, but an outer range can close before an inner one in a
-            # trace with clock jitter: keep only those that really contain the launch
-            by_launch[corr] = [r for r in stack if r.start_us <= ts <= r.end_us]
+        by_launch.update(_open_at(ranges.get(tid, []), points))
+    # and one over every thread's process-wide labels, for launches whose own thread has none open
+    shared = [r for rs in ranges.values() for r in rs
+              if r.cat == "user_annotation" and r.name.startswith((REGION_PREFIX, REPEAT_PREFIX))]
+    anywhere = _open_at(shared, [p for points in points_by_tid.values() for p in points]) if shared else {}
 
     device: list[DeviceEvent] = []
     for ev in raw_device:
         args = ev.get("args") or {}
         corr = int(args.get("correlation", -1))
-        open_ranges = by_launch.get(corr, [])
-        op_index, region, repeat, top_op = -1, "", -1, None
-        for r in open_ranges:  # outermost first
+        op_index, region, repeat, top_op = -1, None, -1, None
+        for r in by_launch.get(corr, []):  # outermost first: the innermost label wins
             if r.cat == "user_annotation":
                 if r.name.startswith(OP_PREFIX):
                     op_index = int(r.name[len(OP_PREFIX):])
@@ -139,6 +131,14 @@ def parse(trace: Mapping[str, Any]) -> Trace:
                     repeat = int(r.name[len(REPEAT_PREFIX):])
             elif r.cat == "cpu_op" and top_op is None:
                 top_op = r
+        if repeat < 0:  # launched outside the run's own thread (autograd's): the labels open anywhere
+            own_region = region is not None
+            for r in anywhere.get(corr, []):  # outermost first: the innermost region wins
+                if r.name.startswith(REPEAT_PREFIX):
+                    repeat = int(r.name[len(REPEAT_PREFIX):])
+                elif r.name.startswith(REGION_PREFIX) and not own_region:
+                    region = r.name[len(REGION_PREFIX):]
+        region = region or ""
         start = _num(ev.get("ts"))
         launch = launches.get(corr)
         device.append(DeviceEvent(
@@ -152,6 +152,27 @@ def parse(trace: Mapping[str, Any]) -> Trace:
     annotations = tuple(r for rs in ranges.values() for r in rs if r.cat == "user_annotation")
     cpu_ops = tuple(r for rs in ranges.values() for r in rs if r.cat == "cpu_op")
     return Trace(tuple(device), annotations, cpu_ops)
+
+
+def _open_at(spans: Iterable[HostRange], points: Iterable[tuple[float, int]]) -> dict[int, list[HostRange]]:
+    """For each launch (time, correlation), the ranges of `spans` open at that time, outermost
+    first (one sweep; the spans nest, as one thread's do)."""
+    spans = sorted(spans, key=lambda r: (r.start_us, -r.end_us))
+    out: dict[int, list[HostRange]] = {}
+    stack: list[HostRange] = []
+    i = 0
+    for ts, corr in sorted(points):
+        while i < len(spans) and spans[i].start_us <= ts:
+            while stack and stack[-1].end_us < spans[i].start_us:
+                stack.pop()
+            stack.append(spans[i])
+            i += 1
+        while stack and stack[-1].end_us < ts:
+            stack.pop()
+        # ranges on one thread nest, but an outer range can close before an inner one in a
+        # trace with clock jitter: keep only those that really contain the launch
+        out[corr] = [r for r in stack if r.start_us <= ts <= r.end_us]
+    return out
 
 
 def union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -108,6 +108,32 @@ def test_aggregate_joins_a_substituted_kernel_to_its_op(recorded):
     assert [k.op_index for k in joined.kernels] == [k.op_index for k in exact.kernels]
 
 
+def test_a_backwards_kernels_launched_on_autograds_thread_join_the_run_its_region_and_their_ops():
+    # the main thread (tid 1) opens the repeat and the region "step 2" and launches the forward's
+    # kernel; autograd's thread (tid 2) runs the backward's op, labelled there, and launches its
+    # kernel: that launch sees no repeat or region on its own thread, so it takes those open on
+    # the main thread at that time (before: repeat -1, region "": dropped from every timing)
+    def x(name, cat, tid, ts, dur, **args):
+        return {"ph": "X", "name": name, "cat": cat, "tid": tid, "ts": ts, "dur": dur, "args": args}
+
+    events = [
+        x("rooflight.repeat:0", "user_annotation", 1, 0, 100),
+        x("rooflight.region:step 2", "user_annotation", 1, 1, 98),
+        x("rooflight.region:step 2/inner", "user_annotation", 1, 2, 60),
+        x("rooflight.op:0", "user_annotation", 1, 5, 5),
+        x("cudaLaunchKernel", "cuda_runtime", 1, 6, 1, correlation=10),
+        x("rooflight.op:1", "user_annotation", 2, 40, 10),
+        x("cudaLaunchKernel", "cuda_runtime", 2, 41, 1, correlation=11),
+        x("cudaLaunchKernel", "cuda_runtime", 2, 70, 1, correlation=12),  # after "inner" closed
+        x("cudaLaunchKernel", "cuda_runtime", 2, 150, 1, correlation=13),  # after the repeat
+        x("fwd", "kernel", 7, 8, 3, correlation=10), x("bwd", "kernel", 7, 43, 3, correlation=11),
+        x("bwd2", "kernel", 7, 72, 3, correlation=12), x("later", "kernel", 7, 152, 3, correlation=13),
+    ]
+    got = {d.name: (d.repeat, d.region, d.op_index) for d in trace.parse({"traceEvents": events}).device_events}
+    assert got == {"fwd": (0, "step 2/inner", 0), "bwd": (0, "step 2/inner", 1), "bwd2": (0, "step 2", -1),
+                   "later": (-1, "", -1)}
+
+
 def test_union_and_align_helpers():
     # [0,10) and [5,20) overlap: 20 µs; [30,40) apart: +10 µs
     assert trace.union_seconds([(0, 10), (5, 20), (30, 40)]) == pytest.approx(30e-6)
@@ -153,3 +179,23 @@ def test_gpu_timing_joins_kernels_to_ops():
     assert set(ops) >= {"mm", "relu"}
     assert all(o.kernels >= 1 for o in t.ops)
     assert not math.isnan(ops["mm"].cpu_seconds)
+
+
+@pytest.mark.gpu
+def test_gpu_training_step_times_its_backwards_kernels():
+    # a two-linear MLP's training step, x [512, 1024] -> 4096 -> 1024, bf16: autograd runs the
+    # backward from its own thread, whose kernels must be timed like the forward's.  Forward: 2
+    # GEMMs of 2*512*1024*4096 = 4.29 GFLOP each; backward: dW for both and dX for the second
+    # (x needs no gradient): 3 GEMMs of that size, 1.5x the forward's matrix work
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(1024, 4096), torch.nn.GELU(), torch.nn.Linear(4096, 1024))
+    m = m.to("cuda", torch.bfloat16)
+    x = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16)
+    p = timing.profile(lambda: m(x).float().square().mean().backward(), warmup=2, repeats=3)
+    timed = {t.op_index: t for t in p.timing.ops}
+    gemms = {ph: [o for o in p.ops if o.phase == ph and o.short_op in ("mm", "addmm")] for ph in ("forward", "backward")}
+    tensor = [sum(o.flops.get("bf16_tensor", 0) for o in gemms[ph]) for ph in ("forward", "backward")]
+    assert tensor == [2 * 4_294_967_296, 3 * 4_294_967_296]
+    assert all(o.index in timed and timed[o.index].kernels >= 1 for o in gemms["backward"])
+    fwd, bwd = (sum(timed[o.index].seconds for o in gemms[ph]) for ph in ("forward", "backward"))
+    assert 1.0 < bwd / fwd < 2.5  # 1.5x the work, on the same tensor cores
