@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import runpy
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -235,14 +236,14 @@ def launch_ranks(argv: Sequence[str], n: int, out: Path, *, backend: str, timeou
     """Run `rooflight <argv>` once per rank, as torchrun would: RANK, WORLD_SIZE, LOCAL_RANK and a
     rendezvous on this host in each child's environment (`backend`: gloo or nccl, for workloads
     that initialise their group from it), each writing into out/rank<k>.  All ranks start
-    together (a collective needs every rank); each one's exit code and last lines come back."""
+    together (a collective needs every rank); each one's exit code and last lines come back.
+    Once a rank fails the others are stopped (they would wait for it in a collective forever),
+    and so are all of them at `timeout`; a stopped rank's code is negative (the signal)."""
     import os
-    import socket
     import subprocess
+    import tempfile
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     procs = []
     for rank in range(n):
         folder = out / f"rank{rank}"
@@ -250,18 +251,36 @@ def launch_ranks(argv: Sequence[str], n: int, out: Path, *, backend: str, timeou
                "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "ROOFLIGHT_TP_BACKEND": backend}
         cmd = [sys.executable, "-m", "rooflight", *argv, "-o", str(folder)]
-        procs.append((rank, folder, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                     text=True)))
+        # output to files, not pipes: a rank blocked on a full pipe would stall the others
+        log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        procs.append((rank, folder, log, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log,
+                                                          text=True)))
+    t0 = time.monotonic()
+    while any(p.poll() is None for *_, p in procs):
+        failed = any(p.poll() not in (None, 0) for *_, p in procs)
+        if failed or (timeout is not None and time.monotonic() - t0 > timeout):
+            for *_, p in procs:
+                if p.poll() is None:
+                    p.kill()
+            break
+        time.sleep(0.05)
     runs = []
-    for rank, folder, p in procs:
-        try:
-            _, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            _, err = p.communicate()
-        runs.append(RankRun(rank, p.returncode, " | ".join(ln for ln in (err or "").splitlines()[-3:] if ln.strip()),
+    for rank, folder, log, p in procs:
+        p.wait()
+        log.seek(0)
+        err = log.read()
+        log.close()
+        runs.append(RankRun(rank, p.returncode, " | ".join(ln for ln in err.splitlines()[-3:] if ln.strip()),
                             folder))
     return runs
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------- scripts

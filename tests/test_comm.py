@@ -185,6 +185,62 @@ def test_profile_nproc_runs_the_ranks_and_puts_their_collectives_side_by_side(tm
     assert bad.returncode == 2 and "give 2 or more ranks" in bad.stderr
 
 
+def _nproc(script: Path, *args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return subprocess.run([sys.executable, "-m", "rooflight", "profile", str(script), "--nproc", "2", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+DDP_SCRIPT = """
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+m = DDP(torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64)))
+opt = torch.optim.SGD(m.parameters(), lr=0.1)
+for _ in range(3):
+    m(torch.randn(16, 64)).square().mean().backward()
+    opt.step()
+    opt.zero_grad()
+dist.destroy_process_group()
+"""
+
+
+def test_a_ddp_script_is_timed_on_two_ranks_in_one_run_each(tmp_path):
+    # a rank's script creates and destroys its gloo group: run again in the same process, its next
+    # rendezvous met the last one's and hung, or failed with "Connection reset by peer", in about
+    # one launch of three; so on several ranks a script runs once, counted and timed together
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    r = _nproc(script, "--device", "cpu", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "out" / "ranks.json").read_text())
+    assert sorted(p["rank"] for p in summary["per_rank"]) == [0, 1]
+    for p in summary["per_rank"]:
+        reduces = [c for c in p["collectives"] if c["collective"] == "all_reduce"]
+        # DDP's gradient buckets: at least one all-reduce a step, timed on the CPU
+        assert reduces and reduces[0]["count"] >= 3 and reduces[0]["timed"]
+        notes = json.loads((tmp_path / p["profile"]).read_text())["notes"]
+        assert any("one of several ranks: the script ran once" in n for n in notes)
+    r = _nproc(script, "--device", "cpu", "--repeats", "3", "-o", "out2", cwd=tmp_path)
+    assert r.returncode != 0 and "runs once (its process group is created once per process)" in r.stderr
+
+
+def test_a_rank_that_fails_stops_the_others_and_says_which(tmp_path):
+    # rank 1 raises before the first collective, rank 0 waits in its all-reduce for a peer that
+    # never comes: the launch must end with rank 1's error, not wait for ever
+    script = tmp_path / "one_fails.py"
+    script.write_text("import os, torch, torch.distributed as dist\n"
+                      "dist.init_process_group('gloo')\n"
+                      "if os.environ['RANK'] == '1':\n    raise ValueError('rank one is broken')\n"
+                      "dist.all_reduce(torch.ones(4))\n")
+    r = _nproc(script, "--device", "cpu", "--count-only", cwd=tmp_path, timeout=120)
+    assert r.returncode != 0
+    assert "rank 1 of 2 exited 1" in r.stderr and "rank one is broken" in r.stderr
+
+
 # ---------------------------------------------------------------------------- the interconnect's roof
 
 

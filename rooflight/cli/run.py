@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -167,9 +168,20 @@ def profile_cmd(
                     raise UsageError(f"{flag} applies to model files with @rooflight.workload; {file.name} is a script")
             if single_pass and (warmup or repeats not in (None, 1)):
                 raise UsageError("--single-pass runs the script once: drop --warmup and --repeats")
+            ranked = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not opts.count_only and not single_pass
+            if ranked:
+                # a rank's script creates its process group: run again in the same process, its next
+                # rendezvous can meet the last one's (gloo hung, or failed, in about one launch of three)
+                if warmup or repeats not in (None, 1):
+                    raise UsageError("a script on one of several ranks runs once (its process group is created once "
+                                     "per process): drop --warmup and --repeats")
+                opts = replace(opts, single_pass=True)
             with progress("running") as bar:
                 bar.add_task(file.name, total=None)
                 results = [profile_script(file, script_args or [], opts)]
+            if ranked:
+                prof = results[0].profile
+                results = [replace(results[0], profile=replace(prof, notes=(*prof.notes, RANKED_SCRIPT_NOTE)))]
     if wanted is not None and not is_model:
         with progress("reading hardware counters (ncu)") as bar:
             bar.add_task(file.name, total=None)
@@ -297,8 +309,16 @@ def _profile_ranks(file: Path, nproc: int, out: Path, device: Optional[str], cou
     for p in od.commit():
         con.print(f"wrote {esc(str(p))} (and rank0 ... rank{nproc - 1}/)")
     if failed:
-        first = failed[0]
-        raise RooflightError(f"rank {first.rank} of {nproc} exited {first.returncode}: {first.stderr_tail[:300]}")
+        # the rank that failed, not one stopped after it (a negative code: the signal that stopped it)
+        first = next((r for r in failed if r.returncode > 0), failed[0])
+        stopped = [r.rank for r in failed if r.returncode < 0 and r is not first]
+        also = f" (rank{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))} stopped then)" if stopped else ""
+        raise RooflightError(f"rank {first.rank} of {nproc} exited {first.returncode}{also}: "
+                             f"{first.stderr_tail[:300]}")
+
+
+RANKED_SCRIPT_NOTE = ("one of several ranks: the script ran once, counted and timed together (its process group is "
+                      "created once per process; run again, its next rendezvous can meet the last one's)")
 
 
 def torch_cuda_count() -> int:
