@@ -983,7 +983,8 @@ def _region_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, re
         share=total / total_s if total_s > 0 else 0.0, idle_seconds=r.idle_seconds,
         idle_share=r.idle_seconds / total if total > 0 else 0.0, kernels=len(kernels),
         short_kernels=sum(1 for v in kernels if v.label is Label.OVERHEAD), is_decode=is_decode,
-        is_prefill=is_prefill and not is_decode and region not in training, batch=batch, m_ridge=heaviest.m_ridge if heaviest else math.nan,
+        is_prefill=is_prefill and not is_decode and region not in training, batch=batch,
+        m_ridge=heaviest.m_ridge if heaviest else math.nan,
         kv_reserved=reserved, kv_used=used, evidence=summary(diagnosis, region), timed=diagnosis.timed)
 
 

@@ -708,6 +708,7 @@ def _rms_norm(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     p.update(kwargs)
     weight = p.get("weight")
     weight = weight if isinstance(weight, torch.Tensor) else None
+    xm, wm = TensorMeta.of(x), TensorMeta.of(weight) if weight is not None else None
     shape = list(p["normalized_shape"])
     index = rec.next_index()
     rec.suppress += 1
@@ -716,21 +717,19 @@ def _rms_norm(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
         with rec.label(index):
             if _valueless(x) and _needs_grad(x, weight):
                 def backward(grad_out: torch.Tensor) -> tuple:
-                    inputs, outputs, cost = _fn.rms_norm_backward(
-                        TensorMeta.of(grad_out), TensorMeta.of(x), shape,
-                        TensorMeta.of(weight) if weight is not None else None, rec.settings)
+                    grads = _empty_grads(rec, (x, weight))
+                    outputs = [TensorMeta.of(g) for g in grads if g is not None]
+                    inputs, cost = _fn.rms_norm_backward(TensorMeta.of(grad_out), xm, shape, wm, outputs, rec.settings)
                     rec.add(_fn.FUSED_RMS_NORM_BACKWARD, inputs, outputs, cost,
                             note="counted as the GPU's fused backward kernel (predicted)")
-                    return _empty_grads(rec, (x, weight))
+                    return grads
 
                 out = _PredictedBackward.apply(lambda: func(*args, **kwargs), backward, x, weight)
             else:
                 out = func(*args, **kwargs)
     finally:
         rec.suppress -= 1
-    inputs, outputs, cost = _fn.rms_norm_cost(TensorMeta.of(x), shape,
-                                              TensorMeta.of(weight) if weight is not None else None,
-                                              TensorMeta.of(out), rec.settings)
+    inputs, outputs, cost = _fn.rms_norm_cost(xm, shape, wm, TensorMeta.of(out), rec.settings)
     rec.add(_fn.FUSED_RMS_NORM, inputs, outputs, cost,
             note=f"counted as the GPU's fused kernel (ran here on {x.device.type} as {len(rec.inner)} ops)")
     return out
@@ -851,13 +850,14 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     try:
         with rec.label(index), here:
             if valueless and need_lse and not (isinstance(mask, torch.Tensor) and mask.requires_grad):
-                # its backward: the GPU's fused backward kernel, not the math decomposition's
+                # its backward: the GPU's fused backward kernel, not the math decomposition's (`om`,
+                # the output's metadata, is set below, before any backward can run)
                 def backward(grad_out: torch.Tensor) -> tuple:
-                    op, inputs, outputs, cost = _fn.sdpa_backward(plan, qm, km, vm, om, TensorMeta.of(grad_out),
-                                                                  mask=mask_meta)
-                    rec.add(op, inputs, outputs, cost, note=f"counted as the GPU's {plan.backend} backward kernel "
-                                                            "(predicted)")
-                    return _empty_grads(rec, (q, k, v), heads_inside=True)
+                    grads = _empty_grads(rec, (q, k, v), heads_inside=True)
+                    op, inputs, cost = _fn.sdpa_backward(plan, qm, km, vm, om, TensorMeta.of(grad_out), mask=mask_meta)
+                    rec.add(op, inputs, [TensorMeta.of(g) for g in grads], cost,
+                            note=f"counted as the GPU's {plan.backend} backward kernel (predicted)")
+                    return grads
 
                 out = _PredictedBackward.apply(run, backward, q, k, v)
             else:  # (a mask that wants a gradient keeps the decomposition's backward: it reaches the mask)
@@ -869,7 +869,7 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     ran_as = rec.inner[0].split("::")[-1] if rec.inner else "decomposed ops"
     where = "fake " + q.device.type if _is_fake(q) else q.device.type
     inputs = [qm, km, vm] + ([mask_meta] if mask_meta is not None else [])
-    rec.add(_fn.SDPA, inputs, [TensorMeta.of(out)], cost,
+    rec.add(_fn.SDPA, inputs, [om], cost,
             note=f"counted as the GPU's {plan.backend} kernel (predicted; ran here on {where} as {ran_as})")
     return out
 

@@ -111,10 +111,12 @@ def parse(trace: Mapping[str, Any]) -> Trace:
     by_launch: dict[int, list[HostRange]] = {}
     for tid, points in points_by_tid.items():
         by_launch.update(_open_at(ranges.get(tid, []), points))
-    # and one over every thread's process-wide labels, for launches whose own thread has none open
+    # and one over every thread's process-wide labels, for the launches with no repeat open on their own thread
     shared = [r for rs in ranges.values() for r in rs
               if r.cat == "user_annotation" and r.name.startswith((REGION_PREFIX, REPEAT_PREFIX))]
-    anywhere = _open_at(shared, [p for points in points_by_tid.values() for p in points]) if shared else {}
+    orphans = [p for points in points_by_tid.values() for p in points
+               if not any(r.name.startswith(REPEAT_PREFIX) for r in by_launch[p[1]])]
+    anywhere = _open_at(shared, orphans) if shared and orphans else {}
 
     device: list[DeviceEvent] = []
     for ev in raw_device:

@@ -312,7 +312,8 @@ def _profile_ranks(file: Path, nproc: int, out: Path, device: Optional[str], cou
         # the rank that failed, not one stopped after it (a negative code: the signal that stopped it)
         first = next((r for r in failed if r.returncode > 0), failed[0])
         stopped = [r.rank for r in failed if r.returncode < 0 and r is not first]
-        also = f" (rank{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))} stopped then)" if stopped else ""
+        also = (f" (rank{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))} stopped then)"
+                if stopped else "")
         raise RooflightError(f"rank {first.rank} of {nproc} exited {first.returncode}{also}: "
                              f"{first.stderr_tail[:300]}")
 

@@ -68,16 +68,14 @@ def sdpa_cost(plan: SdpaPlan, q: TensorMeta, k: TensorMeta, v: TensorMeta, out: 
 
 
 def sdpa_backward(plan: SdpaPlan, q: TensorMeta, k: TensorMeta, v: TensorMeta, out: TensorMeta,
-                  grad_out: TensorMeta, *, mask: TensorMeta | None) -> tuple[str, list[TensorMeta], list[TensorMeta],
-                                                                         OpCost]:
-    """(op, inputs, outputs, cost) of the fused backward kernel of a call planned as `plan` (not
-    "math"): reads dO, Q, K, V, O and the fp32 log-sum-exp per query row, writes dQ, dK, dV."""
+                  grad_out: TensorMeta, *, mask: TensorMeta | None) -> tuple[str, list[TensorMeta], OpCost]:
+    """(op, inputs, cost) of the fused backward kernel of a call planned as `plan` (not "math"):
+    reads dO, Q, K, V, O and the fp32 log-sum-exp per query row, writes dQ, dK, dV."""
     lse = TensorMeta.contiguous(q.shape[:-1], "float32", q.device)
     op = f"aten::_scaled_dot_product_{plan.backend}_attention_backward.default"
     cost = attention_backward_cost(q, k, v, out, grad_out, backend=plan.backend, causal=plan.causal,
                                    settings=plan.settings, mask=mask)
-    grads = [TensorMeta.contiguous(t.shape, t.dtype, t.device) for t in (q, k, v)]
-    return op, [grad_out, q, k, v, out, lse] + ([mask] if mask is not None else []), grads, cost
+    return op, [grad_out, q, k, v, out, lse] + ([mask] if mask is not None else []), cost
 
 
 def rms_norm_cost(x: TensorMeta, normalized_shape: Sequence[int], weight: TensorMeta | None, out: TensorMeta,
@@ -90,17 +88,15 @@ def rms_norm_cost(x: TensorMeta, normalized_shape: Sequence[int], weight: Tensor
 
 
 def rms_norm_backward(grad_out: TensorMeta, x: TensorMeta, normalized_shape: Sequence[int],
-                      weight: TensorMeta | None, settings: Settings) -> tuple[list[TensorMeta], list[TensorMeta],
-                                                                              OpCost]:
-    """(inputs, outputs, cost) of the GPU's fused RMSNorm backward (aten._fused_rms_norm_backward):
-    dx, and dw when there is a weight."""
+                      weight: TensorMeta | None, grads: Sequence[TensorMeta],
+                      settings: Settings) -> tuple[list[TensorMeta], OpCost]:
+    """(inputs, cost) of the GPU's fused RMSNorm backward (aten._fused_rms_norm_backward), writing
+    `grads`: dx, and dw when there is a weight."""
     rstd = TensorMeta.contiguous((*x.shape[:x.ndim - len(normalized_shape)], 1), "float32", x.device)
-    outs = [TensorMeta.contiguous(x.shape, x.dtype, x.device)] + (
-        [TensorMeta.contiguous(weight.shape, weight.dtype, weight.device)] if weight is not None else [])
     call = OpCall(FUSED_RMS_NORM_BACKWARD, (grad_out, x, list(normalized_shape), rstd, weight,
-                                            [True, weight is not None]), {}, tuple(outs), settings,
+                                            [True, weight is not None]), {}, tuple(grads), settings,
                   arg_names=("grad_out", "input", "normalized_shape", "rstd", "weight", "output_mask"))
-    return [t for t in (grad_out, x, rstd, weight) if t is not None], outs, fused_rms_norm_backward(call)
+    return [t for t in (grad_out, x, rstd, weight) if t is not None], fused_rms_norm_backward(call)
 
 
 def flex_cost(q: TensorMeta, k: TensorMeta, v: TensorMeta, out: TensorMeta, block_mask, settings: Settings) -> OpCost:
