@@ -14,7 +14,9 @@ child's runs (warm-ups and the measured one).
 on the first kernel and on the first --roofline-kernels kernels of the whole run; the difference
 over the kernels between gives its cost per kernel, the first run less one kernel its start-up
 (the child's own under ncu), and start-up + cost per kernel x the run's kernels the whole run's
-(printed as an extrapolation, beside the parts measured).  Each case's
+(printed as an extrapolation, beside the parts measured).  The workload alone (the same child,
+no tool over it) is timed too: no tool that runs the workload once takes less, so --set roofline's
+whole run over it is the most any counter pass could be cheaper on that workload.  Each case's
 row is printed and merged into benchmarks/results/counters_cost.json as soon as it is measured
 (--case picks one, so each fits a 10-minute call).
 """
@@ -138,6 +140,10 @@ def main(argv=None) -> int:
             sp = Path(tmp) / "spec.json"
             sp.write_text(json.dumps(spec))
             child = [sys.executable, "-m", "rooflight.ncu", str(sp)]
+            # the workload alone: the same child (its build, warm-ups and run) with no tool over it; no
+            # tool that runs the workload once can take less, so --set roofline's whole run over it
+            # bounds the ratio any counter pass could reach on this workload
+            t_alone, r6, cut6 = _timed(child, args.cap)
             t_same, r2, cut2 = _timed([nb, "--metrics", ",".join(same_metrics), "--clock-control", "none", "-f", "-o",
                                        f"{tmp}/same"] + child, args.cap)
             # the whole run: the warm-ups and the measured run (the child's), counted or, when the run was
@@ -165,10 +171,13 @@ def main(argv=None) -> int:
              # the most any counter pass could give: --set roofline's whole run over the profile alone
              "roofline_over_rooflight_profile": roof_whole / t_plain,
              "same_metrics_over_rooflight_counters": t_same / t_rl,
+             "workload_alone_s": t_alone,
+             "roofline_over_workload_alone": roof_whole / t_alone,
              "one_of_each_against_every_kernel": agreement,
-             "errors": [x.stderr[-300:] for x in (r0, r1, r2, r3, r5) if x is not None and x.returncode],
+             "errors": [x.stderr[-300:] for x in (r0, r1, r2, r3, r5, r6) if x is not None and x.returncode],
              "cut_at_cap": [name for name, cut in (("rooflight --counters", cut1), ("ncu same metrics", cut2),
-                                                   ("ncu roofline", cut3), ("ncu roofline, one kernel", cut5))
+                                                   ("ncu roofline", cut3), ("ncu roofline, one kernel", cut5),
+                                                   ("the workload alone", cut6))
                             if cut]}
         result["rows"] = [x for x in result["rows"] if x["workload"] != label] + [r]
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +191,9 @@ def main(argv=None) -> int:
               flush=True)
         print(f"   rooflight's profile alone (no counters) is {r['roofline_over_rooflight_profile']:.1f}x cheaper than "
               "--set roofline: the most any counter pass added to it could be", flush=True)
+        print(f"   the workload alone (its build, {spec['warmup']} warm-ups and a run, no tool) took "
+              f"{r['workload_alone_s']:.1f} s: --set roofline's whole run is {r['roofline_over_workload_alone']:.1f}x "
+              "that, the most any tool that runs the workload once could be cheaper", flush=True)
         print(f"   counter pass: {r['kernels_measured']} of {r['kernels_counter_pass']} kernels measured (one of each "
               f"distinct call); whole run {r['kernels_whole_run']} kernels"
               + ("" if r["kernels_whole_run_counted"] else " (from the timed run's kernels per run: the ncu run was cut)"),
