@@ -21,6 +21,7 @@ and every output says these are CPU results.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import contextvars
 import json
@@ -38,7 +39,7 @@ from . import regions as _regions
 from . import trace as _trace
 from .capture import Capture
 from .errors import NoGPUError, UsageError
-from .steps import TEARDOWN
+from .steps import BETWEEN, SETUP, TEARDOWN, UNMARKED
 from .units import fmt_seconds
 from .profile_data import KernelRecord, OpTiming, Profile, RegionTiming, Timing, region_and_ancestors
 
@@ -217,6 +218,7 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
     timed = _trace.parse(_run_profiler(body, cuda=True))
     plain = []
     step_walls: dict[str, list[float]] = {}
+    between: list[float] = []
     auto = [st for st in counted.steps if st.kind != "marked" and st.module] if not cuda_graph else []
     for _ in range(repeats):
         with _StepCalls(auto, _cuda_mark) as calls:
@@ -229,6 +231,9 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
             # a step runs to the next one's start, the last to the end; a forward-only step is its call
             for st, a, b, c in zip(auto, calls.starts, calls.starts[1:] + [calls.last], calls.ends):
                 step_walls.setdefault(st.name, []).append(a.elapsed_time(c if st.kind == "forward" else b) * 1e-3)
+            # the loop's own code between forward-only steps: from one call's end to the next's start
+            between.append(sum(c.elapsed_time(b) * 1e-3 for st, b, c in zip(auto, calls.starts[1:], calls.ends)
+                               if st.kind == "forward"))
     result = aggregate_gpu(timed, ref_names, ref_ops, counted, repeats=repeats, warmup=warmup, flush_l2=flush_l2,
                            cuda_graph=cuda_graph, notes=notes,
                            device_name=torch.cuda.get_device_name(torch.cuda.current_device()))
@@ -250,6 +255,8 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
         # teardown the profiled runs measured
         tear = result.region(TEARDOWN)
         walls = {n: statistics.median(v) for n, v in step_walls.items()}
+        if any(st.kind == "forward" for st in auto[:-1]):
+            walls[BETWEEN] = statistics.median(between)
         if tear is not None and auto and auto[-1].kind != "forward":
             walls[auto[-1].name] = max(walls[auto[-1].name] - tear.wall_seconds, 0.0)
         regions = tuple(replace(r, wall_seconds=max(walls[r.region], r.busy_seconds)) if r.region in walls else r
@@ -331,12 +338,68 @@ def tile_steps(steps, bounds: dict[str, tuple[float, float]]) -> dict[str, float
     last step: to its own last): steps tile the run, so the host's work between two model calls
     (a decode loop's sampling, an optimizer's bookkeeping) belongs to the step it follows.  A
     forward-only step is its model call alone (its own span): the loop's code between calls is
-    not the model's (rooflight.steps)."""
-    timed = [st for st in steps if st.name in bounds]
+    not the model's (rooflight.steps).  A marked step is the script's own region: its time is its
+    entries' (one region entered in every layer is one step), and what lies between marked steps
+    is the region "unmarked" (left_by_steps)."""
+    timed = [st for st in steps if st.name in bounds and st.kind != "marked"]
     out = {}
     for st, nxt in zip(timed, timed[1:] + [None]):
         start, end = bounds[st.name]
         out[st.name] = (bounds[nxt.name][0] if nxt is not None and st.kind != "forward" else end) - start
+    return out
+
+
+def region_entries(annotations, spans: list[tuple[float, float]], launches: list[float],
+                   run: list[tuple[float, float]] = ()) -> list[tuple[float, float]]:
+    """A region's extent in one run on the GPU's timeline, entry by entry.  An entry (a host range
+    of its label) runs from its first kernel's start to its last kernel's end, widened by the GPU
+    idle time next to them while the host was inside the entry (before its first kernel, no other
+    kernel running since the host entered; after its last, none started before the host left):
+    that idle is the region's.  The host runs ahead of the GPU, so an entry's host range alone
+    would overlap the kernels of the code before it.  An entry that launched nothing is its host
+    range; a kernel launched inside no entry is an extent of its own.  A region entered in each
+    of 32 layers is 32 entries, not the forward from the first to the last: the work between them
+    is not its idle time.  A region with no label of its own (setup, a step: its ops' region) is
+    one extent, from its first kernel to its last.  run: every kernel span of the run."""
+    if not annotations:
+        return [(min(s for s, _ in spans), max(e for _, e in spans))]
+    ranges = sorted((a.start_us, a.end_us) for a in annotations)
+    mine: list[list[tuple[float, float]]] = [[] for _ in ranges]
+    alone = []
+    for span, at in zip(spans, launches):
+        k = next((i for i, (lo, hi) in enumerate(ranges) if lo <= at <= hi), -1)
+        (alone if k < 0 else mine[k]).append(span)
+    ends = sorted(e for _, e in run)
+    starts = sorted(s for s, _ in run)
+    out = []
+    for (lo, hi), ks in zip(ranges, mine):
+        if not ks:
+            out.append((lo, hi))
+            continue
+        first, last = min(s for s, _ in ks), max(e for _, e in ks)
+        before = ends[bisect.bisect_right(ends, first) - 1] if bisect.bisect_right(ends, first) else -math.inf
+        after = starts[bisect.bisect_left(starts, last)] if bisect.bisect_left(starts, last) < len(starts) else math.inf
+        out.append((min(first, max(lo, before)), max(last, min(hi, after))))
+    return out + alone
+
+
+def left_by_steps(steps, bounds: dict[str, tuple[float, float]], walls: dict[str, float]) -> dict[str, float]:
+    """The parts of a run that lie between its steps, as wall time: the loop's code between two
+    forward-only steps (BETWEEN: from one call's end to the next's start) and, in a run cut by
+    its own marks, what lies between the marked steps' entries (UNMARKED: the marked stretch less
+    the steps' own walls).  Their ops are scattered between the steps: the span from their first
+    to their last would hold the steps themselves.  bounds: each region's first start and last
+    end; walls: each region's wall time, in the same unit."""
+    timed = [st for st in steps if st.name in bounds]
+    out = {}
+    fwd = [max(0.0, bounds[nxt.name][0] - bounds[st.name][1]) for st, nxt in zip(timed, timed[1:])
+           if st.kind == "forward"]
+    if fwd:
+        out[BETWEEN] = sum(fwd)
+    marked = [st.name for st in timed if st.kind == "marked" and st.name in walls]
+    if marked:
+        stretch = max(bounds[n][1] for n in marked) - min(bounds[n][0] for n in marked)
+        out[UNMARKED] = max(0.0, stretch - sum(walls[n] for n in marked))
     return out
 
 
@@ -410,6 +473,7 @@ def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int],
                     op_kernels[op] = op_kernels.get(op, 0) + 1
         # regions: the whole run ("") and each region path (with its parents)
         groups: dict[str, list[tuple[float, float]]] = {"": []}
+        launches: dict[str, list[float]] = {"": []}  # when each kernel of groups[path] was launched
         # the collectives' kernels and the compute kernels beside them, per region: exposed communication
         comm_spans: dict[str, list[tuple[float, float]]] = {}
         compute_spans: dict[str, list[tuple[float, float]]] = {}
@@ -420,6 +484,7 @@ def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int],
                 op in comm_ops if op >= 0 else "nccl" in d.name.lower()) else compute_spans
             for path in paths:
                 groups.setdefault(path, []).append((d.start_us, d.end_us))
+                launches.setdefault(path, []).append(d.launch_us if math.isfinite(d.launch_us) else d.start_us)
                 if side is not None:
                     side.setdefault(path, []).append((d.start_us, d.end_us))
         rr = repeat_ranges.get(i)
@@ -434,20 +499,25 @@ def aggregate_gpu(timed: _trace.Trace, ref_names: list[str], ref_ops: list[int],
             if region == "" and rr is not None:
                 start = rr.start_us
                 end = max([rr.end_us] + [e for _, e in spans])
+                wall_us = end - start
                 row["cpu"].append(rr.seconds)
             else:
                 ann = [a for a in timed.annotations if a.name == _trace.REGION_PREFIX + region
                        and rr is not None and rr.start_us <= a.start_us <= rr.end_us]
-                starts = [a.start_us for a in ann] + [s for s, _ in spans]
-                ends = [a.end_us for a in ann] + [e for _, e in spans]
-                start, end = min(starts), max(ends)
+                entries = region_entries(ann, spans, launches[region], groups[""])
+                start, end = min(s for s, _ in entries), max(e for _, e in entries)
+                wall_us = _trace.length(_trace.union(entries))
                 if ann:
                     row["cpu"].append(sum(a.seconds for a in ann))
             bounds[region] = (start, end)
-            row["wall"].append((end - start) * 1e-6)
+            row["wall"].append(wall_us * 1e-6)
             row["busy"].append(busy)
         for name, wall in tile_steps(counted.steps, bounds).items():
             region_rows[name]["wall"][-1] = wall * 1e-6
+        this_run = {name: row["wall"][-1] * 1e6 for name, row in region_rows.items() if name in bounds}
+        for name, wall in left_by_steps(counted.steps, bounds, this_run).items():
+            if name in region_rows:
+                region_rows[name]["wall"][-1] = wall * 1e-6
     if substituted:
         notes.append(f"{substituted} kernel launches over {repeats} repeats differ from the labelled run's (a "
                      "compiled kernel, or another algorithm, in place of the op's kernels there) and were joined to "
@@ -495,19 +565,25 @@ def _plain_cpu_walls(fn, args, kwargs, repeats: int, steps=(), tails: dict[str, 
     """Wall time of the whole run and of each region (summed over its entries), without capture.
     With a script's steps, each step's too: two light module hooks time the outermost calls, and a
     step runs from its call's start to the next step's (the last: its call, plus its tail's op time
-    measured under the capture, `tails`)."""
+    measured under the capture, `tails`); setup, teardown and the time between forward-only steps
+    are what the steps leave of the run.  (Their spans in the captured runs would hold the
+    capture's own bookkeeping between ops, shown as idle time: a setup could outlast the run.)"""
     walls: dict[str, list[float]] = {}
     auto = [st for st in steps if st.kind != "marked" and st.module]
     for _ in range(repeats):
         open_at: dict[str, float] = {}
         spent: dict[str, float] = {}
+        first_in: dict[str, float] = {}
+        last_out: dict[str, float] = {}
 
         def listener(path: str, enter: bool) -> None:
             now = time.perf_counter()
             if enter:
                 open_at[path] = now
+                first_in.setdefault(path, now)
             else:
                 spent[path] = spent.get(path, 0.0) + now - open_at.pop(path, now)
+                last_out[path] = now
 
         _regions.LISTENERS.append(listener)
         try:
@@ -523,6 +599,19 @@ def _plain_cpu_walls(fn, args, kwargs, repeats: int, steps=(), tails: dict[str, 
                 nxt = calls.starts[k + 1] if k + 1 < len(auto) and st.kind != "forward" else None
                 spent[st.name] = (nxt - calls.starts[k]) if nxt is not None else (
                     calls.ends[k] - calls.starts[k] + (tails or {}).get(st.name, 0.0))
+            # what the steps leave, as the plain run spent it: before the first call (setup), after the
+            # last step (teardown), between a forward-only step's call and the next call
+            last_end = calls.starts[-1] + spent[auto[-1].name]
+            spent[SETUP] = calls.starts[0] - t0
+            spent[TEARDOWN] = max(0.0, t0 + spent[""] - last_end)
+            spent[BETWEEN] = sum(calls.starts[k + 1] - calls.ends[k] for k, st in enumerate(auto[:-1])
+                                 if st.kind == "forward")
+        marked = [st.name for st in steps if st.kind == "marked"]
+        if marked and all(n in first_in and n in last_out for n in marked):  # steps that are the script's regions
+            spent[SETUP] = min(first_in[n] for n in marked) - t0
+            spent[TEARDOWN] = max(0.0, t0 + spent[""] - max(last_out[n] for n in marked))
+            stretch = max(last_out[n] for n in marked) - min(first_in[n] for n in marked)
+            spent[UNMARKED] = max(0.0, stretch - sum(spent.get(n, 0.0) for n in marked))
         for path, sec in spent.items():
             walls.setdefault(path, []).append(sec)
     return walls

@@ -3,8 +3,10 @@ tests/fixtures/record_traces.py), and the CPU timing path end to end."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,62 @@ def test_every_kernel_of_the_labelled_pass_joins_to_an_op(recorded):
     assert kinds[("mm", "kernel")] == sum(1 for o in prof.ops if o.short_op == "mm")
     # regions come from the labels open at launch
     assert {d.region for d in events} == {"decode"}
+
+
+def test_a_region_entered_twice_is_timed_entry_by_entry():
+    """A region marked around the same code in two places (`with rooflight.region("attn")` in
+    each layer): its wall time is its entries', not the span from the first to the last, which
+    would hold the 800 µs of other work between them as the region's idle time."""
+    from rooflight.costs.model import TensorMeta
+    from rooflight.profile_data import OpRecord
+
+    x = TensorMeta.contiguous((1024, 1024), "bfloat16", "cuda:0")
+    ops = tuple(OpRecord(i, "aten::mm.default", region="" if i == 1 else "attn", device="cuda:0", inputs=(x, x),
+                         outputs=(x,)) for i in range(3))
+    counted = Profile(ops=ops, workload="w", device="cuda:0", regions=("attn",))
+    names, spans = ["k0", "k1", "k2"], [(0, 100), (100, 850), (900, 1000)]
+    events, ann = [], []
+    for rep in range(2):
+        t0 = 2000 * rep
+        ann += [trace.HostRange(f"{trace.REPEAT_PREFIX}{rep}", "user_annotation", 1, t0 - 5, t0 + 1010),
+                # the host leaves each entry long before its kernel ends (the GPU runs behind)
+                trace.HostRange(f"{trace.REGION_PREFIX}attn", "user_annotation", 1, t0 - 2, t0 + 20),
+                trace.HostRange(f"{trace.REGION_PREFIX}attn", "user_annotation", 1, t0 + 880, t0 + 905)]
+        for i, (n, (a, b)) in enumerate(zip(names, spans)):
+            launch = t0 + (1 if i == 0 else 30 if i == 1 else 890)
+            events.append(trace.DeviceEvent(n, "kernel", t0 + a, t0 + b, 7, 10 * rep + i, (1,), (1,), launch, -1,
+                                            "" if i == 1 else "attn", rep, None))
+    t = timing.aggregate_gpu(trace.Trace(tuple(events), tuple(ann), ()), names, [0, 1, 2], counted, repeats=2,
+                             warmup=0, device_name="H200")
+    attn = t.region("attn")
+    # entries [-2, 100) and [880, 1000): 102 + 120 = 222 µs of wall, 200 µs of it kernels; the
+    # GPU idled from 850, but the host entered the second entry only at 880
+    assert attn.wall_seconds == pytest.approx(222e-6) and attn.busy_seconds == pytest.approx(200e-6)
+    assert t.region("").wall_seconds == pytest.approx(1015e-6)
+    # the GPU behind the host: the other kernel runs until 900, past the entry's start at 880,
+    # so none of its time is the region's (the second entry is its kernel's 100 µs)
+    late = [replace(d, end_us=d.end_us + 50) if d.name == "k1" else d for d in events]
+    t = timing.aggregate_gpu(trace.Trace(tuple(late), tuple(ann), ()), names, [0, 1, 2], counted, repeats=2,
+                             warmup=0, device_name="H200")
+    assert t.region("attn").wall_seconds == pytest.approx(202e-6)
+
+
+def test_the_loop_between_forward_steps_is_the_gaps_between_them():
+    from rooflight.steps import BETWEEN, UNMARKED
+
+    class S:
+        def __init__(self, name, kind):
+            self.name, self.kind = name, kind
+
+    bounds = {"step 1": (0.0, 3.0), "step 2": (5.0, 9.0), "step 3": (10.0, 12.0), BETWEEN: (3.0, 10.0)}
+    walls = {"step 1": 3.0, "step 2": 4.0, "step 3": 2.0}
+    fwd = [S("step 1", "forward"), S("step 2", "forward"), S("step 3", "forward")]
+    assert timing.left_by_steps(fwd, bounds, walls) == {BETWEEN: 3.0}  # 3 to 5 and 9 to 10, not 3 to 10
+    marked = [S("step 1", "marked"), S("step 2", "marked")]
+    assert timing.left_by_steps(marked, bounds, walls) == {UNMARKED: 2.0}  # 0 to 9, less 3 + 4
+    # one marked step entered many times (a region in every layer): 0 to 12, less its entries' 7
+    assert timing.left_by_steps([S("attn", "marked")], {"attn": (0.0, 12.0)}, {"attn": 7.0}) == {UNMARKED: 5.0}
+    assert timing.left_by_steps([S("step 1", "train"), S("step 2", "train")], bounds, walls) == {}  # they tile the run
 
 
 def test_plain_passes_align_with_the_labelled_pass(recorded):
@@ -199,3 +257,47 @@ def test_gpu_training_step_times_its_backwards_kernels():
     assert all(o.index in timed and timed[o.index].kernels >= 1 for o in gemms["backward"])
     fwd, bwd = (sum(timed[o.index].seconds for o in gemms[ph]) for ph in ("forward", "backward"))
     assert 1.0 < bwd / fwd < 2.5  # 1.5x the work, on the same tensor cores
+
+
+@pytest.mark.gpu
+def test_gpu_region_in_every_layer_and_the_loop_between_steps_are_not_spans():
+    # 8 blocks, each two 2048x4096x4096 bf16 GEMMs (68.7 GFLOP each), the first inside
+    # region("attn"): the region's 8 entries hold half the GEMMs, so its wall is about half the
+    # run's, not the span from the first block to the last.  Run as a loop of 4 forwards that
+    # prints a number between them, the region is the script's mark (its one marked step) and
+    # the rest is "unmarked"; with no region, the 4 forwards are steps and the loop's code
+    # between them the gaps between the calls
+    from rooflight.steps import BETWEEN, UNMARKED
+
+    marking = [True]
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4096, 4096), torch.nn.Linear(4096, 4096)
+
+        def forward(self, x):
+            with region("attn") if marking[0] else contextlib.nullcontext():
+                h = self.a(x)
+            return self.b(h)
+
+    model = torch.nn.Sequential(*[Block() for _ in range(8)]).to("cuda", torch.bfloat16)
+    x = torch.randn(2048, 4096, device="cuda", dtype=torch.bfloat16)
+
+    def loop():
+        with torch.no_grad():
+            for _ in range(4):
+                y = model(x)
+                print(float(y[0, 0]))
+
+    t = timing.profile(lambda: model(x), warmup=1, repeats=3).timing
+    attn, whole = t.region("attn"), t.region("")
+    assert attn.busy_seconds <= attn.wall_seconds < 0.75 * whole.wall_seconds, (attn, whole)
+    t = timing.profile(loop, warmup=1, repeats=3, steps=True).timing
+    attn, whole, rest = t.region("attn"), t.region(""), t.region(UNMARKED)
+    assert attn.wall_seconds < 0.75 * whole.wall_seconds and rest.wall_seconds < 0.75 * whole.wall_seconds
+    marking[0] = False
+    p = timing.profile(loop, warmup=1, repeats=3, steps=True)
+    assert [s.kind for s in p.steps] == ["forward"] * 4
+    between = p.timing.region(BETWEEN)
+    assert between is not None and between.wall_seconds < 0.5 * p.timing.region("").wall_seconds
