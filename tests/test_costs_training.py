@@ -202,6 +202,50 @@ def test_single_tensor_and_foreach_adamw_count_the_elementwise_ops_they_run():
     assert abs(each.total_bytes - loop.total_bytes) / loop.total_bytes < 0.35
 
 
+# ---------------------------------------------------------------------------- convolution backward
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_depthwise_conv1d_backward_does_the_forwards_work_twice(device):
+    # Mamba's causal conv1d: x [2, 8, 32] fp32, weight [8, 1, 4] (groups = 8), bias [8], padding 3
+    # -> out [2, 8, 35].  Forward: 2 * N * C_out * L_out * (C_in/groups) * k = 2*2*8*35*1*4 = 4,480.
+    # Backward: grad_input and grad_weight each the forward's 4,480 (torch.utils.flop_counter
+    # counts grad_input as if the convolution were dense, groups x too many: 40,320 in all), and
+    # grad_bias one add per grad_out element, 2*8*35 = 560
+    x = torch.randn(2, 8, 32, device=device, requires_grad=True)
+    w = torch.randn(8, 1, 4, device=device, requires_grad=True)
+    b = torch.randn(8, device=device, requires_grad=True)
+    prof = count(lambda: F.conv1d(x, w, b, padding=3, groups=8).sum().backward())
+    assert not prof.uncounted()
+    fwd, = ops_named(prof, "convolution")
+    bwd, = ops_named(prof, "convolution_backward")
+    assert fwd.flops["tf32_tensor"] == 4480  # fp32 convolution may use TF32 (torch's cuDNN default)
+    assert bwd.flops == {"tf32_tensor": 2 * 4480, "fp32": 560}
+    # reads grad_out (an expanded scalar from .sum(): 4 B), the weight (8*4*4 = 128 B) and the input
+    # (2*8*32*4 = 2,048 B); writes grad_input 2,048 B, grad_weight 128 B, grad_bias 32 B
+    assert (bwd.bytes_read, bwd.bytes_written) == (4 + 128 + 2048, 2048 + 128 + 32)
+
+
+def test_conv2d_backward_matches_the_flop_counter_and_follows_the_output_mask():
+    # dense conv2d: x [2, 3, 16, 16], w [6, 3, 3, 3], padding 1 -> [2, 6, 16, 16]; forward
+    # 2*2*6*256*3*9 = 165,888; the flop counter agrees on dense convolutions: backward 2x that
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    w = torch.randn(6, 3, 3, 3, requires_grad=True)
+    step = lambda: F.conv2d(x, w, padding=1).square().sum().backward()  # noqa: E731
+    with FlopCounterMode(display=False) as fc:
+        step()
+    bwd, = ops_named(count(step), "convolution_backward")
+    assert bwd.total_flops == fc.get_flop_counts()["Global"][torch.ops.aten.convolution_backward] == 331_776
+    # the input needs no gradient: only grad_weight (and no bias): the forward's work once, and the
+    # weight is not read; reads grad_out 2*6*256*4 = 12,288 B and x 6,144 B, writes grad_w 648 B
+    x.requires_grad_(False)
+    bwd, = ops_named(count(step), "convolution_backward")
+    assert bwd.flops == {"tf32_tensor": 165_888}
+    assert (bwd.bytes_read, bwd.bytes_written) == (12_288 + 6_144, 648)
+
+
 # ---------------------------------------------------------------------------- mixture-of-experts
 
 
@@ -384,3 +428,27 @@ def test_a_training_step_reports_model_flops_and_optimizer_traffic():
     # its states: m and v in fp32, 8 B per parameter (rooflight llm --train's 12 adds the fp32 master
     # copy that mixed precision keeps; this model trains in fp32, its parameters are the master)
     assert t.state_bytes == 8 * params
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_small_cnn_training_step_is_counted_through(device):
+    # conv, batch norm, max pool, group norm, avg pool: forward and backward all have formulas
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                            torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.GroupNorm(2, 8),
+                            torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(128, 10)).to(device)
+    x, y = torch.randn(4, 3, 16, 16, device=device), torch.randint(0, 10, (4,), device=device)
+    prof = count(lambda: F.cross_entropy(m(x), y).backward())
+    assert not prof.uncounted()
+    # max pool 2x2 of [4, 8, 16, 16] fp32 -> [4, 8, 8, 8]: 2,048 outputs x 4 compares = 8,192;
+    # reads 32 KiB, writes the output (8 KiB) and its int64 indices (16 KiB)
+    mp, = ops_named(prof, "max_pool2d_with_indices")
+    assert mp.flops == {"fp32": 8192} and (mp.bytes_read, mp.bytes_written) == (32768, 8192 + 16384)
+    # its backward adds each of the 2,048 gradients at its index: reads grad_out and the indices, writes 32 KiB
+    mpb, = ops_named(prof, "max_pool2d_with_indices_backward")
+    assert mpb.flops == {"fp32": 2048} and (mpb.bytes_read, mpb.bytes_written) == (8192 + 16384, 32768)
+    # avg pool 2x2 of [4, 8, 8, 8] -> [4, 8, 4, 4]: 512 outputs x 4 adds; its backward the same 2,048
+    ap, apb = ops_named(prof, "avg_pool2d")[0], ops_named(prof, "avg_pool2d_backward")[0]
+    assert ap.flops == apb.flops == {"fp32": 2048} and apb.bytes_written == 4 * 8 * 8 * 8 * 4
+    bn, = ops_named(prof, "native_batch_norm_backward")
+    assert bn.flops == {"fp32": 12 * 4 * 8 * 16 * 16}  # 12 per input element (see norm_backward)

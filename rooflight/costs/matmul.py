@@ -181,3 +181,32 @@ def convolution(call: OpCall) -> OpCost:
     for c, v in _epilogue(out, bias).items():  # fp32 conv without TF32: same class, so add
         total[c] = total.get(c, 0) + v
     return OpCost(total, _read(x, w, bias), out.bytes)
+
+
+@register_cost(aten.convolution_backward)
+def convolution_backward(call: OpCall) -> OpCost:
+    # (grad_out, input, weight, bias_sizes, stride, padding, dilation, transposed, output_padding,
+    # groups, output_mask) -> (grad_input, grad_weight, grad_bias), each only where output_mask
+    # asks.  grad_input is the convolution of grad_out with the weight (transposed), grad_weight
+    # that of the input with grad_out: each does the forward's multiply-adds, 2 * N * C_out *
+    # prod(out_spatial) * (C_in/groups) * prod(kernel) FLOPs (a transposed convolution's counted
+    # over the input positions, as in the forward); grad_bias sums grad_out over all but its
+    # channel dim (one add per element).  Reads grad_out, the weight for grad_input and the
+    # input for grad_weight; writes the gradients it makes.
+    gy, x, w = call.arg(0), call.arg(1), call.arg(2)
+    transposed = bool(call.arg(7, "transposed", False))
+    mask = list(call.arg(10, "output_mask", (True, True, True)) or (True, True, True))
+    kernel = math.prod(w.shape[2:])
+    if transposed:
+        c_in, c_out_per_group = w.shape[0], w.shape[1]
+        forward = 2 * x.shape[0] * math.prod(x.shape[2:]) * c_in * c_out_per_group * kernel
+    else:
+        c_out, c_in_per_group = w.shape[0], w.shape[1]
+        forward = 2 * gy.shape[0] * math.prod(gy.shape[2:]) * c_out * c_in_per_group * kernel
+    cls = x.matrix_class(call.settings.allow_tf32_conv)
+    flops = {cls: forward * (int(bool(mask[0])) + int(bool(mask[1])))}
+    if mask[2]:
+        flops[vector_class(gy)] = flops.get(vector_class(gy), 0) + gy.numel
+    read = gy.bytes + (w.bytes if mask[0] else 0) + (x.bytes if mask[1] else 0)
+    written = sum(o.bytes for o in call.outputs if isinstance(o, TensorMeta))
+    return OpCost(flops, read, written)

@@ -191,8 +191,12 @@ def layer_norm(call: OpCall) -> OpCost:
     return _with_row_stats(elementwise_cost(call, per), y, stats)
 
 
-@register_cost(aten.native_layer_norm_backward)
-def layer_norm_backward(call: OpCall) -> OpCost:
+@register_cost(aten.native_layer_norm_backward, aten.native_batch_norm_backward, aten.native_group_norm_backward)
+def norm_backward(call: OpCall) -> OpCost:
+    # per input element: x_hat = (x - mean) * rstd (2), grad * weight (1), the two row sums of
+    # grad and grad * x_hat (2 + 2), the input gradient's combination (~4), grad_weight and
+    # grad_bias accumulations (1) = 12; reads grad_out, the input, the statistics and the
+    # weight, writes the gradients the output mask asks for
     return elementwise_cost(call, 12)
 
 
@@ -208,6 +212,44 @@ def fused_rms_norm(call: OpCall) -> OpCost:
                aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit_functional)
 def other_norms(call: OpCall) -> OpCost:
     return elementwise_cost(call, 8)
+
+
+# ---------------------------------------------------------------- pooling
+
+def _window(call: OpCall) -> int:
+    kernel = call.arg(1, "kernel_size")
+    if isinstance(kernel, int):
+        kernel = [kernel]
+    return math.prod(kernel) if kernel else 1
+
+
+@register_cost(aten.max_pool2d_with_indices, aten.max_pool3d_with_indices, aten.avg_pool2d, aten.avg_pool3d)
+def pool(call: OpCall) -> OpCost:
+    # each output element compares (max) or adds (avg) the kernel window's elements: one FLOP per
+    # window element; reads the input, writes the output (and max pooling's indices)
+    outs = [o for o in call.outputs if isinstance(o, TensorMeta)]
+    x = call.arg(0)
+    return OpCost({vector_class(x): outs[0].numel * _window(call)}, x.bytes, sum(o.bytes for o in outs))
+
+
+@register_cost(aten.max_pool2d_with_indices_backward, aten.max_pool3d_with_indices_backward)
+def max_pool_backward(call: OpCall) -> OpCost:
+    # (grad_out, self, kernel_size, stride, padding, dilation, ceil_mode, indices): each grad_out
+    # element is added at its index in a zeroed grad_input (one add each); reads grad_out and the
+    # indices (the input's values are not needed), writes grad_input
+    gy, indices = call.arg(0), call.arg(7, "indices")
+    return OpCost({vector_class(gy): gy.numel}, gy.bytes + (indices.bytes if isinstance(indices, TensorMeta) else 0),
+                  call.out.bytes)
+
+
+@register_cost(aten.avg_pool2d_backward, aten.avg_pool3d_backward)
+def avg_pool_backward(call: OpCall) -> OpCost:
+    # (grad_out, self, kernel_size, ...): each grad_out element, divided by the window, is added to
+    # each input element of its window (one FLOP per window element); reads grad_out, writes grad_input
+    gy = call.arg(0)
+    kernel = call.arg(2, "kernel_size")
+    window = math.prod([kernel] if isinstance(kernel, int) else kernel) if kernel else 1
+    return OpCost({vector_class(gy): gy.numel * window}, gy.bytes, call.out.bytes)
 
 
 # ---------------------------------------------------------------- dropout and random fills
