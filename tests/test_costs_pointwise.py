@@ -175,3 +175,33 @@ def test_equal_and_allclose_read_both_tensors():
     assert cost(only(count(torch.equal, a, a.clone()), "equal")) == ({"fp32": 2_048}, 16_384, 0)
     # allclose: |a - b| <= atol + rtol*|b|: 6 per element, 12_288
     assert cost(only(count(torch.allclose, a, a), "allclose")) == ({"fp32": 12_288}, 16_384, 0)
+
+
+UNTAGGED = {"softplus": F.softplus, "elu": F.elu, "leaky_relu": F.leaky_relu, "hardswish": F.hardswish,
+            "mish": F.mish, "hardtanh": F.hardtanh, "logsigmoid": F.logsigmoid, "hardsigmoid": F.hardsigmoid,
+            "glu": F.glu, "upsample": lambda t: F.interpolate(t[None, None], scale_factor=2),
+            "mse": lambda t: F.mse_loss(t, torch.zeros_like(t)),
+            "bce_logits": lambda t: F.binary_cross_entropy_with_logits(t, torch.zeros_like(t)),
+            "smooth_l1": lambda t: F.smooth_l1_loss(t, torch.zeros_like(t))}
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("name", sorted(UNTAGGED))
+def test_activations_and_losses_aten_does_not_tag_pointwise_are_counted_forward_and_backward(name, device):
+    x = torch.randn(64, 64, device=device, requires_grad=True)
+    prof = count(lambda: UNTAGGED[name](x).sum().backward())
+    assert not prof.uncounted()
+
+
+def test_a_loss_costs_its_input_elements_and_glu_its_halves():
+    x = torch.randn(64, 64, requires_grad=True)
+    prof = count(lambda: F.mse_loss(x, torch.zeros_like(x)).backward())
+    # mse_loss over 4,096 elements: sub, square, accumulate = 12,288; reads x and the target
+    # (2 x 16 KiB), writes one fp32 number; its backward 3 per element, writes the 16 KiB gradient
+    (fwd,) = [o for o in prof.ops if o.short_op == "mse_loss"]
+    (bwd,) = [o for o in prof.ops if o.short_op == "mse_loss_backward"]
+    assert fwd.flops == {"fp32": 12_288} and (fwd.bytes_read, fwd.bytes_written) == (32_768, 4)
+    assert bwd.flops == {"fp32": 12_288} and bwd.bytes_written == 16_384
+    # glu halves the last dim: [64, 32] out, a * sigmoid(b) = 4 per output = 8,192
+    (g,) = [o for o in count(lambda: F.glu(x.detach())).ops if o.short_op == "glu"]
+    assert g.flops == {"fp32": 8_192} and (g.bytes_read, g.bytes_written) == (16_384, 8_192)

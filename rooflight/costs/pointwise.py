@@ -47,6 +47,20 @@ FLOPS_PER_ELEMENT: dict[str, int] = {
     "gelu_backward": 10,
     "threshold_backward": 1,
     "native_dropout_backward": 2,
+    # activations' backwards not tagged pointwise in aten (registered below), per element
+    "softplus_backward": 4,     # grad * sigmoid(beta x): exp, add, div, mul
+    "elu_backward": 3,          # compare, exp or scale, mul
+    "leaky_relu_backward": 2, "hardtanh_backward": 2, "hardsigmoid_backward": 2,  # compare(s), select
+    "hardswish": 4,             # x * relu6(x + 3) / 6
+    "hardswish_backward": 4,
+    "mish_backward": 12,        # tanh(sp) + x * sigmoid(x) * (1 - tanh(sp)^2), sp = softplus(x)
+    "log_sigmoid_forward": 4,   # -softplus(-x), with its buffer
+    "log_sigmoid_backward": 4,
+    "glu": 4,                   # a * sigmoid(b), per output element
+    "glu_backward": 3,          # per input element: the two halves' gradients
+    "mse_loss_backward": 3,     # 2 (x - y) grad / n
+    "smooth_l1_loss_backward": 4,
+    "binary_cross_entropy_with_logits_backward": 5,
 }
 
 
@@ -108,6 +122,29 @@ def reduction_cost(call: OpCall) -> OpCost:
     per = REDUCTION_FLOPS.get(_op_name(call), 1)
     outs = [o for o in call.outputs if isinstance(o, TensorMeta)]
     return OpCost({vector_class(x): per * x.numel}, sum(t.bytes for t in call.tensor_inputs()),
+                  sum(o.bytes for o in outs))
+
+
+@register_cost(aten.softplus_backward, aten.elu_backward, aten.leaky_relu_backward, aten.hardtanh_backward,
+               aten.hardsigmoid_backward, aten.hardswish, aten.hardswish_backward, aten.mish_backward,
+               aten.log_sigmoid_forward, aten.log_sigmoid_backward, aten.glu, aten.glu_backward,
+               aten.mse_loss_backward, aten.smooth_l1_loss_backward)
+def untagged_elementwise(call: OpCall) -> OpCost:
+    return elementwise_cost(call)
+
+
+# per input element, the losses that reduce to one number (or keep the input's shape with
+# reduction="none": the same work)
+LOSS_FLOPS = {"mse_loss": 3,  # sub, square, accumulate
+              "smooth_l1_loss": 5,  # sub, abs, compare, square-or-shift, accumulate
+              "binary_cross_entropy_with_logits": 6}  # (1 - y) x + softplus(-x): ~5, accumulate
+
+
+@register_cost(aten.mse_loss, aten.smooth_l1_loss, aten.binary_cross_entropy_with_logits)
+def elementwise_loss(call: OpCall) -> OpCost:
+    x = call.tensor_inputs()[0]
+    outs = [o for o in call.outputs if isinstance(o, TensorMeta)]
+    return OpCost({vector_class(x): LOSS_FLOPS[_op_name(call)] * x.numel}, sum(t.bytes for t in call.tensor_inputs()),
                   sum(o.bytes for o in outs))
 
 
@@ -240,6 +277,14 @@ def max_pool_backward(call: OpCall) -> OpCost:
     gy, indices = call.arg(0), call.arg(7, "indices")
     return OpCost({vector_class(gy): gy.numel}, gy.bytes + (indices.bytes if isinstance(indices, TensorMeta) else 0),
                   call.out.bytes)
+
+
+@register_cost(aten.upsample_nearest1d_backward, aten.upsample_nearest2d_backward, aten.upsample_nearest3d_backward)
+def upsample_nearest_backward(call: OpCall) -> OpCost:
+    # each grad_out element is added to the input element it copied: one add each; reads grad_out,
+    # writes grad_input
+    gy = call.arg(0)
+    return OpCost({vector_class(gy): gy.numel}, gy.bytes, call.out.bytes)
 
 
 @register_cost(aten.avg_pool2d_backward, aten.avg_pool3d_backward)
