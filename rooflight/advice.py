@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
 from .classify import FAR_BELOW_ROOF, NEAR_ROOF, Diagnosis, Label, Verdict, summary
-from .costs.model import TensorMeta
+from .costs.model import TensorMeta, matrix_like
 from .counters import is_tensor_pipe
 from .math_class import MathClass
 from .groups import (ATTENTION_MATH_OPS, BATCHED_MATMUL_OPS, FUSIBLE, SOFTMAX_OPS, Kind,
@@ -867,12 +867,23 @@ def _materialized_facts(ops: Sequence[OpRecord]) -> dict:
 
 
 def _strided(op: OpRecord) -> tuple[str, ...]:
+    """The op's inputs whose loads do not stream: not contiguous, and for a matrix product not a
+    transposed matrix either (GEMM kernels read a column-major operand natively: a Hugging Face
+    MoE's expert weights reach _grouped_mm as [E, N, K] transposed views)."""
     out = []
+    matrix = matrix_like(op.short_op)
     for t in op.inputs:
         if t.ndim >= 2 and t.numel > 1 and t.stride != TensorMeta.contiguous(t.shape).stride \
-                and 0 not in t.stride:
+                and 0 not in t.stride and not (matrix and _transposed_matrix(t)):
             out.append(f"{t.short()} (strides {','.join(str(s) for s in t.stride)})")
     return tuple(out)
+
+
+def _transposed_matrix(t: TensorMeta) -> bool:
+    """A contiguous tensor with its last two dims swapped (column-major matrices, batched)."""
+    *lead, m, n = t.shape
+    swapped = TensorMeta.contiguous((*lead, n, m)).stride
+    return t.stride == (*swapped[:-2], swapped[-1], swapped[-2])
 
 
 def _measured(profile: Profile) -> dict[int, tuple[float, float]]:

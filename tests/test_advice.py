@@ -331,6 +331,22 @@ def test_kernel_far_below_its_roof_gets_told_so_with_its_layout():
     assert "[8192,8192] (strides 1,8192) is not contiguous" in below.effect
 
 
+def test_a_matrix_products_transposed_operand_is_not_called_a_layout_problem():
+    # an HF MoE's expert weights reach _grouped_mm as transposed views, [8, 256, 256] with strides
+    # (65536, 1, 256): a GEMM reads a column-major operand natively, so no "not contiguous" there;
+    # a matrix sliced out of a wider one (strides (512, 2)) still is one
+    from rooflight.advice import _strided
+
+    w = TensorMeta((8, 256, 256), (65536, 1, 256), "bfloat16", "cuda:0", 0, 8 * 256 * 256)
+    a = T((16, 256))
+    gmm = OpRecord(0, "aten::_grouped_mm.default", inputs=(a, w), outputs=(T((16, 256)),))
+    assert _strided(gmm) == ()
+    sliced = TensorMeta((256, 256), (512, 2), "bfloat16", "cuda:0", 0, 256 * 512)
+    assert _strided(OpRecord(1, "aten::mm.default", inputs=(a, sliced), outputs=(T((16, 256)),))) != ()
+    # elementwise ops stream only contiguous inputs: the transpose still counts there
+    assert _strided(OpRecord(2, "aten::clone.default", inputs=(w,), outputs=(T((8, 256, 256)),))) != ()
+
+
 # ---------------------------------------------------------------------------- transfers
 
 
