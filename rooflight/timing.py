@@ -99,6 +99,9 @@ def profile(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 
 
 FIRST_RUN_NOTE = ("the workload ran once first, untimed: a process's first calls pay one-time set-up (the math "
                   "libraries' kernels and thread pools), which would land on the first ops' times")
+COMPILED_CPU_NOTE = ("the model is torch.compile'd: the capture ran its eager op graph (set_stance('force_eager')), "
+                     "so on the CPU each op's time is the eager op's, not the compiled code's, which fuses ops; "
+                     "step and whole-run wall times come from the compiled runs")
 SINGLE_PASS_NOTE = ("single pass: the workload ran once, counted and timed together; kernel times are the GPU's "
                     "own, but host-side times (wall, GPU idle, CPU dispatch) include the capture's per-op cost")
 
@@ -663,6 +666,8 @@ def _profile_cpu(fn, args, kwargs, warmup: int, repeats: int, name: str, params:
             region_rows[name]["wall"][-1] = step_wall
     if skipped:
         notes.append(f"the op sequence changed in {skipped} of {repeats} repeats; those are left out")
+    if any("_orig_mod" in o.module.split(".") for o in counted.ops):
+        notes.append(COMPILED_CPU_NOTE)
     # wall times from plain runs (no capture): the capture's own work must not look like idle time
     tails = {}
     if counted.steps:  # the last step's ops after its model call returned (its backward, optimizer ...)

@@ -301,3 +301,16 @@ def test_gpu_region_in_every_layer_and_the_loop_between_steps_are_not_spans():
     assert [s.kind for s in p.steps] == ["forward"] * 4
     between = p.timing.region(BETWEEN)
     assert between is not None and between.wall_seconds < 0.5 * p.timing.region("").wall_seconds
+
+
+def test_a_compiled_model_timed_on_the_cpu_says_its_op_times_are_the_eager_ops():
+    # torch.compile(module): the capture runs its eager op graph, so CPU op times are eager ops'
+    # (backend="eager": the compiled path without inductor's C++ build, seconds in CI)
+    m = torch.compile(torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU()), backend="eager")
+    x = torch.randn(8, 32)
+    with torch.no_grad():
+        p = timing.profile(lambda: m(x), warmup=1, repeats=2, device="cpu")
+    assert all(o.module.startswith("_orig_mod") for o in p.ops if o.short_op in ("addmm", "gelu"))
+    assert timing.COMPILED_CPU_NOTE in p.timing.notes
+    plain = torch.nn.Linear(32, 64)
+    assert timing.COMPILED_CPU_NOTE not in timing.profile(lambda: plain(x), repeats=1, device="cpu").timing.notes
