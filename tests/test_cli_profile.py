@@ -95,8 +95,14 @@ def test_missing_file_and_bad_options_are_one_line_errors(tmp_path, model, capsy
     from rooflight.cli import main
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "saved.json").write_text('{"schema": "rooflight.profile"}')
+    (tmp_path / "analysis.ipynb").write_text("{}")
     cases = [
         (["profile", "nope.py"], 2, "nope.py: no such file"),
+        (["profile", "."], 2, ". is a folder: give the Python file to profile"),
+        (["profile", "saved.json"], 2, "saved.json is a JSON file, not a script: a profile saved by rooflight is "
+                                       "rendered again with `rooflight report saved.json`"),
+        (["profile", "analysis.ipynb"], 2, "analysis.ipynb is a notebook: call rooflight.profile(fn)"),
         (["profile", str(model), "--hw", "h1000"], 2, "unknown GPU 'h1000'"),
         (["profile", str(model), "--format", "pdf"], 2, "--format 'pdf'"),
         (["profile", str(model), "--param", "batch"], 2, "write NAME=VALUE"),

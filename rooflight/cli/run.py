@@ -39,6 +39,21 @@ commands = typer.Typer()
 OutOption = typer.Option(Path("rooflight-out"), "-o", "--out", help="Directory for the reports (created).")
 
 
+def check_script(file: Path) -> None:
+    """The file `rooflight profile` runs must be a Python file; a folder, a saved profile or a
+    notebook gets a one-line error that says what to give instead."""
+    if file.is_dir():
+        raise UsageError(f"{file} is a folder: give the Python file to profile (a model file or a script in it)")
+    if not file.is_file():
+        raise UsageError(f"{file}: no such file")
+    if file.suffix.lower() == ".json":
+        raise UsageError(f"{file} is a JSON file, not a script: a profile saved by rooflight is rendered again with "
+                         f"`rooflight report {file}` and compared with `rooflight diff A.json B.json`")
+    if file.suffix.lower() == ".ipynb":
+        raise UsageError(f"{file} is a notebook: call rooflight.profile(fn) in one of its cells, or export it as a "
+                         f"script (jupyter nbconvert --to script {file.name}) and profile that")
+
+
 @commands.command("profile")
 @handles_errors
 def profile_cmd(
@@ -106,8 +121,7 @@ def profile_cmd(
     the model, with what follows it: loss, backward, optimizer) and teardown; the headline
     describes the steps, not the setup.
     """
-    if not file.is_file():
-        raise UsageError(f"{file}: no such file")
+    check_script(file)
     formats = parse_formats(fmt)
     if every_kernel and not counters:
         raise UsageError("--every-kernel says how the counter pass measures: add --counters")
