@@ -435,6 +435,9 @@ class Profile:
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
         p = Path(path)
+        if p.suffix.lower() == ".py":
+            raise ProfileFormatError(f"{p} is a Python file, not a saved profile: profile it with `rooflight profile "
+                                     f"{p}` (its --format json writes the profile this reads)")
         text = read_text(p, ProfileFormatError)
         try:
             return cls.from_json(text)

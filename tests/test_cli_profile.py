@@ -103,6 +103,9 @@ def test_missing_file_and_bad_options_are_one_line_errors(tmp_path, model, capsy
         (["profile", "saved.json"], 2, "saved.json is a JSON file, not a script: a profile saved by rooflight is "
                                        "rendered again with `rooflight report saved.json`"),
         (["profile", "analysis.ipynb"], 2, "analysis.ipynb is a notebook: call rooflight.profile(fn)"),
+        (["report", str(model)], 1, f"{model} is a Python file, not a saved profile: profile it with "
+                                    f"`rooflight profile {model}`"),
+        (["baseline", "."], 2, ". is a folder: give the model file"),
         (["profile", str(model), "--hw", "h1000"], 2, "unknown GPU 'h1000'"),
         (["profile", str(model), "--format", "pdf"], 2, "--format 'pdf'"),
         (["profile", str(model), "--param", "batch"], 2, "write NAME=VALUE"),

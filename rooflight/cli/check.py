@@ -124,6 +124,8 @@ def check_cmd(
 
 
 def _require_model_file(file: Path) -> None:
+    if file.is_dir():
+        raise UsageError(f"{file} is a folder: give the model file (a .py declaring @rooflight.workload) in it")
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
     if not declares_workloads(file):
