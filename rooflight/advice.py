@@ -134,6 +134,7 @@ class OpFacts:
     fused_bytes: float = 0.0  # estimated traffic of one fused kernel (attention) or chain
     chain_bytes: float = 0.0  # traffic of one chain or materialized attention as it runs now
     chain_ops: tuple[str, ...] = ()  # the op names of one chain
+    chain_phase: str = ""  # the phase its ops ran in ("optimizer": an optimizer step's per-tensor updates)
     # transfers and collectives
     comm_bytes: float = 0.0  # per op
     link: str = ""
@@ -377,6 +378,18 @@ def _fusion_effect(f: OpFacts, c: Ceilings) -> str:
     return (f"each chain of {n} kernels ({names}) moves {fmt_bytes(f.chain_bytes)}; fused, it reads its inputs and "
             f"writes its output once, ~{fmt_bytes(f.fused_bytes)}: ~{_x(f.chain_bytes, f.fused_bytes)} less traffic "
             f"and {n - 1} fewer launches per chain, x{f.copies} chains ({f.share:.0%} of the run)")
+
+
+def _fused_optimizer_effect(f: OpFacts, c: Ceilings) -> str:
+    # no fused-traffic figure: the step's tensors (parameters, gradients, moments) are each read
+    # and written whatever the kernel count, and which op touched which tensor is not recorded
+    n = len(f.chain_ops)
+    names = ", ".join(dict.fromkeys(f.chain_ops)) if len(set(f.chain_ops)) <= 6 else \
+        ", ".join(list(dict.fromkeys(f.chain_ops))[:6]) + ", ..."
+    how = "multi-tensor ops" if all(o.startswith("_foreach") for o in f.chain_ops) else "ops, one tensor at a time"
+    return (f"the optimizer step runs {n} {how} ({names}), {fmt_seconds(f.seconds)} "
+            f"({f.share:.0%} of the run) moving {fmt_bytes(f.chain_bytes)}; a fused step launches a few kernels "
+            "for all of them and reads each parameter's state once per step")
 
 
 def _launch_bound_effect(f: OpFacts, c: Ceilings) -> str:
@@ -632,7 +645,15 @@ RULES: tuple[Rule, ...] = (
          effect=_sparse_attention_effect,
          seed="000 Sparse Attention (atrous, local, local+strided, DeepSpeed random/local/global)"),
     # ---- elementwise chains, launches, kernels below their roof
-    Rule("fuse-elementwise", "op", frozenset({_L.MEMORY, _L.OVERHEAD}), kinds=FUSIBLE, when=_chain,
+    Rule("fused-optimizer", "op", frozenset({_L.MEMORY, _L.OVERHEAD}), kinds=FUSIBLE,
+         when=lambda f: _chain(f) and f.chain_phase == "optimizer",
+         recommendation="Use a fused optimizer step: torch.optim.AdamW(..., fused=True) (or foreach=True, or "
+                        "torch.compile the optimizer's step) updates every parameter of a group in one or a few "
+                        "kernels",
+         effect=_fused_optimizer_effect,
+         seed="001 overhead-bound: fewer, larger kernels; memory-bound: operator fusion"),
+    Rule("fuse-elementwise", "op", frozenset({_L.MEMORY, _L.OVERHEAD}), kinds=FUSIBLE,
+         when=lambda f: _chain(f) and f.chain_phase != "optimizer",
          recommendation="Fuse the chain: torch.compile the module (or a fused kernel, e.g. a fused RMSNorm / "
                         "rotary embedding) so intermediates stay on chip",
          effect=_fusion_effect,
@@ -928,6 +949,7 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
         comm_floor_s=sum(v.comm_floor_s for v in verdicts), evidence=_group_evidence(g, rep_v, seconds, total_s),
         comm_bytes=rep.comm_bytes, link=rep.link, direction=rep.note if rep.link == "pcie" else "",
         strided_inputs=_strided(rep), chain_ops=g.chain_ops,
+        chain_phase=by_index[g.units[0][0]].phase if g.chain_ops else "",
         training=g.region in training or any(o.phase in TRAINING_PHASES for o in ops),
     )
     if measured and all(i in measured for i in g.ops):  # every op of the group was read by the counters

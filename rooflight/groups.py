@@ -234,11 +234,12 @@ def op_kinds(profile: Profile) -> dict[int, Kind]:
 
 
 def fusible_chains(profile: Profile, kinds: Mapping[int, Kind], used: set[int], min_ops: int) -> list[tuple[int, ...]]:
-    """Runs of `min_ops` or more consecutive fusible ops in one region; ops that move and
-    compute nothing (views) neither join nor break a run."""
+    """Runs of `min_ops` or more consecutive fusible ops in one region and one phase (a
+    backward's last ops and the optimizer step after it are not one kernel's work); ops that move
+    and compute nothing (views) neither join nor break a run."""
     chains: list[tuple[int, ...]] = []
     run: list[int] = []
-    region = None
+    region = phase = None
 
     def close() -> None:
         if len(run) >= min_ops:
@@ -249,9 +250,9 @@ def fusible_chains(profile: Profile, kinds: Mapping[int, Kind], used: set[int], 
         if not op.flops and not op.bytes and not op.comm_bytes:
             continue  # a view: no kernel
         fusible = kinds[op.index] in FUSIBLE and op.index not in used
-        if not fusible or op.region != region:
+        if not fusible or op.region != region or op.phase != phase:
             close()
-        region = op.region
+        region, phase = op.region, op.phase
         if fusible:
             run.append(op.index)
     close()

@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kernels.llama import build, decode_one_token
 from rooflight.advice import FUSION_MIN_OPS, RULES, Advice, Rule, _attention_facts, advise
-from rooflight.groups import Kind, kind_of, materialized_attention, op_kinds
+from rooflight.groups import Kind, fusible_chains, kind_of, materialized_attention, op_kinds
 from rooflight.capture import count
 from rooflight.roofline import Ceilings, from_spec
 from rooflight.classify import Label, breakdown, floors
@@ -285,6 +285,28 @@ def test_chain_of_memory_bound_elementwise_ops_gets_fusion():
     # 5 ops x 96 MB = 480 MB; fused: the first op's two inputs (64 MB) + the last op's output (32 MB) = 96 MB
     assert "each chain of 5 kernels (add, mul, sub, mul, add) moves 503 MB" in fuse.effect
     assert "~101 MB: ~5.0x less traffic and 4 fewer launches" in fuse.effect
+
+
+def test_an_optimizer_step_is_told_to_use_a_fused_optimizer_not_to_fuse_a_chain():
+    # a training step's last backward ops, then an unfused AdamW: per tensor mul_, add_, lerp_ ...
+    # The run of ops crosses from backward to optimizer: two runs, not one kernel's work; the
+    # optimizer's gets the fused optimizer, without the "reads its inputs once" figure that holds
+    # only for a chain where each op feeds the next
+    from dataclasses import replace as _replace
+
+    n = 1 << 22
+    back = [_replace(pointwise(i, "mul", n, region_="step 2"), phase="backward") for i in range(FUSION_MIN_OPS)]
+    opt = [_replace(pointwise(FUSION_MIN_OPS + i, name, n, region_="step 2"), phase="optimizer")
+           for i, name in enumerate(["mul_", "add_", "lerp_", "addcmul_", "sqrt", "div", "addcdiv_"] * 4)]
+    kinds = op_kinds(Profile(ops=tuple(back + opt)))
+    chains = fusible_chains(Profile(ops=tuple(back + opt)), kinds, set(), FUSION_MIN_OPS)
+    assert chains == [tuple(range(FUSION_MIN_OPS)), tuple(range(FUSION_MIN_OPS, FUSION_MIN_OPS + 28))]
+    adv = advice_for(timed(opt, CALIBRATED, 0.5), CALIBRATED)
+    assert "fuse-elementwise" not in adv
+    fused = adv["fused-optimizer"]
+    assert "fused=True" in fused.recommendation
+    assert fused.effect.startswith("the optimizer step runs 28 ops, one tensor at a time (mul_, add_, lerp_, ")
+    assert "less traffic" not in fused.effect
 
 
 def test_too_short_a_chain_is_not_fused():
