@@ -448,8 +448,8 @@ def _project_one(profile: Profile, spec: HardwareSpec, per_op, paths, members, k
     regions = {p: sum(by_index[i] for i in members[p]) for p in paths}
     notes = []
     for (a, b), flops in fallback_flops.items():
-        notes.append(f"{_short(a)} ops run as {_short(b)} math on the {spec.name}: no {_short(a)}"
-                     f" ({flops:.3g} FLOPs)")
+        notes.append(f"{_short(a)} ops are held against the {_short(b)} roof on the {spec.name}: its ceilings have "
+                     f"no {_short(a)} figure ({flops:.3g} FLOPs)")
     return TargetProjection(spec.key, spec.name, ceil, tuple(ops), regions, by_label, tuple(notes))
 
 

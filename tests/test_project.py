@@ -76,7 +76,8 @@ def test_fp8_falls_back_to_fp16_tensor_on_the_a100_and_says_so():
     a100, h100 = p.target("a100_80gb_sxm"), p.target("h100")
     assert a100.op(2).fallback == "fp8_tensor -> fp16_tensor" and a100.op(2).roof_class == "fp8_tensor"
     assert h100.op(2).fallback == "" and not h100.notes
-    assert any("fp8 tensor ops run as fp16 tensor math on the A100 80GB SXM: no fp8 tensor" in n for n in a100.notes)
+    assert any("fp8 tensor ops are held against the fp16 tensor roof on the A100 80GB SXM: its ceilings have no fp8 "
+               "tensor figure" in n for n in a100.notes)
     # the 7900 XTX has no fp8 either; the H200 has it
     q = project(counted_profile(), ["7900xtx", "h200"])
     assert any("no fp8 tensor" in n for n in q.target("7900xtx").notes)
@@ -234,3 +235,15 @@ def test_cli_project_errors_are_one_line_with_exit_2(tmp_path, h100_decode):
     assert "unknown GPU 'h900'" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(_app(), ["project", str(tmp_path / "missing.json")])
     assert r.exit_code == 1 and "no such file" in r.output
+
+
+def test_a_note_every_target_shares_is_printed_once_naming_them_all():
+    from types import SimpleNamespace as NS
+
+    from rooflight.cli.project import _merged_target_notes
+
+    a = NS(name="A10", notes=("int32 ops are held against the fp32 roof on the A10: its ceilings have no int32 figure",
+                              "only on the A10"))
+    b = NS(name="L4", notes=("int32 ops are held against the fp32 roof on the L4: its ceilings have no int32 figure",))
+    assert _merged_target_notes([a, b]) == [
+        "int32 ops are held against the fp32 roof on the A10, L4: its ceilings have no int32 figure", "only on the A10"]

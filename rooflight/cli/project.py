@@ -84,9 +84,8 @@ def project_cmd(
     con.print(t)
     for n in proj.notes:
         con.print(f"[dim]note: {esc(n)}[/dim]")
-    for tp in proj.targets:
-        for n in tp.notes:
-            con.print(f"[dim]note: {esc(n)}[/dim]")
+    for n in _merged_target_notes(proj.targets):
+        con.print(f"[dim]note: {esc(n)}[/dim]")
     if out is not None:
         od = OutputDir(out, force=force)
         for tp in proj.targets:
@@ -95,3 +94,14 @@ def project_cmd(
                                              allow_nan=False))
         for p in od.commit():
             con.print(f"wrote {esc(str(p))}")
+
+
+def _merged_target_notes(targets) -> list[str]:
+    """Each target's notes, the ones that differ only by the GPU's name said once for all of
+    them ("int32 ops are held against the fp32 roof on the A10, L4: ..."), in first-seen order."""
+    merged: dict[str, list[str]] = {}
+    for tp in targets:
+        for n in tp.notes:
+            merged.setdefault(n.replace(tp.name, "\0"), []).append(tp.name)
+    return [key.replace("\0", ", ".join(names)) for key, names in merged.items()]
+
