@@ -888,23 +888,18 @@ def _materialized_facts(ops: Sequence[OpRecord]) -> dict:
 
 
 def _strided(op: OpRecord) -> tuple[str, ...]:
-    """The op's inputs whose loads do not stream: not contiguous, and for a matrix product not a
-    transposed matrix either (GEMM kernels read a column-major operand natively: a Hugging Face
-    MoE's expert weights reach _grouped_mm as [E, N, K] transposed views)."""
+    """The op's inputs whose loads do not stream: not contiguous, and for a matrix product or an
+    attention not unit-strided in either of its last two dims either.  GEMM and attention kernels
+    read through strides as long as rows or columns are dense: a transposed weight (a Hugging
+    Face MoE's experts reach _grouped_mm as [E, N, K] transposed views), a padded leading
+    dimension, or attention's [B, H, S, D] view of a [B, S, H, D] projection."""
     out = []
     matrix = matrix_like(op.short_op)
     for t in op.inputs:
         if t.ndim >= 2 and t.numel > 1 and t.stride != TensorMeta.contiguous(t.shape).stride \
-                and 0 not in t.stride and not (matrix and _transposed_matrix(t)):
+                and 0 not in t.stride and not (matrix and 1 in t.stride[-2:]):
             out.append(f"{t.short()} (strides {','.join(str(s) for s in t.stride)})")
     return tuple(out)
-
-
-def _transposed_matrix(t: TensorMeta) -> bool:
-    """A contiguous tensor with its last two dims swapped (column-major matrices, batched)."""
-    *lead, m, n = t.shape
-    swapped = TensorMeta.contiguous((*lead, n, m)).stride
-    return t.stride == (*swapped[:-2], swapped[-1], swapped[-2])
 
 
 def _measured(profile: Profile) -> dict[int, tuple[float, float]]:

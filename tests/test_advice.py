@@ -367,6 +367,11 @@ def test_a_matrix_products_transposed_operand_is_not_called_a_layout_problem():
     assert _strided(OpRecord(1, "aten::mm.default", inputs=(a, sliced), outputs=(T((16, 256)),))) != ()
     # elementwise ops stream only contiguous inputs: the transpose still counts there
     assert _strided(OpRecord(2, "aten::clone.default", inputs=(w,), outputs=(T((8, 256, 256)),))) != ()
+    # attention reads [B, H, S, D] as a view of the [B, S, H, D] projection (head dim dense)
+    q = TensorMeta((1, 8, 32, 32), (16384, 64, 512, 1), "bfloat16", "cuda:0", 0, 8 * 32 * 64)
+    sdpa_op = OpRecord(3, "aten::_scaled_dot_product_flash_attention.default", inputs=(q, q, q),
+                       outputs=(T((1, 8, 32, 32)),))
+    assert _strided(sdpa_op) == ()
 
 
 # ---------------------------------------------------------------------------- transfers
