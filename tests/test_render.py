@@ -252,3 +252,14 @@ def test_csv_says_what_it_is_and_names_its_units(timed):
     assert len(df) == len(timed.ops)
     timed_rows = df[df["attained_flops_per_s"] > 0]
     assert not timed_rows.empty and (df["of_roof"].dropna() <= 1.5).all()  # a fraction, not a percentage
+
+
+def test_a_cpu_report_calls_its_idle_time_idle_between_ops():
+    import torch
+
+    import rooflight
+
+    m = torch.nn.Linear(64, 64)
+    x = torch.randn(8, 64)
+    html = rooflight.profile(lambda: m(x), repeats=1).to_html()
+    assert "<th class=n>idle between ops</th>" in html and "<th class=n>GPU idle</th>" not in html

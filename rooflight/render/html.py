@@ -169,8 +169,9 @@ def _label_table(a) -> str:
                     f"<td class=n>{e(fmt_seconds(wall)) if not math.isnan(wall) else '–'}</td>"
                     f"<td class=n>{e(fmt_seconds(r.idle_seconds)) if r.idle_seconds else '–'}</td>{cells}"
                     f"<td>{_label(str(r.headline)) if total > 0 else ''}</td></tr>")
+    idle = "idle between ops" if d.device_kind == "cpu" else "GPU idle"  # as the summary lines say it
     return ("<table class=sortable><thead><tr><th>region</th><th class=n>time</th><th class=n>wall</th>"
-            f"<th class=n>GPU idle</th>{head}<th>headline</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            f"<th class=n>{idle}</th>{head}<th>headline</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def _advice(a) -> str:
