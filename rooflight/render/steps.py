@@ -166,7 +166,8 @@ def steps_figure(a) -> Figure | None:
     axes = fig.subplots(1, 2 if len(dec) > 1 else 1, squeeze=False)[0]
     ax = axes[0]
     xs = [r.index for r in rows]
-    ax.plot(xs, [r.seconds * 1e3 for r in rows], "-o", ms=3, color="#222222",
+    # the wall on top, dashed: where a step's op time is its wall (no idle) the two lines coincide
+    ax.plot(xs, [r.seconds * 1e3 for r in rows], "--o", ms=3, color="#222222", zorder=3,
             label="wall" if timed else "roofline time")
     if timed:
         ax.plot(xs, [r.busy_seconds * 1e3 for r in rows], "-o", ms=3, color=LABEL_COLORS["memory-bound"],
