@@ -306,7 +306,10 @@ def diff(a: Analysis, b: Analysis, *, a_name: str = "A", b_name: str = "B") -> D
     rest.sort(key=lambda r: (not r.changed, -r.time_moved, -r.bytes_moved, SCOPES.index(r.scope),
                              r.name))
     rows = [head, *rest]
-    return Diff(a_name, b_name, tuple(rows), _verdict(head, rest, a_name, b_name), tuple(_notes(a, b, a_name, b_name)),
+    ta, tb = a.profile.timing, b.profile.timing
+    few = min(ta.repeats, tb.repeats) if ta is not None and tb is not None else 0
+    return Diff(a_name, b_name, tuple(rows), _verdict(head, rest, a_name, b_name, repeats=few),
+                tuple(_notes(a, b, a_name, b_name)),
                 _roofs_name(a), _roofs_name(b), about(a.profile), about(b.profile))
 
 
@@ -344,15 +347,21 @@ def _notes(a: Analysis, b: Analysis, a_name: str, b_name: str) -> list[str]:
                      f"{tb.device_name} against {_roofs_name(b)}: a change in time is the hardware's as well as the code's")
     elif _roofs_name(a) != _roofs_name(b):
         notes.append(f"{a_name} is held against {_roofs_name(a)}, {b_name} against {_roofs_name(b)}")
-    if ta is not None and tb is not None and (ta.repeats < 3 or tb.repeats < 3):
-        notes.append("fewer than 3 repeats on a side: its spread says little, so 'no change' is weak evidence")
+    if ta is not None and tb is not None and (ta.repeats < FEW_REPEATS or tb.repeats < FEW_REPEATS):
+        notes.append(f"fewer than {FEW_REPEATS} repeats on a side: its spread says little, so a change in time, or "
+                     "'no change', is weak evidence")
     if a.profile.workload != b.profile.workload:
         notes.append(f"different workloads: {a.profile.workload or '?'} ({a_name}) and {b.profile.workload or '?'} "
                      f"({b_name}); their op groups are matched by name, then by module path")
     return notes
 
 
-def _verdict(run: Row, rest: Sequence[Row], a_name: str, b_name: str) -> str:
+FEW_REPEATS = 3  # fewer repeats on a side: its spread says little about noise
+
+
+def _verdict(run: Row, rest: Sequence[Row], a_name: str, b_name: str, *, repeats: int = 0) -> str:
+    """The headline sentence; repeats: the fewer repeats of the two sides (0: unknown), below
+    FEW_REPEATS a change in time is said to be a change of one sample or of a few."""
     scope = "" if run.name == "whole run" else f" in the {run.name}"
     if run.a is None or run.b is None:
         return "the runs have no headline in common"
@@ -365,8 +374,12 @@ def _verdict(run: Row, rest: Sequence[Row], a_name: str, b_name: str) -> str:
                 + _why(rest, timed=False, lead="; counts: "))
     sp = run.speedup
     how = f"{sp:.2g}× faster" if sp >= 1 else f"{1 / sp:.2g}× slower"
+    weak = ""
+    if 0 < repeats < FEW_REPEATS:
+        weak = (f" ({'one repeat' if repeats == 1 else f'{repeats} repeats'} on a side: too few to tell a change from "
+                "noise; time both with --repeats 5 or more)")
     return (f"{b_name} is {how} than {a_name}{scope} ({fmt_seconds(run.a.seconds)} → {fmt_seconds(run.b.seconds)})"
-            + _why(rest, timed=True))
+            + weak + _why(rest, timed=True))
 
 
 def _t(s: Side) -> str:

@@ -138,6 +138,22 @@ def test_a_change_inside_both_runs_spread_is_no_change(h100):
     assert d.verdict.startswith("B is 0.") is False and "slower than A" in d.verdict
 
 
+def test_a_change_measured_on_one_repeat_says_it_may_be_noise(h100):
+    # one repeat on each side: min = median = max, so any difference reads as a change; the
+    # verdict says it is one sample's, and the note that neither reading is firm
+    p = counted(True)
+    one = lambda prof: replace(prof, timing=replace(prof.timing, repeats=1))  # noqa: E731
+    a = analyze(one(timed(p, {}, default=(10e-6, 10e-6, 10e-6))), h100)
+    b = analyze(one(timed(p, {}, default=(11e-6, 11e-6, 11e-6))), h100)
+    d = diff(a, b)
+    assert d.run.change == "slower"
+    assert "(one repeat on a side: too few to tell a change from noise; time both with --repeats 5 or more)" in d.verdict
+    assert any("a change in time, or 'no change', is weak evidence" in n for n in d.notes)
+    # ten repeats with spreads apart: a plain verdict
+    d = diff(analyze(timed(p, {}), h100), analyze(timed(p, {}, default=(5e-6, 4.8e-6, 5.2e-6)), h100))
+    assert "too few to tell" not in d.verdict
+
+
 def test_groups_on_one_side_only_and_a_fused_kernel_matched_by_module_path(h100):
     a = analyze(timed(counted(False, act=True), {}), h100)
     b = analyze(timed(counted(True, act=False), {}), h100)
