@@ -367,11 +367,12 @@ def region_entries(annotations, spans: list[tuple[float, float]], launches: list
     if not annotations:
         return [(min(s for s, _ in spans), max(e for _, e in spans))]
     ranges = sorted((a.start_us, a.end_us) for a in annotations)
+    los = [lo for lo, _ in ranges]
     mine: list[list[tuple[float, float]]] = [[] for _ in ranges]
     alone = []
     for span, at in zip(spans, launches):
-        k = next((i for i, (lo, hi) in enumerate(ranges) if lo <= at <= hi), -1)
-        (alone if k < 0 else mine[k]).append(span)
+        k = bisect.bisect_right(los, at) - 1  # the last entry opened by then (entries of one region do not nest)
+        (mine[k] if k >= 0 and at <= ranges[k][1] else alone).append(span)
     ends = sorted(e for _, e in run)
     starts = sorted(s for s, _ in run)
     out = []
