@@ -384,8 +384,8 @@ def _fused_optimizer_effect(f: OpFacts, c: Ceilings) -> str:
     # no fused-traffic figure: the step's tensors (parameters, gradients, moments) are each read
     # and written whatever the kernel count, and which op touched which tensor is not recorded
     n = len(f.chain_ops)
-    names = ", ".join(dict.fromkeys(f.chain_ops)) if len(set(f.chain_ops)) <= 6 else \
-        ", ".join(list(dict.fromkeys(f.chain_ops))[:6]) + ", ..."
+    distinct = list(dict.fromkeys(f.chain_ops))  # the step repeats its few ops for every tensor
+    names = ", ".join(distinct[:6]) + (", ..." if len(distinct) > 6 else "")
     how = "multi-tensor ops" if all(o.startswith("_foreach") for o in f.chain_ops) else "ops, one tensor at a time"
     return (f"the optimizer step runs {n} {how} ({names}), {fmt_seconds(f.seconds)} "
             f"({f.share:.0%} of the run) moving {fmt_bytes(f.chain_bytes)}; a fused step launches a few kernels "

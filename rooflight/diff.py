@@ -335,6 +335,9 @@ def _where(an: Analysis) -> str:
     return f"timed on {t.device_name}"
 
 
+FEW_REPEATS = 3  # fewer repeats on a side: its spread says little about noise
+
+
 def _notes(a: Analysis, b: Analysis, a_name: str, b_name: str) -> list[str]:
     notes = []
     ta, tb = a.profile.timing, b.profile.timing
@@ -354,9 +357,6 @@ def _notes(a: Analysis, b: Analysis, a_name: str, b_name: str) -> list[str]:
         notes.append(f"different workloads: {a.profile.workload or '?'} ({a_name}) and {b.profile.workload or '?'} "
                      f"({b_name}); their op groups are matched by name, then by module path")
     return notes
-
-
-FEW_REPEATS = 3  # fewer repeats on a side: its spread says little about noise
 
 
 def _verdict(run: Row, rest: Sequence[Row], a_name: str, b_name: str, *, repeats: int = 0) -> str:

@@ -160,6 +160,16 @@ def weight_int4pack_mm(call: OpCall) -> OpCost:
                   note="weight-only int4: weights read packed (half a byte each), math in the activation dtype")
 
 
+def _conv_flops(x: TensorMeta, w: TensorMeta, out: TensorMeta, transposed: bool) -> float:
+    """A convolution's FLOPs from its input, weight and output: 2 * N * C_out * prod(out_spatial)
+    * (C_in/groups) * prod(kernel); a transposed convolution's the same work counted over the
+    input positions (its weight is [C_in, C_out/groups, *kernel])."""
+    kernel = math.prod(w.shape[2:])
+    if transposed:
+        return 2 * x.shape[0] * math.prod(x.shape[2:]) * w.shape[0] * w.shape[1] * kernel
+    return 2 * out.shape[0] * math.prod(out.shape[2:]) * w.shape[0] * w.shape[1] * kernel
+
+
 @register_cost(aten.convolution, aten._convolution)
 def convolution(call: OpCall) -> OpCost:
     # input: [N, C_in, *in_spatial], weight: [C_out, C_in/groups, *kernel] (transposed:
@@ -167,17 +177,9 @@ def convolution(call: OpCall) -> OpCost:
     # FLOPs = 2 * N * C_out * prod(out_spatial) * (C_in/groups) * prod(kernel); transposed
     # convolutions do the same work counted over the input positions.
     x, w, bias = call.arg(0), call.arg(1), call.arg(2)
-    transposed = bool(call.arg(6, "transposed", False))
     out = call.out
-    kernel = math.prod(w.shape[2:])
-    if transposed:
-        c_in, c_out_per_group = w.shape[0], w.shape[1]
-        flops = 2 * x.shape[0] * math.prod(x.shape[2:]) * c_in * c_out_per_group * kernel
-    else:
-        c_out, c_in_per_group = w.shape[0], w.shape[1]
-        flops = 2 * out.shape[0] * math.prod(out.shape[2:]) * c_out * c_in_per_group * kernel
     cls = x.matrix_class(call.settings.allow_tf32_conv)
-    total = {cls: flops}
+    total = {cls: _conv_flops(x, w, out, bool(call.arg(6, "transposed", False)))}
     for c, v in _epilogue(out, bias).items():  # fp32 conv without TF32: same class, so add
         total[c] = total.get(c, 0) + v
     return OpCost(total, _read(x, w, bias), out.bytes)
@@ -194,15 +196,8 @@ def convolution_backward(call: OpCall) -> OpCost:
     # channel dim (one add per element).  Reads grad_out, the weight for grad_input and the
     # input for grad_weight; writes the gradients it makes.
     gy, x, w = call.arg(0), call.arg(1), call.arg(2)
-    transposed = bool(call.arg(7, "transposed", False))
     mask = list(call.arg(10, "output_mask", (True, True, True)) or (True, True, True))
-    kernel = math.prod(w.shape[2:])
-    if transposed:
-        c_in, c_out_per_group = w.shape[0], w.shape[1]
-        forward = 2 * x.shape[0] * math.prod(x.shape[2:]) * c_in * c_out_per_group * kernel
-    else:
-        c_out, c_in_per_group = w.shape[0], w.shape[1]
-        forward = 2 * gy.shape[0] * math.prod(gy.shape[2:]) * c_out * c_in_per_group * kernel
+    forward = _conv_flops(x, w, gy, bool(call.arg(7, "transposed", False)))  # grad_out has the output's shape
     cls = x.matrix_class(call.settings.allow_tf32_conv)
     flops = {cls: forward * (int(bool(mask[0])) + int(bool(mask[1])))}
     if mask[2]:

@@ -114,6 +114,10 @@ REDUCTION_FLOPS: dict[str, int] = {
     "norm": 2, "linalg_vector_norm": 2,  # |x|^p, accumulate
     "logsumexp": 3,  # max, exp(x - max), accumulate
     "cumsum": 1, "cumprod": 1, "logcumsumexp": 3,
+    # elementwise losses (elementwise_loss)
+    "mse_loss": 3,  # sub, square, accumulate
+    "smooth_l1_loss": 5,  # sub, abs, compare, square-or-shift, accumulate
+    "binary_cross_entropy_with_logits": 6,  # (1 - y) x + softplus(-x): ~5, accumulate
 }
 
 
@@ -133,19 +137,11 @@ def untagged_elementwise(call: OpCall) -> OpCost:
     return elementwise_cost(call)
 
 
-# per input element, the losses that reduce to one number (or keep the input's shape with
-# reduction="none": the same work)
-LOSS_FLOPS = {"mse_loss": 3,  # sub, square, accumulate
-              "smooth_l1_loss": 5,  # sub, abs, compare, square-or-shift, accumulate
-              "binary_cross_entropy_with_logits": 6}  # (1 - y) x + softplus(-x): ~5, accumulate
-
-
 @register_cost(aten.mse_loss, aten.smooth_l1_loss, aten.binary_cross_entropy_with_logits)
 def elementwise_loss(call: OpCall) -> OpCost:
-    x = call.tensor_inputs()[0]
-    outs = [o for o in call.outputs if isinstance(o, TensorMeta)]
-    return OpCost({vector_class(x): LOSS_FLOPS[_op_name(call)] * x.numel}, sum(t.bytes for t in call.tensor_inputs()),
-                  sum(o.bytes for o in outs))
+    # losses that reduce to one number (or keep the input's shape with reduction="none": the
+    # same work), costed as reductions: per input element, REDUCTION_FLOPS
+    return reduction_cost(call)
 
 
 @register_generic("reduction", lambda op: torch.Tag.reduction in op.tags)
@@ -253,8 +249,9 @@ def other_norms(call: OpCall) -> OpCost:
 
 # ---------------------------------------------------------------- pooling
 
-def _window(call: OpCall) -> int:
-    kernel = call.arg(1, "kernel_size")
+def _window(call: OpCall, pos: int = 1) -> int:
+    """Elements in a pooling window: the product of kernel_size (argument `pos`)."""
+    kernel = call.arg(pos, "kernel_size")
     if isinstance(kernel, int):
         kernel = [kernel]
     return math.prod(kernel) if kernel else 1
@@ -292,9 +289,7 @@ def avg_pool_backward(call: OpCall) -> OpCost:
     # (grad_out, self, kernel_size, ...): each grad_out element, divided by the window, is added to
     # each input element of its window (one FLOP per window element); reads grad_out, writes grad_input
     gy = call.arg(0)
-    kernel = call.arg(2, "kernel_size")
-    window = math.prod([kernel] if isinstance(kernel, int) else kernel) if kernel else 1
-    return OpCost({vector_class(gy): gy.numel * window}, gy.bytes, call.out.bytes)
+    return OpCost({vector_class(gy): gy.numel * _window(call, 2)}, gy.bytes, call.out.bytes)
 
 
 # ---------------------------------------------------------------- dropout and random fills
