@@ -160,7 +160,7 @@ def main(argv=None) -> int:
         per_kernel = (t_roof - t_roof1) / (n_roof - n_roof1) if n_roof > n_roof1 > 0 else float("nan")
         startup = t_roof1 - per_kernel * n_roof1
         roof_whole = startup + per_kernel * n_all if n_all else float("nan")
-        r = {"workload": label, "kernels_whole_run": n_all, "kernels_counter_pass": n_repeat,
+        r = {"date": result["date"], "workload": label, "kernels_whole_run": n_all, "kernels_counter_pass": n_repeat,
              "kernels_measured": n_measured, "kernels_whole_run_counted": not cut2,
              "metrics": len(same_metrics), "rooflight_profile_s": t_plain,
              "rooflight_counters_s": t_rl, "counter_pass_s": t_rl - t_plain, "ncu_same_metrics_whole_s": t_same,
@@ -172,6 +172,8 @@ def main(argv=None) -> int:
              "roofline_over_rooflight_profile": roof_whole / t_plain,
              "same_metrics_over_rooflight_counters": t_same / t_rl,
              "workload_alone_s": t_alone,
+             # where rooflight's counter pass spent its time (Counters.pass_seconds)
+             "counter_pass_phases_s": dict(counted.get("pass_seconds", {})) if counted else {},
              "roofline_over_workload_alone": roof_whole / t_alone,
              "one_of_each_against_every_kernel": agreement,
              "errors": [x.stderr[-300:] for x in (r0, r1, r2, r3, r5, r6) if x is not None and x.returncode],
@@ -198,6 +200,8 @@ def main(argv=None) -> int:
               f"distinct call); whole run {r['kernels_whole_run']} kernels"
               + ("" if r["kernels_whole_run_counted"] else " (from the timed run's kernels per run: the ncu run was cut)"),
               flush=True)
+        if r["counter_pass_phases_s"]:
+            print("   " + ncu.where_the_time_went(tuple(r["counter_pass_phases_s"].items()), n_measured), flush=True)
         if agreement:
             print(f"   --every-kernel took {agreement['every_kernel_s']:.1f} s; ops shown with their first call's counters "
                   f"against their own: {agreement.get('ops_copied')} ops, largest differences "

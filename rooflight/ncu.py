@@ -11,7 +11,8 @@ are the same sequence the timing's labelled run saw (rooflight.counters joins th
 that order, and gives each repeat its first's counters).  `distinct=False` (`--every-kernel`)
 brackets the whole measured run instead.  Clocks are left alone
 (`--clock-control none`); caches are flushed before each replay (ncu's default), which the
-comparison of bytes takes into account.
+comparison of bytes takes into account.  The child marks its clock as its warm-ups and its
+measured run begin and end, so the profile says where the pass's time went (Counters.pass_seconds).
 
 A model file's workload point starts its child before the profile builds the workload
 (EarlyPass): the child's interpreter, imports and build run beside the profile's build, then it
@@ -34,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -67,6 +68,9 @@ class NcuRun:
     seconds: float  # wall time of the counter pass (child run under ncu, then the import)
     same_as: dict[int, int] | None = None  # measured one of each: op -> the op measured for it
     ops: int | None = None  # ops the child's run recorded (one of each)
+    # where `seconds` went, in order: the child's start (ncu, the interpreter, the build; after a
+    # go, the go's latency), its warm-ups, its measured run (the kernels replayed), ncu's report, its import
+    phases: tuple[tuple[str, float], ...] = ()
 
 
 def find_ncu() -> str:
@@ -181,8 +185,10 @@ def _command(ncu: str, metrics: Sequence[str], report: Path, spec_path: Path) ->
 
 
 def _read_report(ncu: str, returncode: int, text: str, report: Path, marks: Path | None, ver: str,
-                 metrics: Sequence[str], t0: float) -> NcuRun:
-    """The finished child's report as CSV, with the ops it measured (one of each, `marks`)."""
+                 metrics: Sequence[str], t0: float, wall0: float, times: Path) -> NcuRun:
+    """The finished child's report as CSV, with the ops it measured (one of each, `marks`) and
+    where the pass's time went (`times`: the child's clock marks; t0/wall0: the pass's start)."""
+    ended = time.time()
     _check_permission(text)
     if returncode != 0 or not report.exists():
         tail = " | ".join(ln for ln in text.splitlines()[-4:] if ln.strip())
@@ -200,7 +206,21 @@ def _read_report(ncu: str, returncode: int, text: str, report: Path, marks: Path
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CountersUnavailable(f"the counter pass did not say which ops it measured ({err}); the profile "
                                       "without counters was written") from None
-    return NcuRun(imp.stdout, ver, tuple(metrics), time.perf_counter() - t0, same_as, ops)
+    return NcuRun(imp.stdout, ver, tuple(metrics), time.perf_counter() - t0, same_as, ops,
+                  _phases(times, wall0, ended, time.time()))
+
+
+_PHASES = ("start", "warm-ups", "measured run", "report", "import")
+
+
+def _phases(times: Path, wall0: float, ended: float, imported: float) -> tuple[tuple[str, float], ...]:
+    """The pass's phases from the child's marks (wall clock, this machine's): () if it wrote none."""
+    try:
+        got = json.loads(times.read_text(encoding="utf-8"))
+        marks = [wall0, float(got["warmups"]), float(got["run"]), float(got["done"]), ended, imported]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+    return tuple((name, max(0.0, b - a)) for name, a, b in zip(_PHASES, marks, marks[1:]))
 
 
 def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None,
@@ -212,15 +232,16 @@ def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None,
     ncu = find_ncu()
     ver, query = _setup(ncu)
     metrics = choose_metrics(query, dtypes)
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
     with tempfile.TemporaryDirectory(prefix="rooflight-ncu-") as tmp:
         spec_path, marks, rep = Path(tmp) / "spec.json", Path(tmp) / "distinct.json", Path(tmp) / "counters"
-        spec_path.write_text(json.dumps({**spec, **({"distinct": str(marks)} if distinct else {})}),
+        times = Path(tmp) / "times.json"
+        spec_path.write_text(json.dumps({**spec, "times": str(times), **({"distinct": str(marks)} if distinct else {})}),
                              encoding="utf-8")
         cmd, env = _command(ncu, metrics, rep, spec_path)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         return _read_report(ncu, r.returncode, r.stdout + r.stderr, rep.with_suffix(".ncu-rep"),
-                            marks if distinct else None, ver, metrics, t0)
+                            marks if distinct else None, ver, metrics, t0, wall0, times)
 
 
 class EarlyPass:
@@ -243,9 +264,9 @@ class EarlyPass:
         self._tmp = tempfile.TemporaryDirectory(prefix="rooflight-ncu-", ignore_cleanup_errors=True)
         d = Path(self._tmp.name)
         self._ready, self._go, self._marks, self._rep = d / "ready", d / "go", d / "distinct.json", d / "counters"
-        self._log = d / "ncu.log"
+        self._log, self._times = d / "ncu.log", d / "times.json"
         spec_path = d / "spec.json"
-        spec_path.write_text(json.dumps({**spec, "ready": str(self._ready), "go": str(self._go),
+        spec_path.write_text(json.dumps({**spec, "ready": str(self._ready), "go": str(self._go), "times": str(self._times),
                                          "parent": os.getpid(), **({"distinct": str(self._marks)} if distinct else {})}),
                              encoding="utf-8")
         cmd, env = _command(self.ncu, self.metrics, self._rep, spec_path)
@@ -274,13 +295,13 @@ class EarlyPass:
 
     def finish(self) -> NcuRun:
         """The child's measured run, now: its report read back (times from the go)."""
-        t0 = time.perf_counter()
+        t0, wall0 = time.perf_counter(), time.time()
         try:
             _write_atomic(self._go, "run")
             code = self._proc.wait()
             return _read_report(self.ncu, code, self._log.read_text(encoding="utf-8", errors="replace"),
                                 self._rep.with_suffix(".ncu-rep"), self._marks if self.distinct else None,
-                                self.version, self.metrics, t0)
+                                self.version, self.metrics, t0, wall0, self._times)
         finally:
             self.close()
 
@@ -341,10 +362,24 @@ def read_counters(profile, spec: Mapping[str, Any], *, one_of_each: bool = True,
                     "dtypes were known)")
     else:
         took.append(f"{len(run.metrics)} counters, those the ops' dtypes can move ({', '.join(sorted(dtypes))})")
-    joined = _counters.join(profile, _counters.parse_csv(run.csv), metrics=run.metrics,
+    kernels = _counters.parse_csv(run.csv)
+    if run.phases:
+        took.append(where_the_time_went(run.phases, len(kernels)))
+    joined = _counters.join(profile, kernels, metrics=run.metrics,
                             tool=f"Nsight Compute {run.version.replace('Version ', '')}", notes=took,
                             same_as=run.same_as)
-    return _counters.attach(profile, joined)
+    return _counters.attach(profile, replace(joined, pass_seconds=dict(run.phases)))
+
+
+def where_the_time_went(phases: Sequence[tuple[str, float]], kernels: int) -> str:
+    """The last counter pass's time by phase, in words (its measured run: the kernels replayed)."""
+    got = dict(phases)
+    parts = [f"the child's start and build {got['start']:.1f} s" if got.get("start", 0.0) >= 0.05 else "",
+             f"{got['warm-ups']:.1f} s of warm-ups",
+             f"the measured run {got['measured run']:.1f} s ({kernels} kernel{'s' if kernels != 1 else ''} replayed"
+             + (f", {got['measured run'] / kernels:.2f} s each)" if kernels else ")"),
+             f"ncu writing its report {got['report']:.1f} s", f"reading it back {got['import']:.1f} s"]
+    return "where the counter pass's time went: " + ", ".join(p for p in parts if p)
 
 
 # ---------------------------------------------------------------------------- the child
@@ -401,9 +436,17 @@ def _child(spec: Mapping[str, Any]) -> None:
             built.fn(*built.args, **built.kwargs)
     if spec.get("ready") and not _wait_for_go(spec):
         return
+    marks = {"warmups": time.time()}
     for _ in range(int(spec.get("warmup", 0))):
         run()
     sync()
+    marks["run"] = time.time()
+    _measured_run(spec, run, profiled, sync)
+    if spec.get("times"):  # the parent's account of where the pass's time went (NcuRun.phases)
+        Path(spec["times"]).write_text(json.dumps({**marks, "done": time.time()}), encoding="utf-8")
+
+
+def _measured_run(spec: Mapping[str, Any], run, profiled, sync) -> None:
     if spec.get("distinct"):
         # one of each: ncu profiles only between start and stop, opened around the first op of each
         # distinct call (rooflight.capture marks them); the same capture gives the op indexes

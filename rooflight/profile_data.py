@@ -179,6 +179,9 @@ class Counters:
     clock_control: str = "none"
     cache_control: str = "all"  # ncu flushes the caches before each kernel's replay
     notes: tuple[str, ...] = ()
+    # the counter pass's wall seconds by phase (rooflight.ncu NcuRun.phases): start, warm-ups,
+    # measured run, report (ncu writing it), import (reading it back)
+    pass_seconds: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -547,7 +550,8 @@ def _counters_from_dict(d: Mapping[str, Any]) -> Counters:
                                               "counters.kernels"))
                     for k in d.get("kernels", ()))
     return Counters(d["tool"], kernels, tuple(d.get("metrics", ())), d.get("clock_control", "none"),
-                    d.get("cache_control", "all"), tuple(d.get("notes", ())))
+                    d.get("cache_control", "all"), tuple(d.get("notes", ())),
+                    {str(k): _check_amount(v, f"counters.pass_seconds[{k!r}]") for k, v in d.get("pass_seconds", {}).items()})
 
 
 def _timing_to_dict(t: Timing) -> dict[str, Any]:

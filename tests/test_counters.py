@@ -8,13 +8,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from rooflight import counters as C
 from rooflight import ncu
-from rooflight.profile_data import Profile
+from rooflight.profile_data import Profile, ProfileFormatError
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures" / "counters"
@@ -133,6 +134,13 @@ def test_every_kernel_is_joined_and_the_counters_round_trip_through_json():
     back = Profile.from_json(p.to_json())
     assert back.counters == p.counters
     assert [c.why for c in C.compare(back)] == [c.why for c in C.compare(p)]
+    # the pass's phases round-trip; a negative one is refused by name
+    timed = replace(p, counters=replace(p.counters, pass_seconds={"warm-ups": 2.5, "measured run": 10.25}))
+    assert Profile.from_json(timed.to_json()).counters.pass_seconds == {"warm-ups": 2.5, "measured run": 10.25}
+    d = json.loads(timed.to_json())
+    d["counters"]["pass_seconds"]["warm-ups"] = -1
+    with pytest.raises(ProfileFormatError, match=r"counters.pass_seconds\['warm-ups'\] = -1"):
+        Profile.from_json(json.dumps(d))
 
 
 def test_an_unknown_kernel_is_left_out_and_said():
@@ -462,6 +470,17 @@ def test_the_counter_pass_builds_beside_the_profile_and_runs_after_it(stand_in):
     notes = r.profile.counters.notes
     assert any("set up while the profile set up its own" in n and "after the profile" in n for n in notes)
     assert any("23 counters, every one this GPU offers" in n for n in notes)
+    # where the pass's time after the profile went: the build was before the go, so it is not in it;
+    # its warm-up is the child's one call before the measured run, its measured run the capture
+    spent = r.profile.counters.pass_seconds
+    assert list(spent) == ["start", "warm-ups", "measured run", "report", "import"]
+    assert spent["start"] < 1.0
+    (where,) = [n for n in notes if n.startswith("where the counter pass's time went")]
+    assert "start and build" not in where and "s of warm-ups" in where and "ncu writing its report" in where
+    kernels = len(ncu._counters.parse_csv((FIX / "softmax.csv").read_text()))  # what the stand-in's import gives
+    assert f"({kernels} kernel{'s' if kernels > 1 else ''} replayed, " in where
+    # the whole pass (from the go to the import read back) is its phases' sum, to the clocks' rounding
+    assert abs(sum(spent.values()) - float(notes[0].split(" took ")[1].split(" s")[0])) < 0.15
 
 
 def test_a_counter_pass_that_failed_beside_the_profile_is_run_again_after_it(stand_in, monkeypatch):
@@ -473,6 +492,23 @@ def test_a_counter_pass_that_failed_beside_the_profile_is_run_again_after_it(sta
     assert any("the counter pass started beside the profile failed (the counter pass under ncu failed (exit 3): "
                "==ERROR== the stand-in failed on purpose), so one more was run after it" in n
                for n in r.profile.counters.notes)
+    # the pass run after the profile builds the workload again (a 0.2 s set-up): its start says so
+    assert r.profile.counters.pass_seconds["start"] >= 0.2
+    assert any(n.startswith("where the counter pass's time went: the child's start and build ")
+               for n in r.profile.counters.notes)
+
+
+def test_a_child_that_wrote_no_clock_marks_gives_no_phases(tmp_path):
+    assert ncu._phases(tmp_path / "none.json", 0.0, 1.0, 2.0) == ()
+    (tmp_path / "cut.json").write_text('{"warmups": 1.0}')
+    assert ncu._phases(tmp_path / "cut.json", 0.0, 1.0, 2.0) == ()
+    (tmp_path / "t.json").write_text('{"warmups": 10.5, "run": 12.0, "done": 20.0}')
+    # go at 10.0, the child's marks, its exit at 21.0, the import read back at 21.5
+    assert ncu._phases(tmp_path / "t.json", 10.0, 21.0, 21.5) == (
+        ("start", 0.5), ("warm-ups", 1.5), ("measured run", 8.0), ("report", 1.0), ("import", 0.5))
+    assert ncu.where_the_time_went(ncu._phases(tmp_path / "t.json", 10.0, 21.0, 21.5), 40) == (
+        "where the counter pass's time went: the child's start and build 0.5 s, 1.5 s of warm-ups, the measured "
+        "run 8.0 s (40 kernels replayed, 0.20 s each), ncu writing its report 1.0 s, reading it back 0.5 s")
 
 
 def test_no_ncu_leaves_the_profile_whole_and_the_error_for_after(stand_in, monkeypatch):
