@@ -219,8 +219,10 @@ def test_a_depthwise_conv1d_backward_does_the_forwards_work_twice(device):
     assert not prof.uncounted()
     fwd, = ops_named(prof, "convolution")
     bwd, = ops_named(prof, "convolution_backward")
-    assert fwd.flops["tf32_tensor"] == 4480  # fp32 convolution may use TF32 (torch's cuDNN default)
-    assert bwd.flops == {"tf32_tensor": 2 * 4480, "fp32": 560}
+    # depthwise (one group per channel): no channel reduction for a tensor core, so the CUDA cores
+    # in fp32, with the bias's 2*8*35 = 560 adds (TF32 would apply to a dense fp32 convolution)
+    assert fwd.flops == {"fp32": 4480 + 560} and "depthwise" in fwd.note
+    assert bwd.flops == {"fp32": 2 * 4480 + 560} and "depthwise" in bwd.note
     # reads grad_out (an expanded scalar from .sum(): 4 B), the weight (8*4*4 = 128 B) and the input
     # (2*8*32*4 = 2,048 B); writes grad_input 2,048 B, grad_weight 128 B, grad_bias 32 B
     assert (bwd.bytes_read, bwd.bytes_written) == (4 + 128 + 2048, 2048 + 128 + 32)
@@ -355,6 +357,86 @@ def test_model_zoo_prefill_and_decode_are_counted_exactly(device):
             # the linear FLOPs: 2 x tokens x every matrix a token passes through (closed form above);
             # routed experts on meta are counted as balanced, which is exact for the top-k total
             assert _linear_flops(prof) == pytest.approx(_closed_form(name, cfg, tokens), rel=1e-9), (name, device, phase)
+
+
+def _more_families():
+    """Hugging Face families beyond the zoo's (each skipped where this transformers lacks it), as
+    (name, config, MoE layers, the routed experts' intermediate size)."""
+    import transformers as T
+
+    small = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512)
+    dense = {"Phi3Config": dict(small, pad_token_id=0), "Qwen2Config": small, "Gemma3TextConfig": dict(small, head_dim=32),
+             "CohereConfig": small, "Starcoder2Config": small,
+             "FalconConfig": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=512),
+             "GPTNeoXConfig": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                                   vocab_size=512),
+             "BloomConfig": dict(hidden_size=128, n_layer=2, n_head=4, vocab_size=512),
+             "OPTConfig": dict(hidden_size=128, ffn_dim=256, num_hidden_layers=2, num_attention_heads=4, vocab_size=512,
+                               word_embed_proj_dim=128),
+             "MambaConfig": dict(hidden_size=128, num_hidden_layers=2, vocab_size=512, state_size=8)}
+    for name, kw in dense.items():
+        if hasattr(T, name):
+            yield name, getattr(T, name)(**kw), 0, 0
+    if hasattr(T, "OlmoeConfig"):  # every layer routed, experts of intermediate_size
+        yield "OlmoeConfig", T.OlmoeConfig(**small, num_experts=4, num_experts_per_tok=2), 2, 256
+    if hasattr(T, "Qwen3MoeConfig"):
+        yield "Qwen3MoeConfig", T.Qwen3MoeConfig(**small, head_dim=32, moe_intermediate_size=64, num_experts=4,
+                                                 num_experts_per_tok=2), 2, 64
+    if hasattr(T, "DeepseekV3Config"):  # multi-head latent attention; layer 0 dense, layer 1 routed + 1 shared
+        yield "DeepseekV3Config", T.DeepseekV3Config(
+            hidden_size=128, intermediate_size=256, moe_intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=4, vocab_size=512, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+            first_k_dense_replace=1, q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16,
+            v_head_dim=32, n_group=1, topk_group=1), 1, 64
+
+
+@needs_transformers
+def test_more_hf_families_count_their_matrix_work_as_the_flop_counter_does():
+    """Thirteen more families' bf16 prefills (2 x 16 tokens) on the CPU: nothing uncounted; the
+    FLOPs of every mm / addmm / bmm / baddbmm (DeepSeek's router in fp32 among them) equal
+    torch.utils.flop_counter's for those ops exactly, less our epilogues (the biases' adds); the routed
+    experts' grouped GEMMs, which the flop counter does not count, are 2 x tokens x top-k x 3
+    matrices of h x intermediate per routed layer; Mamba's depthwise causal conv1d is CUDA-core work."""
+    import warnings
+
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModelForCausalLM
+
+    aten = torch.ops.aten
+    seen = 0
+    for name, cfg, routed, inter in _more_families():
+        seen += 1
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16).eval()
+        ids = torch.randint(1, 512, (2, 16))
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with FlopCounterMode(display=False) as fc:
+                model(ids)
+            prof = count(lambda: model(ids))
+        assert not prof.uncounted(), (name, prof.uncounted())
+        theirs = fc.get_flop_counts()["Global"]
+        mats = ("mm", "addmm", "bmm", "baddbmm")
+        # the flop counter's are the products alone: ours less the bias's one add per output element
+        mine = sum(o.total_flops - (o.outputs[0].numel if o.short_op in ("addmm", "baddbmm") else 0)
+                   for o in prof.ops if o.short_op in mats)
+        if name == "FalconConfig":
+            # its multi-query attention takes SDPA's math path on the CPU, whose two bmm the flop
+            # counter sees (4*2*4*16*16*32 = 262,144 per layer); ours is the one SDPA op, same FLOPs
+            mine += sum(o.flops["bf16_tensor"] for o in ops_named(prof, "scaled_dot_product_attention"))
+        assert mine == sum(theirs.get(getattr(aten, m), 0) for m in mats), name
+        grouped = sum(o.total_flops for o in prof.ops if o.short_op == "_grouped_mm")
+        assert grouped == 2 * 32 * 2 * 3 * cfg.hidden_size * inter * routed, name  # top-2 of the experts
+        if name == "MambaConfig":
+            # x [2, 256, 16] (expand 2 x 128 channels), weight [256, 1, 4], bias, padding 3 -> [2, 256, 19]:
+            # 2*2*256*19*4 = 77,824 multiply-add FLOPs and 2*256*19 = 9,728 bias adds, in each of 2 layers
+            convs = ops_named(prof, "convolution")
+            assert len(convs) == 2 and all(c.flops == {"fp32": 77_824 + 9_728} for c in convs)
+            assert all("depthwise" in c.note for c in convs)
+    assert seen >= 10
 
 
 @needs_transformers

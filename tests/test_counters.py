@@ -576,3 +576,30 @@ def test_counters_it_may_not_read_are_not_asked_for_twice(stand_in, monkeypatch)
     assert r.profile.counters is None and r.profile.timing is not None
     assert isinstance(request.error, ncu.CountersForbidden) and "ERR_NVGPUCTRPERM" in str(request.error)
     assert len((stand_in / "ncu.log").read_text().split()) == 1
+
+
+def test_depthwise_convolutions_are_counted_as_the_cuda_core_work_the_gpu_does():
+    """Recorded on an H200 (torch 2.11, Nsight Compute 2025.3.1, 2026-12-02): a bf16 depthwise
+    conv1d, x [4, 4096, 2048], weight [4096, 1, 4], padding 3, forward and backward.  PyTorch runs
+    it with its own conv_depthwise2d kernels: the tensor pipes did no work at all.  Counted again
+    here from the same shapes, it is CUDA-core work too (it was tensor-core work before, which put
+    it under a roof 15x too high)."""
+    import torch
+    import torch.nn.functional as F
+
+    from rooflight.capture import count
+
+    p = Profile.load(FIX / "depthwise_conv1d_train.json")
+    rows = {c.name.split(" ", 1)[1]: c for c in C.compare(p, l2_mb=60) if "convolution" in c.name}
+    assert set(rows) == {"convolution", "convolution_backward"}
+    for c in rows.values():
+        assert c.executed_tensor == 0 and c.useful_tensor == 0 and c.executed_core > 0
+    # forward: 2 * 4 * 4096 * 2051 * 4 = 268,828,672 useful FLOPs, the counters' CUDA-core 537 M
+    assert rows["convolution"].useful_core == 268_828_672
+    assert 1.9 < rows["convolution"].executed_core / rows["convolution"].useful_core < 2.1
+    (conv,) = [o for o in p.ops if o.short_op == "convolution"]
+    x, w = (torch.empty(t.shape, dtype=torch.bfloat16, device="meta", requires_grad=True) for t in conv.inputs[:2])
+    again = count(lambda: F.conv1d(x, w, padding=3, groups=w.shape[0]).float().square().sum().backward())
+    for o in again.ops:
+        if "convolution" in o.short_op:
+            assert o.flops and not any(k.endswith("_tensor") for k in o.flops), (o.short_op, dict(o.flops))
