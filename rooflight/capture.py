@@ -715,16 +715,17 @@ def _rms_norm(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     rec.inner = []
     try:
         with rec.label(index):
-            if _valueless(x) and _needs_grad(x, weight):
-                def backward(grad_out: torch.Tensor) -> tuple:
-                    grads = _empty_grads(rec, (x, weight))
+            if _needs_grad(x, weight):
+                def backward(grad_out: torch.Tensor, real: Callable | None) -> tuple:
+                    grads = _grads(rec, real, (x, weight))
                     outputs = [TensorMeta.of(g) for g in grads if g is not None]
                     inputs, cost = _fn.rms_norm_backward(TensorMeta.of(grad_out), xm, shape, wm, outputs, rec.settings)
                     rec.add(_fn.FUSED_RMS_NORM_BACKWARD, inputs, outputs, cost,
                             note="counted as the GPU's fused backward kernel (predicted)")
                     return grads
 
-                out = _PredictedBackward.apply(lambda: func(*args, **kwargs), backward, x, weight)
+                out = _PredictedBackward.apply(lambda xx, ww: func(**{**p, "input": xx, "weight": ww}), backward, x,
+                                               weight)
             else:
                 out = func(*args, **kwargs)
     finally:
@@ -761,20 +762,53 @@ def _empty_grads(rec: "Recorder", tensors: tuple, heads_inside: bool = False) ->
 
 
 class _PredictedBackward(torch.autograd.Function):
-    """Off the device (meta or fake tensors, which hold no values), the output of a call counted as
-    a GPU's fused kernel whose backward is that kernel's fused backward: `backward(grad_out)`
-    records it and returns the gradients.  Without it, autograd would record the backward of what
-    computed the value here: for SDPA the math decomposition's, in fp32 with its [B, H, Sq, Sk]
-    scores; for RMSNorm six ops' (ops a GPU never runs)."""
+    """The output of a call counted as a GPU's fused kernel whose backward is that kernel's fused
+    backward: `backward(grad_out, real)` records it and returns the gradients.  Without it,
+    autograd would record the backward of what computed the value here: for SDPA the CPU's own
+    kernel's or the math decomposition's, in fp32 with its [B, H, Sq, Sk] scores; for RMSNorm six
+    ops' (ops a GPU never runs).
+
+    `make(*inputs)` computes the value.  Off the device (meta or fake tensors, which hold no
+    values) `real` is None and the gradients can be empty; on the CPU the call's own graph is kept
+    (built beside the outer one) and `real()` computes the true gradients through it, so that a
+    training loop counted on the CPU trains as it would without rooflight."""
 
     @staticmethod
-    def forward(ctx, make: Callable[[], torch.Tensor], backward: Callable, *inputs: Any) -> torch.Tensor:
-        ctx.backward_of = backward
-        return make()
+    def forward(ctx, make: Callable[..., torch.Tensor], backward: Callable, *inputs: Any) -> torch.Tensor:
+        ctx.backward_of, ctx.local = backward, None
+        wants = [isinstance(t, torch.Tensor) and t.requires_grad for t in inputs]
+        if not any(w and not _valueless(t) for t, w in zip(inputs, wants)):
+            return make(*inputs)
+        with torch.enable_grad():
+            local = [t.detach().requires_grad_(w) if isinstance(t, torch.Tensor) else t for t, w in zip(inputs, wants)]
+            out = make(*local)
+        ctx.local = (out, local, wants)
+        return out.detach()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple:
-        return (None, None, *ctx.backward_of(grad_out))
+        real = None
+        if ctx.local is not None:
+            out, local, wants = ctx.local
+
+            def real() -> tuple:
+                got = iter(torch.autograd.grad(out, [t for t, w in zip(local, wants) if w], grad_out, allow_unused=True))
+                return tuple(next(got) if w else None for w in wants)
+        grads = ctx.backward_of(grad_out, real)
+        ctx.local = None
+        return (None, None, *grads)
+
+
+def _grads(rec: "Recorder", real: Callable[[], tuple] | None, tensors: tuple, heads_inside: bool = False) -> tuple:
+    """A predicted backward's gradients: the true ones through the call's own graph (`real`, on
+    the CPU), or empty ones (meta, fake); what computes them is not recorded either way."""
+    if real is None:
+        return _empty_grads(rec, tensors, heads_inside=heads_inside)
+    rec.suppress += 1
+    try:
+        return real()
+    finally:
+        rec.suppress -= 1
 
 
 def _causal_bias_types() -> tuple[Any, Any]:
@@ -834,8 +868,9 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
         here = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
     valueless = _valueless(q)
 
-    def run() -> torch.Tensor:
-        out = func(*args, **kwargs)
+    def run(qq: torch.Tensor = q, kk: torch.Tensor = k, vv: torch.Tensor = v) -> torch.Tensor:
+        same = qq is q and kk is k and vv is v
+        out = func(*args, **kwargs) if same else func(**{**p, "query": qq, "key": kk, "value": vv})
         if valueless:
             # off-device the math path made a [B, H, S, Dv]-contiguous output; GPU kernels write
             # [B, S, H, Dv] memory (the usual transpose back then costs nothing): match them
@@ -849,11 +884,11 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
 
     try:
         with rec.label(index), here:
-            if valueless and need_lse and not (isinstance(mask, torch.Tensor) and mask.requires_grad):
-                # its backward: the GPU's fused backward kernel, not the math decomposition's (`om`,
-                # the output's metadata, is set below, before any backward can run)
-                def backward(grad_out: torch.Tensor) -> tuple:
-                    grads = _empty_grads(rec, (q, k, v), heads_inside=True)
+            if need_lse and not (isinstance(mask, torch.Tensor) and mask.requires_grad):
+                # its backward: the GPU's fused backward kernel, not the CPU's or the math
+                # decomposition's (`om`, the output's metadata, is set below, before any backward runs)
+                def backward(grad_out: torch.Tensor, real: Callable | None) -> tuple:
+                    grads = _grads(rec, real, (q, k, v), heads_inside=True)
                     op, inputs, cost = _fn.sdpa_backward(plan, qm, km, vm, om, TensorMeta.of(grad_out), mask=mask_meta)
                     rec.add(op, inputs, [TensorMeta.of(g) for g in grads], cost,
                             note=f"counted as the GPU's {plan.backend} backward kernel (predicted)")

@@ -105,11 +105,13 @@ def test_fused_rms_norm_backward():
     assert cost.bytes_written == 1024 + 256
 
 
-def test_rms_norm_trained_on_meta_counts_the_gpus_fused_backward():
+@pytest.mark.parametrize("device", ["meta", "cpu"])
+def test_rms_norm_trained_off_the_gpu_counts_the_gpus_fused_backward(device):
     # counted off the GPU, F.rms_norm is the GPU's fused kernel; its backward must be the GPU's
-    # fused backward too, not the backward of the six ops that computed it on meta
-    x = torch.empty(4, 128, 1024, device="meta", dtype=torch.bfloat16, requires_grad=True)
-    w = torch.empty(1024, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    # fused backward too, not the backward of the six ops that computed it here
+    torch.manual_seed(0)
+    x = torch.randn(4, 128, 1024, dtype=torch.bfloat16).to(device).requires_grad_()
+    w = torch.randn(1024, dtype=torch.bfloat16).to(device).requires_grad_()
     prof = count(lambda: F.rms_norm(x, (1024,), w, 1e-6).sum().backward())
     bwd = [o for o in prof.ops if o.phase == "backward" and (o.total_flops or o.bytes)]
     assert [o.short_op for o in bwd] == ["_fused_rms_norm_backward"]
@@ -119,6 +121,74 @@ def test_rms_norm_trained_on_meta_counts_the_gpus_fused_backward():
     assert bwd[0].total_flops == 4_718_592
     assert bwd[0].bytes_read == 2 + 1_048_576 + 2048 + 2048 and bwd[0].bytes_written == 1_048_576 + 2048
     assert x.grad.shape == x.shape and w.grad.shape == w.shape
+    if device == "cpu":  # the gradients are the true ones, as without rooflight
+        gx, gw = x.grad, w.grad
+        x.grad = w.grad = None
+        F.rms_norm(x, (1024,), w, 1e-6).sum().backward()
+        assert torch.equal(gx, x.grad) and torch.equal(gw, w.grad)
+
+
+def test_attention_trained_on_the_cpu_counts_the_gpus_fused_backward_and_trains_true():
+    """Falcon's multi-query attention with a float mask, fp32, on the CPU: the forward is counted
+    as the GPU's efficient kernel, and so must its backward be (it was the CPU math path's four
+    bmm and softmax backward, with the scores materialized), with the true gradients.
+    q [2, 4, 64, 32], k and v [2, 1, 64, 32] (broadcast over the heads, as Falcon passes them), mask [2, 1, 64, 64]: P = 2*4*64*64 =
+    32,768 scores; the backward's matrix work 2P(3D + 2Dv) = 2*32768*160 = 10,485,760."""
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 64, 32, requires_grad=True)
+    k, v = (torch.randn(2, 1, 64, 32, requires_grad=True) for _ in range(2))
+    mask = torch.randn(2, 1, 64, 64)
+
+    def step():
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask).square().sum().backward()
+
+    prof = count(step)
+    bwd = [o for o in prof.ops if o.phase == "backward" and "attention" in o.op]
+    assert [o.short_op for o in bwd] == ["_scaled_dot_product_efficient_attention_backward"]
+    assert not [o for o in prof.ops if o.phase == "backward" and o.short_op in ("bmm", "_softmax_backward_data")]
+    assert "predicted" in bwd[0].note and bwd[0].total_flops >= 10_485_760
+    got = [t.grad for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    step()
+    for mine, true in zip(got, (q.grad, k.grad, v.grad)):
+        torch.testing.assert_close(mine, true)
+
+
+@needs_transformers
+def test_a_training_loop_counted_on_the_cpu_trains_as_it_does_without_rooflight():
+    """Three AdamW steps of a Llama with fused attention (4 heads, 4 KV heads, fp32) and a model
+    with nn.RMSNorm: the losses counted under rooflight are the losses without it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=4, vocab_size=512)
+
+    def losses(under: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
+        norm = torch.nn.RMSNorm(128)
+        opt = torch.optim.AdamW([*model.parameters(), *norm.parameters()], lr=1e-2)
+        ids = torch.randint(0, 512, (2, 32))
+        out = []
+
+        def step():
+            loss = model(input_ids=ids, labels=ids).loss + norm(model.model.embed_tokens(ids)).square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            out.append(loss.item())
+
+        for _ in range(3):
+            if under:
+                prof = count(step)
+                names = [o.short_op for o in prof.ops if o.phase == "backward"]
+                assert "_scaled_dot_product_efficient_attention_backward" in names and "_fused_rms_norm_backward" in names
+            else:
+                step()
+        return out
+
+    assert losses(True) == pytest.approx(losses(False), rel=1e-6)
 
 
 @needs_transformers
@@ -453,6 +523,14 @@ def test_a_training_step_counts_the_same_on_meta_as_on_the_cpu():
 
     cpu, meta = totals("cpu"), totals("meta")
     assert cpu == meta and not cpu[3]
+    # 4 KV heads of 4 (no GQA): fp32 attention is the GPU's efficient kernel, forward and backward,
+    # on the CPU (whose own kernel runs it) as on meta
+    mha = LlamaConfig(**{**cfg.to_dict(), "num_key_value_heads": 4})
+    on = {d: training_step(lambda: LlamaForCausalLM(mha), d, (2, 32)) for d in ("cpu", "meta")}
+    assert on["cpu"].total_flops == on["meta"].total_flops and on["cpu"].total_bytes == on["meta"].total_bytes
+    assert [o.short_op for o in on["cpu"].ops if "attention" in o.op] == [
+        o.short_op for o in on["meta"].ops if "attention" in o.op] == (
+        ["scaled_dot_product_attention"] * 2 + ["_scaled_dot_product_efficient_attention_backward"] * 2)
     # the backward's matmuls: twice the forward's linear FLOPs except the first layer's input
     # gradient... here simply: 2 x the linear forward (dX and dW for every linear; the embedding's
     # input needs no gradient, the LM head's dX flows on)
