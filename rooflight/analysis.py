@@ -156,7 +156,9 @@ def training_text(t: TrainingFacts) -> str:
     text = (f"training: model FLOPs {t.model_flops:.4g}{per} (3x the forward's matrix work), executed "
             f"{t.executed_flops:.4g} ({t.executed_flops / t.model_flops:.2f}x)" if t.model_flops else "training")
     if t.mfu == t.mfu:
-        text += f"; MFU {t.mfu:.1%} of the {t.roof_class} roof at {t.seconds * 1e3:.3g} ms a step"
+        # (the mean: MFU is the steps' work over their time; the per-step line beside it is a median)
+        text += (f"; MFU {t.mfu:.1%} of the {t.roof_class} roof at {t.seconds * 1e3:.3g} ms a step"
+                 + (f" (mean of {t.steps})" if t.steps > 1 else ""))
     if t.optimizer_bytes:
         text += f"; optimizer {t.optimizer_bytes:.4g} B of memory traffic a step"
         if t.parameters:

@@ -590,6 +590,16 @@ def test_a_training_step_reports_model_flops_and_optimizer_traffic():
     assert t.state_bytes == 8 * params
 
 
+def test_mfu_says_its_step_time_is_a_mean():
+    """Beside the per-step line's median, MFU's step time is the steps' mean (work over time)."""
+    from rooflight.analysis import TrainingFacts, training_text
+
+    t = TrainingFacts(3, 1.2e9, 1.6e9, "fp32", 42.6e-3, 0.153, 2.77e8, 1000)
+    assert "MFU 15.3% of the fp32 roof at 42.6 ms a step (mean of 3)" in training_text(t)
+    one = TrainingFacts(1, 1.2e9, 1.6e9, "fp32", 42.6e-3, 0.153, 2.77e8, 1000)
+    assert "at 42.6 ms a step;" in training_text(one) or training_text(one).endswith("at 42.6 ms a step")
+
+
 @pytest.mark.parametrize("device", ["cpu", "meta"])
 def test_a_small_cnn_training_step_is_counted_through(device):
     # conv, batch norm, max pool, group norm, avg pool: forward and backward all have formulas
