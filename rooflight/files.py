@@ -175,6 +175,18 @@ class OutputDir:
         return written
 
 
+def html_target(out: Path, name: str, what: str = "report") -> Path:
+    """Where `-o OUT` puts an HTML report named `name` by default: into OUT when it is a directory,
+    ends in a slash or has no suffix (created if missing, as `profile -o DIR` is), else OUT itself,
+    which must then end in .html (a report written to `x.png` would be clobbered by its own chart)."""
+    if out.is_dir() or str(out).endswith(("/", os.sep)) or not out.suffix:
+        return out / name
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"-o {out}: the {what} is HTML; name it {out.with_suffix('.html').name}, or give a "
+                         "directory to put it in")
+    return out
+
+
 def check_files(paths: Iterable[str | Path], *, force: bool = False) -> None:
     """Refuse, before any work is done, to replace any of `paths` that rooflight did not write."""
     by_dir: dict[Path, list[str]] = {}

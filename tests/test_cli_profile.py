@@ -331,3 +331,13 @@ def test_report_and_diff_take_a_directory_for_o_as_profile_does(tmp_path, model)
     assert r.returncode == 0 and (tmp_path / "reports" / "block.html").is_file(), r.stderr
     d = rooflight("diff", "out/block.json", "out/block.json", "-o", "reports/", cwd=tmp_path)
     assert d.returncode == 0 and (tmp_path / "reports" / "block-vs-block.html").is_file(), d.stderr
+    # a name with no suffix is a directory too, created (a file called `rep` holding HTML was written)
+    r = rooflight("report", "out/block.json", "-o", "rep", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "rep" / "block.html").is_file(), r.stderr
+    d = rooflight("diff", "out/block.json", "out/block.json", "-o", "cmp", cwd=tmp_path)
+    assert d.returncode == 0 and (tmp_path / "cmp" / "block-vs-block.html").is_file(), d.stderr
+    # any other suffix is one line: the report's own chart would overwrite it
+    bad = rooflight("report", "out/block.json", "-o", "chart.png", "--png", cwd=tmp_path)
+    assert bad.returncode == 2 and not (tmp_path / "chart.png").exists()
+    assert "-o chart.png: the report is HTML; name it chart.html, or give a directory to put it in" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

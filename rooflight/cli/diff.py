@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -13,7 +12,7 @@ from rich.markup import escape as esc
 
 from .. import api
 from ..errors import UsageError
-from ..files import check_files, write_files
+from ..files import check_files, html_target, write_files
 from ..profile_data import ProfileFormatError, strict_json
 from .common import ForceOption, HwDirOption, console, database, handles_errors
 
@@ -50,11 +49,8 @@ def diff_cmd(
                              "baseline file)")
     if limit < 0:
         raise UsageError(f"--limit {limit}: give 0 (every row) or a positive number")
-    if out is not None and (out.is_dir() or str(out).endswith(("/", os.sep))):
-        out = out / f"{a.stem}-vs-{b.stem}.html"
     if out is not None:
-        if out.suffix.lower() not in (".html", ".htm"):
-            raise UsageError(f"-o {out}: the comparison report is HTML; name it REPORT.html")
+        out = html_target(out, f"{a.stem}-vs-{b.stem}.html", "comparison report")
         if out.resolve() in (a.resolve(), b.resolve()):
             raise UsageError(f"-o {out} would overwrite an input; give another name")
         check_files([out], force=force)

@@ -17,7 +17,7 @@ from .. import api
 from ..analysis import training_text
 from ..errors import RooflightError, UsageError
 from .. import timing as _timing
-from ..files import OutputDir, check_files, parse_formats, write_files
+from ..files import OutputDir, check_files, html_target, parse_formats, write_files
 from ..render.charts import figure_bytes, roofline_of
 from ..render.counters import counters_table
 from ..render.html import report_html
@@ -384,9 +384,8 @@ def report_cmd(
         raise UsageError("--format json: the profile is the JSON already; report writes html, png, svg, csv")
     png, svg = png or "png" in formats, svg or "svg" in formats
     csv = "csv" in formats
-    target = out or profile_json.with_suffix(".html")
-    if out is not None and (out.is_dir() or str(out).endswith(("/", os.sep))):  # -o DIR, as profile takes it
-        target = out / profile_json.with_suffix(".html").name
+    default = profile_json.with_suffix(".html")
+    target = html_target(out, default.name) if out is not None else default  # -o DIR, as profile takes it
     if target.resolve() == profile_json.resolve():
         raise UsageError(f"the report would overwrite the profile {profile_json}; give another -o")
     check_files([target] + [target.with_suffix(f".{f}") for f, wanted in (("png", png), ("svg", svg), ("csv", csv))
