@@ -97,6 +97,11 @@ def test_time_by_label_and_sweep_charts(timed):
     a = analyze(timed, calibrated=False)
     bars = time_by_label_of(a)
     assert isinstance(bars, Figure) and "time by label" in bars.axes[0].get_title()
+    # the legend sits beside the bars, not over the longest one's end
+    bars.canvas.draw()
+    r = bars.canvas.get_renderer()
+    (legend,) = bars.legends
+    assert not legend.get_window_extent(r).overlaps(bars.axes[0].get_window_extent(r))
     sweep = sweep_of([a, a], ["batch=1", "batch=2"])
     assert isinstance(sweep, Figure) and sweep.axes[0].lines
 
@@ -263,3 +268,29 @@ def test_a_cpu_report_calls_its_idle_time_idle_between_ops():
     x = torch.randn(8, 64)
     html = rooflight.profile(lambda: m(x), repeats=1).to_html()
     assert "<th class=n>idle between ops</th>" in html and "<th class=n>GPU idle</th>" not in html
+
+
+def test_a_cpu_roof_taken_from_another_class_is_not_called_measured():
+    """A CPU calibration measures fp32 (and bf16) matmul rates; every other class is held to the
+    fp32 figure.  The chart's int32 roof said '(measured)' for a rate nobody measured."""
+    from types import SimpleNamespace
+
+    from matplotlib.figure import Figure
+
+    from rooflight.render.charts import draw_roofs, roofs_of
+    from rooflight.roofline import Ceilings
+
+    fp32 = 187e9
+    ceil = Ceilings("AMD EPYC (calibrated)", 47.3e9, {"fp32": fp32, "bf16_tensor": 806e9, "int32": fp32},
+                    source="calibrated", measured=frozenset({"memory", "fp32", "bf16_tensor"}), device_kind="cpu")
+    a = SimpleNamespace(ceilings=ceil, datasheet=None,
+                        profile=SimpleNamespace(flops_by_class=lambda: {"fp32": 1.0, "int32": 1.0}))
+    roofs = {r.name: r for r in roofs_of(a)}
+    assert roofs["fp32"].calibrated and not roofs["fp32"].basis
+    assert not roofs["int32"].calibrated and roofs["int32"].basis == "fp32's measured rate, assumed"
+    ax = Figure().subplots()
+    ax.set_xscale("log"), ax.set_yscale("log")
+    draw_roofs(ax, list(roofs.values()), 1e-3, 1e3)
+    texts = [t.get_text() for t in ax.texts]
+    assert "fp32 187 GFLOP/s (measured), ridge 4 FLOP/B" in texts
+    assert "int32 187 GFLOP/s (fp32's measured rate, assumed), ridge 4 FLOP/B" in texts

@@ -52,6 +52,7 @@ class Roof:
     kind: str  # "compute" or "memory"
     value: float  # FLOP/s for compute roofs, bytes/s for the memory roof
     calibrated: bool  # solid if measured here, dashed if from the datasheet
+    basis: str = ""  # where a roof neither measured nor on a datasheet comes from ("fp32's measured rate, assumed")
 
 
 def new_figure(width: float = 9.0, height: float = 6.0) -> Figure:
@@ -86,7 +87,8 @@ def roofline(points: Sequence[Point], roofs: Sequence[Roof], *, title: str = "",
     pts = [p for p in points if p.intensity > 0 and p.flops_per_s > 0 and math.isfinite(p.intensity)]
     room = pts + [p for p in extent if p.intensity > 0 and p.flops_per_s > 0 and math.isfinite(p.intensity)]
     mems = [r for r in roofs if r.kind == "memory"]
-    comps = sorted((r for r in roofs if r.kind == "compute"), key=lambda r: -r.value)
+    # highest first; of equal roofs the measured one drawn last, on top of an assumed or datasheet twin
+    comps = sorted((r for r in roofs if r.kind == "compute"), key=lambda r: (-r.value, r.calibrated))
     xs = [p.intensity for p in room] + [r.value / m.value for r in comps for m in mems]
     x_lo = 10 ** math.floor(math.log10(max(min(xs, default=0.1), 1e-3))) / 2 if xs else 0.01
     x_hi = 10 ** math.ceil(math.log10(max(xs, default=1000))) * 2 if xs else 1e4
@@ -134,7 +136,8 @@ def draw_roofs(ax, roofs: Sequence[Roof], x_lo: float, x_hi: float) -> None:
     """The roofs, each labelled along its own line with its value: memory diagonals, one compute
     ceiling per class from its ridge (marked), measured solid, datasheet dashed."""
     mems = [r for r in roofs if r.kind == "memory"]
-    comps = sorted((r for r in roofs if r.kind == "compute"), key=lambda r: -r.value)
+    # highest first; of equal roofs the measured one drawn last, on top of an assumed or datasheet twin
+    comps = sorted((r for r in roofs if r.kind == "compute"), key=lambda r: (-r.value, r.calibrated))
     labels: list[tuple[float, str, str]] = []  # (roof value, colour, text) of the compute roofs
     for m in mems:
         style = "-" if m.calibrated else "--"
@@ -155,8 +158,8 @@ def draw_roofs(ax, roofs: Sequence[Roof], x_lo: float, x_hi: float) -> None:
         ridge = r.value / bw if bw else x_lo
         ax.plot([ridge, x_hi], [r.value, r.value], style, color=color, lw=1.3, zorder=2)
         ax.plot([ridge], [r.value], "D", ms=4, color=color, zorder=3)
-        labels.append((r.value, color, f"{r.name} {_fmt_rate(r.value)} ({'measured' if r.calibrated else 'datasheet'}), "
-                                       f"ridge {ridge:.0f} FLOP/B"))
+        basis = r.basis or ("measured" if r.calibrated else "datasheet")
+        labels.append((r.value, color, f"{r.name} {_fmt_rate(r.value)} ({basis}), ridge {ridge:.0f} FLOP/B"))
     _stack_labels(ax, labels, x_hi)
 
 
@@ -284,9 +287,8 @@ def stacked_bars(rows: Sequence[tuple[str, dict[str, float]]], *, title: str, xl
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
-    if labels:
-        ax.legend(fontsize=7, loc="lower right")
     ax.grid(True, axis="x", alpha=0.3)
+    legend_outside(fig, ax)  # beside the bars: inside, it covered the end of the longest one
     return fig
 
 
@@ -331,6 +333,9 @@ def _chart_text(s: str) -> str:
     return s.replace("$", r"\$")
 
 
+_CLASS_NAMES = frozenset(c.value for c in MathClass)
+
+
 def roofs_of(analysis, classes: Sequence[str] | None = None) -> list[Roof]:
     """Memory roof and one compute roof per math class present in the profile, calibrated (solid)
     where measured and datasheet (dashed) beside them."""
@@ -359,8 +364,15 @@ def roofs_of(analysis, classes: Sequence[str] | None = None) -> list[Roof]:
             roofs.append(Roof(c, "compute", ceil.flops_per_s[cls], True))
         if sheet is not None and cls in sheet.flops_per_s:
             roofs.append(Roof(c, "compute", sheet.flops_per_s[cls], False))
-        elif not (calibrated and c in ceil.measured):
-            roofs.append(Roof(c, "compute", ceil.peak(cls), calibrated))
+        elif not calibrated:
+            roofs.append(Roof(c, "compute", ceil.peak(cls), False))
+        elif c not in ceil.measured:
+            # calibrated, not measured, on no datasheet (a CPU's classes all run at its measured
+            # fp32 rate): say whose figure it is, dashed, never "measured"
+            twin = next((m for m in sorted(ceil.measured) if m in _CLASS_NAMES and m != c
+                         and ceil.flops_per_s.get(MathClass(m)) == ceil.peak(cls)), "")
+            roofs.append(Roof(c, "compute", ceil.peak(cls), False,
+                              f"{twin}'s measured rate, assumed" if twin else "not measured"))
     return roofs
 
 
