@@ -219,6 +219,7 @@ def test_cli_project_prints_a_table_and_writes_charts(tmp_path, h100_decode):
     r = runner.invoke(_app(), ["project", str(src), "--hw", "a10,4090,7900xtx", "-o", str(tmp_path / "out")],
                       env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
+    assert "predicted time on each of 3 GPUs" in r.output  # three single-GPU targets, not one run on three
     for name in ("A10", "RTX 4090", "Radeon RX 7900 XTX", "measured efficiency from NVIDIA H100 80GB HBM3"):
         assert name in r.output
     written = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("."))

@@ -60,7 +60,10 @@ def project_cmd(
                    kernel_fixed_s=None if kernel_fixed_us is None else kernel_fixed_us * 1e-6)
     regions = outer_regions(proj, limit=6)
     con = console()
-    t = Table(title=f"{prof.workload or profile_json.name}: predicted GPU time on {len(proj.targets)} GPUs")
+    n = len(proj.targets)
+    # (each target a single GPU: "on 2 GPUs" read as one run spread over two)
+    t = Table(title=f"{prof.workload or profile_json.name}: predicted time on each of {n} GPUs" if n > 1
+              else f"{prof.workload or profile_json.name}: predicted time on one GPU")
     t.add_column("GPU", no_wrap=True)
     t.add_column("predicted", justify="right", no_wrap=True)
     for r in regions:
