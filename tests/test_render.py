@@ -294,3 +294,13 @@ def test_a_cpu_roof_taken_from_another_class_is_not_called_measured():
     texts = [t.get_text() for t in ax.texts]
     assert "fp32 187 GFLOP/s (measured), ridge 4 FLOP/B" in texts
     assert "int32 187 GFLOP/s (fp32's measured rate, assumed), ridge 4 FLOP/B" in texts
+
+
+def test_the_header_counts_its_runs_in_words(timed):
+    """One repeat is one timed run, not 'median of 1 repeats'; the warm-ups counted as they are."""
+    t = timed.timing
+    many = report_html(analyze(timed, calibrated=False))
+    assert f"median of {t.repeats} repeats after {t.warmup} warm-up run" in many and t.repeats > 1
+    once = dataclasses.replace(timed, timing=dataclasses.replace(t, repeats=1, warmup=1))
+    page = report_html(analyze(once, calibrated=False))
+    assert "(one timed run after 1 warm-up run" in page and "median of 1 repeats" not in page

@@ -340,3 +340,20 @@ def test_cpu_setup_teardown_and_between_are_timed_on_the_plain_runs(tmp_path):
     assert [s["kind"] for s in prof["steps"]] == ["marked"] * 3
     walls = {row["region"]: row["wall_seconds"] for row in prof["timing"]["regions"]}
     assert walls[SETUP] < walls[""] and walls[SETUP] + walls[TEARDOWN] < walls[""], walls
+
+
+def test_a_single_headline_step_is_not_a_median(monkeypatch):
+    from types import SimpleNamespace
+
+    from rooflight.render import steps as S
+
+    def rows(kinds):
+        return [S.StepRow(i, f"s{i}", k, "headline", 8, 16 + i, 1e-3 * (i + 1), 1e-3, 0.0, "memory-bound", 1.0)
+                for i, k in enumerate(kinds)]
+
+    a = SimpleNamespace(profile=SimpleNamespace(timing=object()))
+    monkeypatch.setattr(S, "step_rows", lambda a: rows(["prefill", "decode", "train"]))
+    assert S.phase_summary(a)[1:] == ["decode: 2.00 ms per output token measured (1 step, KV length 17–17)",
+                                      "train: 3.00 ms per step measured (1 step)"]
+    monkeypatch.setattr(S, "step_rows", lambda a: rows(["decode", "decode", "decode"]))
+    assert S.phase_summary(a) == ["decode: 2.00 ms per output token measured (median of 3 steps, KV length 16–18)"]

@@ -284,7 +284,9 @@ def report_html(a, *, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
     if t is not None and t.device_kind == "cpu":
         mode = "timed on the CPU — CPU results: wall time per op on the host, not GPU kernel time"
     elif t is not None:
-        mode = f"timed on {t.device_name} (median of {t.repeats} repeats after {t.warmup} warm-up runs" + (
+        runs = f"median of {t.repeats} repeats" if t.repeats > 1 else "one timed run"
+        warm = f"{t.warmup} warm-up run{'' if t.warmup == 1 else 's'}"
+        mode = f"timed on {t.device_name} ({runs} after {warm}" + (
             ", L2 flushed" if t.flush_l2 else "") + (", CUDA graph" if t.cuda_graph else "") + ")"
     else:
         mode = f"counted only on {p.device_name or p.device}: no timing, labels predicted from the roofline"

@@ -101,14 +101,15 @@ def phase_summary(a) -> list[str]:
                    "(time to first token, the model's part)")
     if dec:
         med = statistics.median(r.seconds for r in dec)
-        out.append(f"decode: {fmt_seconds(med)} per output token {word} (median of {len(dec)} steps"
+        out.append(f"decode: {fmt_seconds(med)} per output token {word} ("
+                   + (f"median of {len(dec)} steps" if len(dec) > 1 else "1 step")
                    + (f", KV length {dec[0].kv_len}–{dec[-1].kv_len}" if dec[0].kv_len and dec[-1].kv_len else "")
                    + ")")
     for kind in ("train", "forward", "marked"):
         ks = [r for r in rows if r.kind == kind and r.status == "headline"]
         if ks:
             out.append(f"{kind}: {fmt_seconds(statistics.median(r.seconds for r in ks))} per step {word} "
-                       f"(median of {len(ks)})")
+                       + (f"(median of {len(ks)})" if len(ks) > 1 else "(1 step)"))
     return out
 
 
