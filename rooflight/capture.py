@@ -223,6 +223,10 @@ class Recorder:
         # the module calls running, each as the place of an op in its forward (no user region):
         # ((module id, path, type name), "", "forward")
         self.frames: list[tuple[tuple[int, str, str], str, str]] = []
+        # autograd node sequence number -> the module frame whose forward op made the node: a
+        # backward op runs inside that node (torch._C._current_autograd_node), so it is placed in
+        # the module whose forward it differentiates
+        self._node_frames: dict[int, tuple[int, str, str]] = {}
         self._names: dict[int, dict[int, str]] = {}
         self.calls: list[TopCall] = []  # outermost module calls (rooflight.steps)
         self._call_start: tuple[int, str, int] | None = None
@@ -326,12 +330,23 @@ class Recorder:
                     self._seen_regions.add(r)
                     self.regions.append(r)
         if _graph_task_id() != -1:
-            place = (_NO_FRAME, region, "backward")
+            node = _current_node()
+            frame = self._node_frames.get(node._sequence_nr(), _NO_FRAME) if node is not None else _NO_FRAME
+            place = (frame, region, "backward")
         elif self.frames:
+            self._node_frames.setdefault(_next_sequence_nr() - 1, self.frames[-1][0])
             place = (self.frames[-1][0], region, "forward")
         else:
+            self._node_frames.setdefault(_next_sequence_nr() - 1, _NO_FRAME)
             place = (_NO_FRAME, region, "optimizer" if self.optimizer_depth else "forward")
         return self._interned.setdefault(place, place)
+
+    def node_of(self, out: Any) -> None:
+        """`out` came from an autograd Function (a predicted backward): its node is the current
+        module's, whatever nodes the call made inside it."""
+        fn = getattr(out, "grad_fn", None)
+        if fn is not None and _graph_task_id() == -1:
+            self._node_frames[fn._sequence_nr()] = self.frames[-1][0] if self.frames else _NO_FRAME
 
     def add(self, op: str, inputs: list[TensorMeta], outputs: list[TensorMeta], cost: OpCost | None,
             note: str = "") -> None:
@@ -397,6 +412,9 @@ class Recorder:
         if _regions._STACK or _graph_task_id() != -1 or not self.frames:
             self.places.append(self._where())
         else:
+            # the autograd node this op made, if any, has the number before the next one; the
+            # first op to see a number is the one whose node it is (later ones made no node)
+            self._node_frames.setdefault(_next_sequence_nr() - 1, self.frames[-1][0])
             self.places.append(self.frames[-1])
 
     @property
@@ -474,6 +492,8 @@ def _payload(op: str, inputs, outputs, cost: OpCost | None, note: str) -> dict:
 _PLAIN = frozenset((int, float, bool, str, type(None)))
 _NO_FRAME = (0, "", "")  # an op outside any module call
 _graph_task_id = torch._C._current_graph_task_id  # != -1 inside autograd's backward
+_current_node = torch._C._current_autograd_node  # the node autograd's backward is running, or None
+_next_sequence_nr = torch._C._autograd._get_sequence_nr  # the number the next autograd node will take
 
 
 _PLAIN_TENSORS = frozenset((torch.Tensor, torch.nn.Parameter))
@@ -726,6 +746,7 @@ def _rms_norm(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
 
                 out = _PredictedBackward.apply(lambda xx, ww: func(**{**p, "input": xx, "weight": ww}), backward, x,
                                                weight)
+                rec.node_of(out)
             else:
                 out = func(*args, **kwargs)
     finally:
@@ -895,6 +916,7 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
                     return grads
 
                 out = _PredictedBackward.apply(run, backward, q, k, v)
+                rec.node_of(out)
             else:  # (a mask that wants a gradient keeps the decomposition's backward: it reaches the mask)
                 out = run()
     finally:

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import rooflight
@@ -152,6 +153,41 @@ def test_backward_ops_are_marked():
     assert phases == {"forward", "backward"}
     back = [o for o in p.ops if o.phase == "backward" and o.short_op == "mm"]
     assert back, "the weight and input gradients are matrix products"
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_backward_ops_sit_in_the_module_they_differentiate(device):
+    """Each backward op is placed in the module whose forward made its autograd node (the node
+    autograd runs it in), so a training step's backward groups by layer as its forward does; the
+    loss's backward, outside every module, stays outside; a predicted fused backward (SDPA) sits
+    in its attention module."""
+    from rooflight.groups import group_ops
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 16)
+
+        def forward(self, x):
+            q = self.up(x).view(2, 8, 4, 8).transpose(1, 2)
+            return self.down(F.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(2, 8, 32))
+
+    with torch.device(device):
+        net = nn.Sequential(nn.Embedding(50, 16), Block(), Block())
+        ids = torch.randint(0, 50, (2, 8))
+    p = count(lambda: F.cross_entropy(net(ids).flatten(0, 1), (ids % 16).flatten()).backward())
+    by = {}
+    for o in p.ops:
+        if o.phase == "backward" and (o.total_flops or o.bytes):
+            by.setdefault(o.short_op, set()).add(o.module)
+    # dX and dW of each linear layer: in that layer (the first block's up needs no dX: still its dW)
+    assert by["mm"] == {"1.up", "1.down", "2.up", "2.down"}
+    assert by["embedding_dense_backward"] == {"0"}
+    attention = [k for k in by if "attention_backward" in k]
+    assert attention and all(by[k] == {"1", "2"} for k in attention)
+    assert "" in by["nll_loss_backward"]  # the loss ran outside the model
+    names = [g.name for g in group_ops(p)]
+    assert any(n.startswith("*.down (backward) mm") for n in names), names
 
 
 def test_profile_json_round_trip(tmp_path):
