@@ -890,8 +890,7 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
     valueless = _valueless(q)
 
     def run(qq: torch.Tensor = q, kk: torch.Tensor = k, vv: torch.Tensor = v) -> torch.Tensor:
-        same = qq is q and kk is k and vv is v
-        out = func(*args, **kwargs) if same else func(**{**p, "query": qq, "key": kk, "value": vv})
+        out = func(**{**p, "query": qq, "key": kk, "value": vv})
         if valueless:
             # off-device the math path made a [B, H, S, Dv]-contiguous output; GPU kernels write
             # [B, S, H, Dv] memory (the usual transpose back then costs nothing): match them

@@ -185,9 +185,10 @@ def _command(ncu: str, metrics: Sequence[str], report: Path, spec_path: Path) ->
 
 
 def _read_report(ncu: str, returncode: int, text: str, report: Path, marks: Path | None, ver: str,
-                 metrics: Sequence[str], t0: float, wall0: float, times: Path) -> NcuRun:
+                 metrics: Sequence[str], wall0: float, times: Path) -> NcuRun:
     """The finished child's report as CSV, with the ops it measured (one of each, `marks`) and
-    where the pass's time went (`times`: the child's clock marks; t0/wall0: the pass's start)."""
+    where the pass's time went (`times`: the child's clock marks; wall0: the pass's start, on the
+    wall clock the child's marks are on)."""
     ended = time.time()
     _check_permission(text)
     if returncode != 0 or not report.exists():
@@ -206,8 +207,8 @@ def _read_report(ncu: str, returncode: int, text: str, report: Path, marks: Path
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CountersUnavailable(f"the counter pass did not say which ops it measured ({err}); the profile "
                                       "without counters was written") from None
-    return NcuRun(imp.stdout, ver, tuple(metrics), time.perf_counter() - t0, same_as, ops,
-                  _phases(times, wall0, ended, time.time()))
+    imported = time.time()
+    return NcuRun(imp.stdout, ver, tuple(metrics), imported - wall0, same_as, ops, _phases(times, wall0, ended, imported))
 
 
 _PHASES = ("start", "warm-ups", "measured run", "report", "import")
@@ -232,7 +233,7 @@ def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None,
     ncu = find_ncu()
     ver, query = _setup(ncu)
     metrics = choose_metrics(query, dtypes)
-    t0, wall0 = time.perf_counter(), time.time()
+    wall0 = time.time()
     with tempfile.TemporaryDirectory(prefix="rooflight-ncu-") as tmp:
         spec_path, marks, rep = Path(tmp) / "spec.json", Path(tmp) / "distinct.json", Path(tmp) / "counters"
         times = Path(tmp) / "times.json"
@@ -241,7 +242,7 @@ def run_counter_pass(spec: Mapping[str, Any], *, timeout: float | None = None,
         cmd, env = _command(ncu, metrics, rep, spec_path)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         return _read_report(ncu, r.returncode, r.stdout + r.stderr, rep.with_suffix(".ncu-rep"),
-                            marks if distinct else None, ver, metrics, t0, wall0, times)
+                            marks if distinct else None, ver, metrics, wall0, times)
 
 
 class EarlyPass:
@@ -295,13 +296,13 @@ class EarlyPass:
 
     def finish(self) -> NcuRun:
         """The child's measured run, now: its report read back (times from the go)."""
-        t0, wall0 = time.perf_counter(), time.time()
+        wall0 = time.time()
         try:
             _write_atomic(self._go, "run")
             code = self._proc.wait()
             return _read_report(self.ncu, code, self._log.read_text(encoding="utf-8", errors="replace"),
                                 self._rep.with_suffix(".ncu-rep"), self._marks if self.distinct else None,
-                                self.version, self.metrics, t0, wall0, self._times)
+                                self.version, self.metrics, wall0, self._times)
         finally:
             self.close()
 

@@ -170,22 +170,18 @@ def _conv_flops(x: TensorMeta, w: TensorMeta, out: TensorMeta, transposed: bool)
     return 2 * out.shape[0] * math.prod(out.shape[2:]) * w.shape[0] * w.shape[1] * kernel
 
 
-def _depthwise(x: TensorMeta, groups: object) -> bool:
-    return isinstance(groups, int) and groups > 1 and len(x.shape) > 1 and groups == x.shape[1]
-
-
-def _conv_class(x: TensorMeta, groups: object, allow_tf32: bool) -> MathClass:
-    """The class a convolution's multiply-adds run on: the tensor cores, except for a depthwise
-    one (every input channel its own group), whose outputs are each a dot product over the kernel
-    window alone, with no channel reduction to give a tensor core: PyTorch runs those with its own
-    depthwise kernels (conv_depthwise2d_*) on the CUDA cores, accumulating in fp32 (on an H200,
-    bf16 conv1d/conv2d forward and backward, Nsight Compute counted no tensor-pipe work for them)."""
-    if _depthwise(x, groups):
-        return vector_class(x)
-    return x.matrix_class(allow_tf32)
-
-
 DEPTHWISE_NOTE = "depthwise (one group per channel): no channel reduction, so CUDA-core math, not tensor cores"
+
+
+def _conv_class(x: TensorMeta, groups: object, allow_tf32: bool) -> tuple[MathClass, str]:
+    """The class a convolution's multiply-adds run on, and a note: the tensor cores, except for a
+    depthwise one (every input channel its own group), whose outputs are each a dot product over
+    the kernel window alone, with no channel reduction to give a tensor core: PyTorch runs those
+    with its own depthwise kernels (conv_depthwise2d_*) on the CUDA cores, accumulating in fp32 (on
+    an H200, bf16 conv1d/conv2d forward and backward, Nsight Compute counted no tensor-pipe work)."""
+    if isinstance(groups, int) and groups > 1 and len(x.shape) > 1 and groups == x.shape[1]:
+        return vector_class(x), DEPTHWISE_NOTE
+    return x.matrix_class(allow_tf32), ""
 
 
 @register_cost(aten.convolution, aten._convolution)
@@ -196,12 +192,11 @@ def convolution(call: OpCall) -> OpCost:
     # convolutions do the same work counted over the input positions.
     x, w, bias = call.arg(0), call.arg(1), call.arg(2)
     out = call.out
-    groups = call.arg(8, "groups", 1)
-    cls = _conv_class(x, groups, call.settings.allow_tf32_conv)
+    cls, note = _conv_class(x, call.arg(8, "groups", 1), call.settings.allow_tf32_conv)
     total = {cls: _conv_flops(x, w, out, bool(call.arg(6, "transposed", False)))}
     for c, v in _epilogue(out, bias).items():  # fp32 conv without TF32: same class, so add
         total[c] = total.get(c, 0) + v
-    return OpCost(total, _read(x, w, bias), out.bytes, note=DEPTHWISE_NOTE if _depthwise(x, groups) else "")
+    return OpCost(total, _read(x, w, bias), out.bytes, note=note)
 
 
 @register_cost(aten.convolution_backward)
@@ -217,11 +212,10 @@ def convolution_backward(call: OpCall) -> OpCost:
     gy, x, w = call.arg(0), call.arg(1), call.arg(2)
     mask = list(call.arg(10, "output_mask", (True, True, True)) or (True, True, True))
     forward = _conv_flops(x, w, gy, bool(call.arg(7, "transposed", False)))  # grad_out has the output's shape
-    groups = call.arg(9, "groups", 1)
-    cls = _conv_class(x, groups, call.settings.allow_tf32_conv)
+    cls, note = _conv_class(x, call.arg(9, "groups", 1), call.settings.allow_tf32_conv)
     flops = {cls: forward * (int(bool(mask[0])) + int(bool(mask[1])))}
     if mask[2]:
         flops[vector_class(gy)] = flops.get(vector_class(gy), 0) + gy.numel
     read = gy.bytes + (w.bytes if mask[0] else 0) + (x.bytes if mask[1] else 0)
     written = sum(o.bytes for o in call.outputs if isinstance(o, TensorMeta))
-    return OpCost(flops, read, written, note=DEPTHWISE_NOTE if _depthwise(x, groups) else "")
+    return OpCost(flops, read, written, note=note)

@@ -87,8 +87,7 @@ def roofline(points: Sequence[Point], roofs: Sequence[Roof], *, title: str = "",
     pts = [p for p in points if p.intensity > 0 and p.flops_per_s > 0 and math.isfinite(p.intensity)]
     room = pts + [p for p in extent if p.intensity > 0 and p.flops_per_s > 0 and math.isfinite(p.intensity)]
     mems = [r for r in roofs if r.kind == "memory"]
-    # highest first; of equal roofs the measured one drawn last, on top of an assumed or datasheet twin
-    comps = sorted((r for r in roofs if r.kind == "compute"), key=lambda r: (-r.value, r.calibrated))
+    comps = sorted((r for r in roofs if r.kind == "compute"), key=lambda r: -r.value)
     xs = [p.intensity for p in room] + [r.value / m.value for r in comps for m in mems]
     x_lo = 10 ** math.floor(math.log10(max(min(xs, default=0.1), 1e-3))) / 2 if xs else 0.01
     x_hi = 10 ** math.ceil(math.log10(max(xs, default=1000))) * 2 if xs else 1e4
