@@ -128,5 +128,10 @@ def fmt_seconds(s: float) -> str:
     return f"{_sig(s * 1e9, 3)} ns"
 
 
+def fmt_runs(repeats: int) -> str:
+    """How many timed runs a figure is taken over, in words: 'one timed run', 'median of 5 repeats'."""
+    return f"median of {repeats} repeats" if repeats > 1 else "one timed run"
+
+
 def fmt_hz(hz: float) -> str:
     return _scaled(hz, [(1e9, "GHz"), (1e6, "MHz"), (1e3, "kHz"), (1, "Hz")])

@@ -304,3 +304,7 @@ def test_the_header_counts_its_runs_in_words(timed):
     once = dataclasses.replace(timed, timing=dataclasses.replace(t, repeats=1, warmup=1))
     page = report_html(analyze(once, calibrated=False))
     assert "(one timed run after 1 warm-up run" in page and "median of 1 repeats" not in page
+    # the CSV's header says it in the same words (one phrase, units.fmt_runs, for both)
+    from rooflight.render.outputs import ops_csv
+    assert f"median of {t.repeats} repeats;" in ops_csv(analyze(timed, calibrated=False)).splitlines()[1]
+    assert "one timed run;" in ops_csv(analyze(once, calibrated=False)).splitlines()[1]

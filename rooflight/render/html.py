@@ -17,7 +17,7 @@ from .counters import counters_html, counters_roofline
 from .._version import __version__
 from ..analysis import training_text
 from ..classify import Label
-from ..units import fmt_bandwidth, fmt_bytes, fmt_flops, fmt_flops_rate, fmt_seconds
+from ..units import fmt_bandwidth, fmt_bytes, fmt_flops, fmt_flops_rate, fmt_runs, fmt_seconds
 from .charts import figure_bytes, roofline_of, time_by_label_of
 from .steps import (headline_text, phase_summary, setup_html, steps_figure, steps_table_html, summary_lines,
                     summary_regions)
@@ -284,7 +284,7 @@ def report_html(a, *, extra_sections: Sequence[tuple[str, str]] = ()) -> str:
     if t is not None and t.device_kind == "cpu":
         mode = "timed on the CPU — CPU results: wall time per op on the host, not GPU kernel time"
     elif t is not None:
-        runs = f"median of {t.repeats} repeats" if t.repeats > 1 else "one timed run"
+        runs = fmt_runs(t.repeats)
         warm = f"{t.warmup} warm-up run{'' if t.warmup == 1 else 's'}"
         mode = f"timed on {t.device_name} ({runs} after {warm}" + (
             ", L2 flushed" if t.flush_l2 else "") + (", CUDA graph" if t.cuda_graph else "") + ")"

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from ..classify import summary
 from .charts import figure_bytes, roofline_of, sweep_of
+from ..units import fmt_runs
 from .html import img, page, report_html
 
 e = html.escape
@@ -48,8 +49,7 @@ def ops_csv(a) -> str:
                                   for i in df.index]
     df["of_roof"] = [v[i].attained for i in df.index]
     df["evidence"] = [v[i].evidence for i in df.index]
-    where = ((f"timed on {p.timing.device_name}, " + (f"median of {p.timing.repeats}" if p.timing.repeats > 1
-                                                       else "one timed run")) if p.timing is not None
+    where = (f"timed on {p.timing.device_name}, {fmt_runs(p.timing.repeats)}" if p.timing is not None
              else f"counted only on {p.device_name or p.device}")
     held = a.spec.name if a.spec is not None else a.ceilings.name
     head = [f"# rooflight {p.rooflight_version or __version__}: {p.workload or 'workload'}"
