@@ -14,7 +14,6 @@ under the user's cache directory; the classifier uses them as the practical roof
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 import time
@@ -26,13 +25,12 @@ import torch
 
 from .detect import describe_cpu
 from .errors import NoGPUError, RooflightError
-from .files import write_text_atomic
+from .files import cache_dir, write_text_atomic
 from .math_class import MathClass
 from .profile_data import now_iso, strict_json
 from .roofline import Ceilings
 from .units import is_amount
 
-CACHE_ENV = "ROOFLIGHT_CACHE_DIR"
 SCHEMA = "rooflight.calibration"
 SCHEMA_VERSION = 1
 
@@ -128,13 +126,6 @@ def compare_to_datasheet(cal: Calibration, datasheet: Ceilings | None) -> list[d
 
 
 # ---------------------------------------------------------------------------- cache
-
-
-def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rooflight"
 
 
 def _slug(name: str) -> str:

@@ -22,6 +22,17 @@ from typing import Iterable
 
 from .errors import RooflightError, UsageError
 
+CACHE_ENV = "ROOFLIGHT_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """The folder of rooflight's caches (it need not exist yet)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rooflight"
+
+
 MANIFEST = ".rooflight-manifest.json"
 
 

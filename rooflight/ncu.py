@@ -26,6 +26,7 @@ the script's arguments, the device and the warm-ups; an early child's, its ready
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -42,6 +43,7 @@ from typing import Any, Mapping, Sequence
 
 from . import counters as _counters
 from .errors import RooflightError
+from .files import OutputError, cache_dir, write_text_atomic
 
 # base names (before .sum) matched against the chip's metric list; the class is read from the name
 _TENSOR = re.compile(r"^sm__ops_path_tensor_(?:op_(?:hgmma|hmma|igmma|imma|dmma)_)?src_[a-z0-9]+.*sparsity_off$")
@@ -163,16 +165,63 @@ def _check_permission(text: str) -> None:
 
 @lru_cache(maxsize=None)
 def _setup(ncu: str) -> tuple[str, str]:
-    """(version, `--query-metrics` text) of an ncu binary, asked once per process (a model file's
-    points each run a counter pass); a failure is not cached."""
+    """(version, `--query-metrics` text) of an ncu binary on this GPU, asked once per process (a
+    model file's points each run a counter pass) and kept in rooflight's cache between processes:
+    the query takes ~2 s, on the way to the child's start.  The cache is keyed by the binary (its
+    real path, size and modification time) and the GPU (device 0's name, compute capability and
+    UUID), so another ncu or another GPU asks again; with no GPU to name nothing is kept.  A
+    failure is not cached."""
+    cached = _setup_cache(ncu)
+    if cached is not None:
+        try:
+            got = json.loads(cached.read_text(encoding="utf-8"))
+            if isinstance(got, dict) and "dram__bytes_read" in str(got.get("query")) and got.get("version"):
+                return str(got["version"]), str(got["query"])
+        except (OSError, ValueError):
+            pass  # absent or unreadable: asked again, and rewritten
     try:
         q = subprocess.run([ncu, "--devices", "0", "--query-metrics"], capture_output=True, text=True, timeout=120)
         _check_permission(q.stdout + q.stderr)
-        return version(ncu), q.stdout
+        got = version(ncu), q.stdout
     except (OSError, subprocess.TimeoutExpired) as err:
         raise CountersUnavailable(f"{ncu} --query-metrics failed ({getattr(err, 'strerror', None) or err}): point "
                                   "ROOFLIGHT_NCU at Nsight Compute's ncu; the profile without counters was "
                                   "written") from None
+    if cached is not None and "dram__bytes_read" in got[1]:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(cached, json.dumps({"ncu": ncu, "version": got[0], "query": got[1]}))
+        except (OSError, OutputError):
+            pass  # an unwritable cache costs the next run its query, never this one's counters
+    return got
+
+
+def _gpu_identity() -> str | None:
+    """Device 0 as ncu's `--devices 0` sees it (CUDA_VISIBLE_DEVICES applied): name, compute
+    capability, UUID; None where there is no CUDA GPU."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        props = torch.cuda.get_device_properties(0)
+        return f"{props.name}|{props.major}.{props.minor}|{getattr(props, 'uuid', '')}"
+    except Exception:  # noqa: BLE001 - no GPU to name is no cache, never an error
+        return None
+
+
+def _setup_cache(ncu: str) -> Path | None:
+    """Where the query of this ncu binary on this GPU is kept (None: not kept, no GPU to name)."""
+    gpu = _gpu_identity()
+    if gpu is None:
+        return None
+    try:
+        real = Path(ncu).resolve()
+        st = real.stat()
+    except OSError:
+        return None
+    key = hashlib.sha256(f"{real}|{st.st_size}|{st.st_mtime_ns}|{gpu}".encode()).hexdigest()[:20]
+    return cache_dir() / "ncu" / f"query-{key}.json"
 
 
 def _command(ncu: str, metrics: Sequence[str], report: Path, spec_path: Path) -> tuple[list[str], dict]:

@@ -367,6 +367,8 @@ fix = {fix!r}
 if args == ["--version"]:
     print("NVIDIA (R) Nsight Compute Command Line Profiler"); print("Version 2099.1.0.0 (stand-in)"); sys.exit(0)
 if "--query-metrics" in args:
+    if os.environ.get("FAKE_NCU_QUERIES"):
+        open(os.environ["FAKE_NCU_QUERIES"], "a").write("query\\n")
     print(open(os.path.join(fix, "query-metrics-h200.txt")).read()); sys.exit(0)
 if "--import" in args:
     print(open(os.path.join(fix, "softmax.csv")).read()); sys.exit(0)
@@ -434,6 +436,37 @@ def stand_in(tmp_path, monkeypatch):
     ncu._setup.cache_clear()
     yield tmp_path
     ncu._setup.cache_clear()
+
+
+def test_what_an_ncu_offers_on_a_gpu_is_asked_once_per_binary_and_gpu(stand_in, monkeypatch):
+    """The ~2 s `--query-metrics` is kept in rooflight's cache between runs, keyed by the ncu
+    binary and the GPU: a second process reads it; another GPU, a changed binary or a spoiled
+    file asks again; with no GPU to name nothing is kept."""
+    queries = stand_in / "queries"
+    monkeypatch.setenv("FAKE_NCU_QUERIES", str(queries))
+    fake = os.environ["ROOFLIGHT_NCU"]
+    asked = lambda: len(queries.read_text().splitlines()) if queries.exists() else 0  # noqa: E731
+
+    def setup():
+        ncu._setup.cache_clear()  # as a new process would start
+        return ncu._setup(fake)
+
+    monkeypatch.setattr(ncu, "_gpu_identity", lambda: "NVIDIA H200|9.0|GPU-1")
+    first = setup()
+    assert asked() == 1 and "dram__bytes_read" in first[1] and "stand-in" in first[0]
+    assert setup() == first and asked() == 1  # read back from the cache
+    (kept,) = (Path(os.environ["ROOFLIGHT_CACHE_DIR"]) / "ncu").glob("query-*.json")
+    monkeypatch.setattr(ncu, "_gpu_identity", lambda: "NVIDIA H100 80GB HBM3|9.0|GPU-2")
+    assert setup() == first and asked() == 2  # another GPU: asked, kept beside the first
+    monkeypatch.setattr(ncu, "_gpu_identity", lambda: "NVIDIA H200|9.0|GPU-1")
+    kept.write_text("{ spoiled")
+    assert setup() == first and asked() == 3 and json.loads(kept.read_text())["version"] == first[0]
+    os.utime(fake, ns=(1, 1))  # another binary at the same path (an upgrade)
+    assert setup() == first and asked() == 4
+    monkeypatch.setattr(ncu, "_gpu_identity", lambda: None)
+    setup(), setup()
+    assert asked() == 6  # no GPU to name: asked each time
+    assert len(list((Path(os.environ["ROOFLIGHT_CACHE_DIR"]) / "ncu").glob("query-*.json"))) == 3
 
 
 def _profile_with_counters(tmp_path, setup: float):
