@@ -16,7 +16,9 @@ over the kernels between gives its cost per kernel, the first run less one kerne
 (the child's own under ncu), and start-up + cost per kernel x the run's kernels the whole run's
 (printed as an extrapolation, beside the parts measured).  The workload alone (the same child,
 no tool over it) is timed too: no tool that runs the workload once takes less, so --set roofline's
-whole run over it is the most any counter pass could be cheaper on that workload.  Each case's
+whole run over it is the most any counter pass could be cheaper on that workload.  Each rooflight
+run starts from an empty cache, as on a new machine; `--counters` is then run once more on the
+cache the first left (ncu's metric query kept), as a later run on that machine would.  Each case's
 row is printed and merged into benchmarks/results/counters_cost.json as soon as it is measured
 (--case picks one, so each fits a 10-minute call).
 """
@@ -45,12 +47,14 @@ CASES = [("kernels/llama.py", "decode", {"config": "llama-2-7b", "batch": 1, "co
          ("benchmarks/counters_cases.py", "hf_llama_prefill", {}, "HF Llama 2-layer prefill, 512 tokens")]
 
 
-def _timed(cmd, timeout):
+def _timed(cmd, timeout, cache=None):
     """(seconds, the CompletedProcess or None, whether it was stopped at `timeout`); a stopped run is
-    stopped with its children (ncu's profiled child would go on writing into the temporary folder)."""
+    stopped with its children (ncu's profiled child would go on writing into the temporary folder).
+    cache: rooflight's cache folder for the run (ROOFLIGHT_CACHE_DIR)."""
     t0 = time.perf_counter()
+    env = {**os.environ, **({"ROOFLIGHT_CACHE_DIR": str(cache)} if cache else {})}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     try:
         out, err = proc.communicate(timeout=timeout)
         return time.perf_counter() - t0, subprocess.CompletedProcess(cmd, proc.returncode, out, err), False
@@ -118,8 +122,11 @@ def main(argv=None) -> int:
         base = [sys.executable, "-m", "rooflight", "profile", file, "-w", wl, "--no-sweep", "--format", "json",
                 "--force", "--repeats", "3", "--no-check"] + [x for k, v in params.items() for x in ("--param", f"{k}={v}")]
         with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
-            t_plain, r0, _ = _timed(base + ["-o", f"{tmp}/a"], args.cap)
-            t_rl, r1, cut1 = _timed(base + ["-o", f"{tmp}/b", "--counters"], args.cap)
+            # each rooflight run starts from an empty cache, as on a new machine, but the last: it reads
+            # what the one before kept (ncu's metric query), as any later run on that machine would
+            t_plain, r0, _ = _timed(base + ["-o", f"{tmp}/a"], args.cap, cache=f"{tmp}/cache-plain")
+            t_rl, r1, cut1 = _timed(base + ["-o", f"{tmp}/b", "--counters"], args.cap, cache=f"{tmp}/cache")
+            t_warm, r7, cut7 = _timed(base + ["-o", f"{tmp}/w", "--counters"], args.cap, cache=f"{tmp}/cache")
             # the same counters rooflight chose (narrowed to the ops' dtypes), and its one repeat's kernels
             done = [json.loads(f.read_text()) for f in Path(f"{tmp}/b").glob("*.json") if not cut1]
             counted = next((d["counters"] for d in done if d.get("counters")), None)
@@ -163,7 +170,9 @@ def main(argv=None) -> int:
         r = {"date": result["date"], "workload": label, "kernels_whole_run": n_all, "kernels_counter_pass": n_repeat,
              "kernels_measured": n_measured, "kernels_whole_run_counted": not cut2,
              "metrics": len(same_metrics), "rooflight_profile_s": t_plain,
-             "rooflight_counters_s": t_rl, "counter_pass_s": t_rl - t_plain, "ncu_same_metrics_whole_s": t_same,
+             "rooflight_counters_s": t_rl, "counter_pass_s": t_rl - t_plain,
+             # a second --counters run on the same machine: ncu's metric query read from rooflight's cache
+             "rooflight_counters_again_s": t_warm, "roofline_over_rooflight_counters_again": roof_whole / t_warm, "ncu_same_metrics_whole_s": t_same,
              "ncu_roofline_first_kernels": n_roof, "ncu_roofline_first_s": t_roof,
              "ncu_roofline_one_kernel_s": t_roof1, "ncu_roofline_startup_s": startup,
              "ncu_roofline_per_kernel_s": per_kernel, "ncu_roofline_whole_extrapolated_s": roof_whole,
@@ -174,12 +183,15 @@ def main(argv=None) -> int:
              "workload_alone_s": t_alone,
              # where rooflight's counter pass spent its time (Counters.pass_seconds)
              "counter_pass_phases_s": dict(counted.get("pass_seconds", {})) if counted else {},
+             # the profile's own account of the pass (how long it waited for the child's build, ...)
+             "counter_pass_notes": list(counted.get("notes", [])) if counted else [],
              "roofline_over_workload_alone": roof_whole / t_alone,
              "one_of_each_against_every_kernel": agreement,
-             "errors": [x.stderr[-300:] for x in (r0, r1, r2, r3, r5, r6) if x is not None and x.returncode],
+             "errors": [x.stderr[-300:] for x in (r0, r1, r2, r3, r5, r6, r7) if x is not None and x.returncode],
              "cut_at_cap": [name for name, cut in (("rooflight --counters", cut1), ("ncu same metrics", cut2),
                                                    ("ncu roofline", cut3), ("ncu roofline, one kernel", cut5),
-                                                   ("the workload alone", cut6))
+                                                   ("the workload alone", cut6),
+                                                   ("rooflight --counters again", cut7))
                             if cut]}
         result["rows"] = [x for x in result["rows"] if x["workload"] != label] + [r]
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +203,8 @@ def main(argv=None) -> int:
               f"{r['ncu_roofline_first_kernels']}: {r['ncu_roofline_first_s']:.1f} s; {r['ncu_roofline_per_kernel_s']:.2f} s "
               f"a kernel, start-up {r['ncu_roofline_startup_s']:.1f} s)",
               flush=True)
+        print(f"   rooflight --counters run again on this machine (ncu's metric query from its cache): "
+              f"{r['rooflight_counters_again_s']:.1f} s, {r['roofline_over_rooflight_counters_again']:.1f}x", flush=True)
         print(f"   rooflight's profile alone (no counters) is {r['roofline_over_rooflight_profile']:.1f}x cheaper than "
               "--set roofline: the most any counter pass added to it could be", flush=True)
         print(f"   the workload alone (its build, {spec['warmup']} warm-ups and a run, no tool) took "
