@@ -93,6 +93,7 @@ class TrainingFacts:
     optimizer_bytes: float  # per step: the device-memory traffic of the optimizer's ops
     parameters: int  # elements the optimizer updated (from its ops' first tensor list), 0 if none seen
     state_bytes: float = 0.0  # the optimizer states its fused kernel read (Adam's m and v), 0 if none seen
+    recompute_flops: float = 0.0  # per step: activation checkpointing's forward run again in backward
 
     @property
     def optimizer_bytes_per_parameter(self) -> float:
@@ -133,8 +134,9 @@ def training_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings) -
     except (KeyError, ValueError):
         peak = math.nan
     mfu = model / n / (seconds * peak) if seconds > 0 and peak > 0 else math.nan
+    recompute = sum(o.total_flops for o in ops if o.phase == "recompute")
     return TrainingFacts(n, model / n, executed / n, roof, seconds, mfu, sum(o.bytes for o in opt) / n, params // n,
-                         states / n)
+                         states / n, recompute / n)
 
 
 def _updated_elements(opt_ops) -> tuple[int, float]:
@@ -155,6 +157,9 @@ def training_text(t: TrainingFacts) -> str:
     per = f" per step (over {t.steps})" if t.steps > 1 else " per step"
     text = (f"training: model FLOPs {t.model_flops:.4g}{per} (3x the forward's matrix work), executed "
             f"{t.executed_flops:.4g} ({t.executed_flops / t.model_flops:.2f}x)" if t.model_flops else "training")
+    if t.model_flops and t.recompute_flops:
+        text += (f", of which {t.recompute_flops:.4g} ({t.recompute_flops / t.model_flops:.2f}x) the forward run again "
+                 "by activation checkpointing")
     if t.mfu == t.mfu:
         # (the mean: MFU is the steps' work over their time; the per-step line beside it is a median)
         text += (f"; MFU {t.mfu:.1%} of the {t.roof_class} roof at {t.seconds * 1e3:.3g} ms a step"

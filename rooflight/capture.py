@@ -11,6 +11,9 @@ A TorchDispatchMode sees each aten op below autograd (so `linear` arrives as `t`
   record says which backend it assumed.  On a real CUDA device the aten op that runs is costed,
   and while a model whose weights are on CUDA runs, the function mode is set aside (it would cost
   a Python call for every torch call and tensor attribute there, for nothing).
+  Autograd does not carry a function mode into backward, so activation checkpointing's
+  recomputation (torch.utils.checkpoint, either kind) gets it back from the capture: off the GPU
+  the recomputed forward is counted as the forward was, and saves the same tensors.
 - flex attention's higher-order op is costed from its BlockMask (the blocks it really visits);
 - `torch.compile`d code runs eagerly during a capture (`set_stance("force_eager")`), so the
   counts are those of the eager op graph.
@@ -33,7 +36,7 @@ import sys
 import time
 from collections import Counter
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -238,10 +241,12 @@ class Recorder:
         # tensors off the GPU, and it costs a Python call for every torch call and tensor attribute)
         self.function_mode: TorchFunctionMode | None = None
         self._set_aside = False
+        self.recomputing = 0  # inside an activation checkpoint's recomputation (_watch_recomputation)
+        self._root_names: dict[int, str] = {}  # module id -> path, in the outermost call running
 
     # -- module calls (_watch_modules)
     def enter_module(self, module: torch.nn.Module) -> None:
-        if not self.frames:
+        if not self.frames and not self.recomputing:
             self._call_start = (id(module), type(module).__name__, len(self.payloads))
             if self.function_mode is not None and not self._set_aside and _on_gpu(module):
                 self._set_aside = _set_aside(self.function_mode)
@@ -252,9 +257,9 @@ class Recorder:
             self._root_names = names
             path = ""
         else:
-            path = getattr(self, "_root_names", {}).get(id(module))
+            path = self._root_names.get(id(module))
             if path is None:
-                parent = self.frames[-1][0][1]
+                parent = self.frames[-1][0][1] if self.frames else ""
                 path = f"{parent}.{type(module).__name__}" if parent else type(module).__name__
         self.frames.append(((id(module), path, type(module).__name__), "", "forward"))
 
@@ -267,8 +272,29 @@ class Recorder:
             mid, mtype, start = self._call_start
             self.calls.append(TopCall(mid, mtype, start, len(self.payloads)))
             self._call_start = None
-        if not self.frames:
+        if not self.frames and not self.recomputing:
             self.restore_function_mode()
+
+    def where_now(self) -> tuple[list, dict[int, str]]:
+        """The module calls running and the outermost one's names: what a checkpoint's
+        recomputation runs within (recompute_within), taken when its forward runs."""
+        return list(self.frames), self._root_names
+
+    @contextlib.contextmanager
+    def recompute_within(self, where: tuple[list, dict[int, str]] | None) -> Iterator[None]:
+        """A checkpoint's recomputation, in the module calls its forward ran in (`where`: where_now
+        then; None: where it is now): its ops are the "recompute" phase, in those modules and the
+        ones it calls (a checkpointed function may run outside any module call of its own), and
+        module calls made in it are no outermost calls (rooflight.steps)."""
+        frames, names = self.frames, self._root_names
+        if where is not None:
+            self.frames, self._root_names = list(where[0]), where[1]
+        self.recomputing += 1
+        try:
+            yield
+        finally:
+            self.recomputing -= 1
+            self.frames, self._root_names = frames, names
 
     def restore_function_mode(self) -> None:
         if self._set_aside:
@@ -329,7 +355,13 @@ class Recorder:
                 if r not in self._seen_regions:
                     self._seen_regions.add(r)
                     self.regions.append(r)
-        if _graph_task_id() != -1:
+        if self.recomputing:
+            # a checkpoint's recomputed forward, in the module running it; the nodes it makes (the
+            # reentrant kind differentiates them) are that module's, as in a forward
+            frame = self.frames[-1][0] if self.frames else _NO_FRAME
+            self._node_frames.setdefault(_next_sequence_nr() - 1, frame)
+            place = (frame, region, "recompute")
+        elif _graph_task_id() != -1:
             node = _current_node()
             frame = self._node_frames.get(node._sequence_nr(), _NO_FRAME) if node is not None else _NO_FRAME
             place = (frame, region, "backward")
@@ -345,7 +377,7 @@ class Recorder:
         """`out` came from an autograd Function (a predicted backward): its node is the current
         module's, whatever nodes the call made inside it."""
         fn = getattr(out, "grad_fn", None)
-        if fn is not None and _graph_task_id() == -1:
+        if fn is not None and (_graph_task_id() == -1 or self.recomputing):
             self._node_frames[fn._sequence_nr()] = self.frames[-1][0] if self.frames else _NO_FRAME
 
     def add(self, op: str, inputs: list[TensorMeta], outputs: list[TensorMeta], cost: OpCost | None,
@@ -409,7 +441,7 @@ class Recorder:
         """One op: its call's payload (_payload) and where it ran now (_where; in line for the
         common case, an op inside a module's forward and no user region)."""
         self.payloads.append(payload)
-        if _regions._STACK or _graph_task_id() != -1 or not self.frames:
+        if _regions._STACK or _graph_task_id() != -1 or not self.frames or self.recomputing:
             self.places.append(self._where())
         else:
             # the autograd node this op made, if any, has the number before the next one; the
@@ -954,6 +986,105 @@ def _install_flex_rule() -> None:
     _DispatchMode._flex_installed = True
 
 
+@contextlib.contextmanager
+def _function_mode_on(rec: "Recorder") -> Iterator[None]:
+    """The capture's function mode on the stack for the duration, if the capture still runs and
+    the mode is not on it already (autograd runs backward code with an empty stack)."""
+    mode = rec.function_mode
+    n = torch._C._len_torch_function_stack()
+    push = mode is not None and not any(torch._C._get_function_stack_at(i) is mode for i in range(n))
+    if push:
+        torch._C._push_on_torch_function_stack(mode)
+    try:
+        yield
+    finally:
+        n = torch._C._len_torch_function_stack()
+        if push and n and torch._C._get_function_stack_at(n - 1) is mode:
+            torch._C._pop_torch_function_stack()
+
+
+def _off_gpu(values: Iterable[Any]) -> bool:
+    """No real CUDA tensor among `values` (a model on the GPU needs no function mode: _set_aside)."""
+    return not any(isinstance(v, torch.Tensor) and v.device.type == "cuda" and not _is_fake(v) for v in values)
+
+
+@contextlib.contextmanager
+def _recomputing(rec: "Recorder", off_gpu: bool, where: tuple[list, dict[int, str]] | None) -> Iterator[None]:
+    """A checkpoint's recomputation running, in the modules its forward ran in (Recorder.
+    recompute_within); off the GPU, under the capture's function mode."""
+    with rec.recompute_within(where), _function_mode_on(rec) if off_gpu else contextlib.nullcontext():
+        yield
+
+
+class _Recompute:
+    """A non-reentrant checkpoint's recompute context, with _recomputing on while it is entered (a
+    class, not a generator: torch may enter a recompute context more than once)."""
+
+    def __init__(self, inner: Any, rec: "Recorder", off_gpu: bool):
+        self.inner, self.rec, self.off_gpu, self._on = inner, rec, off_gpu, []
+        self.where = rec.where_now()  # made as the checkpointed forward starts
+
+    def __enter__(self) -> Any:
+        got = self.inner.__enter__()
+        on = _recomputing(self.rec, self.off_gpu, self.where)
+        on.__enter__()
+        self._on.append(on)
+        return got
+
+    def __exit__(self, *exc: Any) -> Any:
+        self._on.pop().__exit__(*exc)
+        return self.inner.__exit__(*exc)
+
+
+def _watch_recomputation(stack: contextlib.ExitStack, rec: "Recorder") -> None:
+    """Activation checkpointing recomputes a forward during backward.  Its ops are marked as such
+    (phase "recompute", in the modules they run in, not the backward node that asked for them),
+    and off the GPU they run under the capture's function mode, which autograd does not carry into
+    backward: the forward ran with it (SDPA and RMSNorm counted as a GPU's fused kernels, their
+    tensors saved by _PredictedBackward's graph), a recomputation without it would count other ops
+    and save other tensors, which torch.utils.checkpoint refuses ('Recomputed values ... have
+    different metadata').  For the capture's duration, the non-reentrant kind's recompute context
+    and the reentrant kind's recomputing call (its backward's run_function; the backward it then
+    runs is plain backward) are wrapped."""
+    import torch.utils.checkpoint as ckpt
+
+    generator = getattr(ckpt, "_checkpoint_without_reentrant_generator", None)
+    function = getattr(ckpt, "CheckpointFunction", None)
+    if generator is not None:
+        def watched(fn, preserve_rng_state=True, context_fn=ckpt.noop_context_fn, *rest, **kwargs):
+            users, off_gpu = context_fn, _off_gpu((*rest, *kwargs.values()))
+
+            def context_fn():
+                forward_ctx, recompute_ctx = users()
+                return forward_ctx, _Recompute(recompute_ctx, rec, off_gpu)
+            return generator(fn, preserve_rng_state, context_fn, *rest, **kwargs)
+
+        ckpt._checkpoint_without_reentrant_generator = watched
+        stack.callback(setattr, ckpt, "_checkpoint_without_reentrant_generator", generator)
+    if function is not None and "backward" in function.__dict__ and "forward" in function.__dict__:
+        forward, backward = function.__dict__["forward"], function.__dict__["backward"]
+
+        def forward_watched(ctx, *args):
+            ctx.rooflight_where = rec.where_now()
+            return forward.__func__(ctx, *args)
+
+        def backward_watched(ctx, *grads):
+            run, off_gpu, where = ctx.run_function, _off_gpu(grads), getattr(ctx, "rooflight_where", None)
+
+            def recompute(*args, **kwargs):
+                with _recomputing(rec, off_gpu, where):
+                    return run(*args, **kwargs)
+            ctx.run_function = recompute
+            try:
+                return backward.__func__(ctx, *grads)
+            finally:
+                ctx.run_function = run
+
+        function.forward, function.backward = staticmethod(forward_watched), staticmethod(backward_watched)
+        stack.callback(setattr, function, "forward", forward)
+        stack.callback(setattr, function, "backward", backward)
+
+
 def _refuse_flex_on_meta(stack: contextlib.ExitStack) -> None:
     """Flex attention validates its inputs' device before any hook runs and rejects meta with a
     ValueError; say what to do instead, for the duration of the capture."""
@@ -1051,6 +1182,7 @@ class Capture:
             st.enter_context(torch.compiler.set_stance("force_eager"))
         _refuse_flex_on_meta(st)
         rec.function_mode = st.enter_context(_FunctionMode(rec))
+        _watch_recomputation(st, rec)
         st.callback(rec.restore_function_mode)  # before the mode is exited (callbacks run last first)
         st.enter_context(_old_objects_frozen())
         st.enter_context(_DispatchMode(rec))

@@ -100,8 +100,8 @@ def group_ops(profile: Profile, diagnosis: Diagnosis | None = None, *, by: Seque
             outer = region_and_ancestors(o.region, profile.regions)
             where = outer[0] if outer else ""
         module = module_template(o.module)
-        if module and o.phase == "backward":  # (a backward op sits in the module it differentiates)
-            module += " (backward)"
+        if module and o.phase in ("backward", "recompute"):  # (a backward op sits in the module it differentiates)
+            module += f" ({o.phase})"
         full = {"module": module, "op": o.short_op, "math_class": o.math_class, "dtype": o.dtype, "region": where}
         buckets.setdefault(tuple(full[f] for f in by), []).append(o)
     tops = {dict(zip(by, k)).get("region", "") for k in buckets}

@@ -38,7 +38,7 @@ _new, _set = object.__new__, object.__setattr__
 
 
 # the phases of a training step (OpRecord.phase): a region running them trains
-TRAINING_PHASES = frozenset(("backward", "optimizer"))
+TRAINING_PHASES = frozenset(("backward", "recompute", "optimizer"))
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,9 @@ class OpRecord(Traffic):
     module: str = ""  # "layers.3.attn.wo"; "" for the root module or no module
     module_type: str = ""  # "Linear"
     region: str = ""  # "decode/attn"
-    phase: str = "forward"  # or "backward" (autograd's), "optimizer" (inside an optimizer's step)
+    # or "backward" (autograd's), "recompute" (an activation checkpoint's forward, run again during
+    # backward), "optimizer" (inside an optimizer's step)
+    phase: str = "forward"
     device: str = ""
     inputs: tuple[TensorMeta, ...] = ()
     outputs: tuple[TensorMeta, ...] = ()

@@ -31,6 +31,17 @@ def flops_by_class(prof) -> dict[tuple[str, str], float]:
     return out
 
 
+# the small Llama the training tests build: 2 layers, 128 wide, MLP 256, 4 heads, vocabulary 512
+SMALL_LLAMA = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                   vocab_size=512)
+
+
+def _small_llama_config(kv_heads: int, **kw):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**SMALL_LLAMA, num_key_value_heads=kv_heads, **kw)
+
+
 def training_step(make, device: str, shape: tuple[int, int], dtype: torch.dtype | None = None):
     """One forward, next-token loss and backward of the causal LM `make()` builds on `device`, counted."""
     torch.manual_seed(0)
@@ -159,10 +170,9 @@ def test_attention_trained_on_the_cpu_counts_the_gpus_fused_backward_and_trains_
 def test_a_training_loop_counted_on_the_cpu_trains_as_it_does_without_rooflight():
     """Three AdamW steps of a Llama with fused attention (4 heads, 4 KV heads, fp32) and a model
     with nn.RMSNorm: the losses counted under rooflight are the losses without it."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=4, vocab_size=512)
+    cfg = _small_llama_config(4)
 
     def losses(under: bool) -> list[float]:
         torch.manual_seed(0)
@@ -361,8 +371,7 @@ def _linear_flops(prof) -> float:
 def _zoo():
     from transformers import GPT2Config, LlamaConfig, MistralConfig, MixtralConfig
 
-    small = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512)
+    small = dict(SMALL_LLAMA, num_key_value_heads=2)
     yield "llama", LlamaConfig(**small)
     yield "mistral (sliding window)", MistralConfig(**small, sliding_window=16)
     yield "mixtral (grouped_mm)", MixtralConfig(**small, num_local_experts=4, num_experts_per_tok=2)
@@ -434,8 +443,7 @@ def _more_families():
     (name, config, MoE layers, the routed experts' intermediate size)."""
     import transformers as T
 
-    small = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512)
+    small = dict(SMALL_LLAMA, num_key_value_heads=2)
     dense = {"Phi3Config": dict(small, pad_token_id=0), "Qwen2Config": small, "Gemma3TextConfig": dict(small, head_dim=32),
              "CohereConfig": small, "Starcoder2Config": small,
              "FalconConfig": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=512),
@@ -513,8 +521,7 @@ def test_more_hf_families_count_their_matrix_work_as_the_flop_counter_does():
 def test_a_training_step_counts_the_same_on_meta_as_on_the_cpu():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=512)
+    cfg = _small_llama_config(2)
 
     def totals(device):
         prof = training_step(lambda: LlamaForCausalLM(cfg), device, (2, 32))
@@ -553,12 +560,11 @@ def test_uncounted_matrix_work_makes_the_headline_a_stated_lower_bound():
 
 @needs_transformers
 def test_a_training_step_reports_model_flops_and_optimizer_traffic():
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from rooflight import api
 
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=512)
+    cfg = _small_llama_config(2)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
     ids = torch.randint(0, 512, (2, 32))
@@ -622,3 +628,197 @@ def test_a_small_cnn_training_step_is_counted_through(device):
     assert ap.flops == apb.flops == {"fp32": 2048} and apb.bytes_written == 4 * 8 * 8 * 8 * 4
     bn, = ops_named(prof, "native_batch_norm_backward")
     assert bn.flops == {"fp32": 12 * 4 * 8 * 16 * 16}  # 12 per input element (see norm_backward)
+
+
+# ---------------------------------------------------------------------------- activation checkpointing, autocast
+
+
+class _Block(torch.nn.Module):
+    """RMSNorm, a fused QKV projection, causal GQA attention (4 query heads, 1 KV head, D = 64), an
+    output projection and the residual; 256 wide."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.RMSNorm(256)
+        self.qkv = torch.nn.Linear(256, 256 + 2 * 64, bias=False)
+        self.o = torch.nn.Linear(256, 256, bias=False)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q, k, v = self.qkv(self.norm(x)).split([256, 64, 64], -1)
+        q, k, v = (t.view(b, s, -1, 64).transpose(1, 2) for t in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return x + self.o(a.transpose(1, 2).reshape(b, s, 256))
+
+
+class _Stack(torch.nn.Module):
+    def __init__(self, checkpointed: bool, reentrant: bool):
+        super().__init__()
+        self.layers = torch.nn.ModuleList([_Block(), _Block()])
+        self.checkpointed, self.reentrant = checkpointed, reentrant
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        for layer in self.layers:
+            x = checkpoint(layer, x, use_reentrant=self.reentrant) if self.checkpointed else layer(x)
+        return x
+
+
+def _phase_flops(prof) -> dict[tuple[str, str, str, str], float]:
+    """FLOPs by (phase, module, op, math class), the recomputation left out."""
+    out: dict[tuple[str, str, str, str], float] = {}
+    for o in prof.ops:
+        for cls, v in o.flops.items():
+            if o.phase != "recompute":
+                key = (o.phase, o.module, o.short_op, cls)
+                out[key] = out.get(key, 0) + v
+    return out
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("device", ["meta", "cpu"])
+def test_a_checkpointed_forward_is_recomputed_as_it_ran(device, reentrant):
+    # Autograd runs backward with no torch-function mode, so a checkpoint's recomputation once ran
+    # without the capture's: off the GPU it counted the CPU's own kernels, or torch refused the
+    # recomputed tensors ("different metadata").  Now it runs as the forward did (the GPU's fused
+    # RMSNorm and SDPA), in the forward's modules, as its own phase
+    def run(checkpointed):
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = _Stack(checkpointed, reentrant).to(torch.bfloat16)
+            x = torch.randn(2, 128, 256, dtype=torch.bfloat16, requires_grad=True)
+        prof = count(lambda: model(x).float().square().mean().backward())
+        return prof, model, x
+
+    (plain, m0, x0), (ck, m1, x1) = run(False), run(True)
+    # the forward and the backward are the plain run's, module by module, op by op, class by class
+    assert _phase_flops(ck) == _phase_flops(plain) and not ck.uncounted()
+    rec = [o for o in ck.ops if o.phase == "recompute" and (o.total_flops or o.bytes)]
+    fwd = {(o.module, o.short_op): o.total_flops for o in ck.ops if o.phase == "forward"}
+    # each recomputed op is one the forward ran, in the same module, with the same FLOPs
+    assert all(fwd[(o.module, o.short_op)] == o.total_flops for o in rec)
+    assert {o.module for o in rec} <= {f"layers.{i}{s}" for i in (0, 1) for s in ("", ".norm", ".qkv", ".o")}
+    mm = sum(o.total_flops for o in rec if o.short_op == "mm")
+    # 2 x 128 = 256 tokens; per block QKV 2 x 256 x 256 x 384 = 50,331,648 and the output projection
+    # 2 x 256 x 256 x 256 = 33,554,432.  The reentrant kind reruns each block whole: 2 x 83,886,080.
+    # The non-reentrant kind stops once every tensor the backward saved is back: the output
+    # projection's product is saved by no one (its input is, for dW), so only QKV: 2 x 50,331,648
+    assert mm == (167_772_160 if reentrant else 100_663_296)
+    assert [o.short_op for o in rec if o.short_op != "mm"].count("scaled_dot_product_attention") == 2
+    assert [o.short_op for o in rec].count("_fused_rms_norm") == 2
+    if device == "cpu":  # the gradients are those of the plain run
+        for a, b in zip([x0, *m0.parameters()], [x1, *m1.parameters()]):
+            torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_checkpointed_forward_counted_on_meta_predicts_the_gpus_own_capture(reentrant):
+    # the blocks above in bf16 over 2 x 1024 tokens: counted on meta, captured on the GPU (where
+    # the function mode is set aside and the real kernels run, the recomputation's too), the FLOPs
+    # agree phase by phase and class by class
+    def run(device):
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = _Stack(True, reentrant).to(torch.bfloat16)
+            x = torch.randn(2, 1024, 256, dtype=torch.bfloat16, requires_grad=True)
+        return count(lambda: model(x).float().square().mean().backward())
+
+    meta, gpu = run("meta"), run("cuda")
+    assert flops_by_class(meta) == flops_by_class(gpu) and flops_by_class(gpu)[("recompute", "bf16_tensor")] > 0
+    # op by op the same FLOPs (the attention is SDPA's composite on meta, the kernel the GPU chose there)
+    rec = [[("attention" in o.op, o.flops) for o in p.ops if o.phase == "recompute" and o.total_flops]
+           for p in (meta, gpu)]
+    assert rec[0] == rec[1] and [a for a, _ in rec[0]].count(True) == 2
+
+
+@needs_transformers
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_a_checkpointed_hf_llama_trains_and_counts_its_recomputation(kv_heads, reentrant):
+    # HF's gradient_checkpointing_enable() on a Llama of 2 layers, 128 wide, 4 heads (MHA: the
+    # GPU's fused SDPA; GQA of 2 KV heads, which crashed the capture before), fp32, 2 x 32 tokens;
+    # on the CPU (on meta HF's packed-sequence check reads a tensor's value)
+    from transformers import LlamaForCausalLM
+
+    from rooflight import api
+    from rooflight.analysis import training_text
+
+    cfg = _small_llama_config(kv_heads, use_cache=False)
+
+    def run(checkpointed, under):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
+        model.train()
+        if checkpointed:  # (gradient_checkpointing_enable is activation_checkpointing_enable from 5.2x on)
+            kind = {"use_reentrant": reentrant}
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kind)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kind)
+        ids = torch.randint(0, 512, (2, 32))
+        losses = []
+
+        def step():
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            losses.append(loss.item())
+        prof = count(step) if under else step()
+        return prof, losses, [p.grad for p in model.parameters()]
+
+    plain, _, _ = run(False, True)
+    ck, losses, grads = run(True, True)
+    _, true_losses, true_grads = run(True, False)
+    assert losses == pytest.approx(true_losses, rel=1e-6)
+    for a, b in zip(grads, true_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert _phase_flops(ck) == _phase_flops(plain) and not ck.uncounted()
+    rec = [o for o in ck.ops if o.phase == "recompute" and (o.total_flops or o.bytes)]
+    assert rec and all(o.module.startswith("model.layers.") for o in rec)
+    attention = [o.short_op for o in ck.ops if o.phase == "forward" and o.module.endswith("self_attn")
+                 and o.short_op in ("scaled_dot_product_attention", "bmm", "_safe_softmax")]
+    assert [o.short_op for o in rec if o.short_op in set(attention)] == attention
+    if kv_heads == 4:
+        assert attention == ["scaled_dot_product_attention"] * 2  # the GPU's fused kernel, recomputed as such
+    # per layer, 64 tokens: q and o 2 x 64 x 128 x 128 = 2,097,152 each, k and v (2 or 4 KV heads of
+    # 32) 2 x 64 x 128 x 32 x kv, gate, up and down 2 x 64 x 128 x 256 = 4,194,304 each.  Reentrant:
+    # both layers whole.  Non-reentrant stops at the last saved tensor: down_proj's product is saved
+    # by no one (its input is, for dW), so down_proj is not rerun
+    kv = 2 * 2 * 64 * 128 * 32 * kv_heads
+    layer = 2 * 2_097_152 + kv + 3 * 4_194_304
+    mm = sum(o.total_flops for o in rec if o.short_op == "mm")
+    assert mm == 2 * (layer if reentrant else layer - 4_194_304)
+    t = api.analyze(ck, "h100", calibrated=False).training
+    assert t.recompute_flops == sum(o.total_flops for o in rec) > 0
+    assert t.model_flops == api.analyze(plain, "h100", calibrated=False).training.model_flops
+    assert "the forward run again by activation checkpointing" in training_text(t)
+
+
+@needs_transformers
+def test_an_autocast_training_step_counts_bf16_matmuls_as_the_flop_counter_does():
+    # CPU bf16 autocast over a GQA Llama (2 layers, 128 wide, MLP 256, vocabulary 512), 2 x 32 tokens
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import LlamaForCausalLM
+
+    cfg = _small_llama_config(2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    ids = torch.randint(0, 512, (2, 32))
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+
+    prof = count(step)
+    assert not prof.uncounted()
+    mms = [o for o in prof.ops if o.short_op == "mm"]
+    assert {o.dtype for o in mms} == {"bfloat16"} and {c for o in mms for c in o.flops} == {"bf16_tensor"}
+    # 3 x the forward's linear work (dX and dW for each): 3 x 2 x 64 x (2 x 147,456 + 128 x 512) = 138,412,032
+    total = sum(o.total_flops for o in mms)
+    assert total == 3 * _closed_form("llama", cfg, 64) == 138_412_032
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    assert total == counter.get_flop_counts()["Global"][torch.ops.aten.mm]

@@ -171,6 +171,27 @@ def test_hf_training_loop_is_three_train_steps_timed_on_the_cpu(tmp_path):
     assert "<h2>Steps</h2>" in html and "<h2>Setup and teardown</h2>" in html
 
 
+@needs_transformers
+def test_a_checkpointed_autocast_training_loop_is_three_train_steps_with_their_recomputation(tmp_path):
+    # the recomputed layers run during backward: their module calls are no outermost calls (no
+    # steps of their own, nothing "joined"), their ops are the step's, in the layers' modules
+    r = cli("profile", str(EXAMPLES / "hf_train_checkpointed.py"), "--count-only", "--format", "json", "-o", "out",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads((tmp_path / "out" / "hf_train_checkpointed.json").read_text())
+    assert [s["kind"] for s in prof["steps"]] == ["train"] * 3
+    assert not any("join the step" in n for n in prof["notes"])
+    for k in (1, 2, 3):
+        ops = [o for o in prof["ops"] if o["region"] == f"step {k}"]
+        assert {o["phase"] for o in ops} == {"forward", "recompute", "backward", "optimizer"}
+        rec = [o for o in ops if o["phase"] == "recompute"]
+        assert all(o["module"].startswith("model.layers.") for o in rec)
+        # under autocast, as the forward ran: bf16 tensor-core matmuls
+        assert {c for o in rec if o["op"] == "aten::mm.default" for c in o["flops"]} == {"bf16_tensor"}
+    assert not [o for o in prof["ops"] if o["phase"] == "recompute" and not o["region"].startswith("step ")]
+    assert "the forward run again by activation checkpointing" in r.stdout.replace("\n", " ")
+
+
 def test_heavy_setup_is_set_apart_from_the_headline(tmp_path):
     r = cli("profile", str(EXAMPLES / "heavy_setup.py"), "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
