@@ -134,7 +134,8 @@ class Step:
     kv_len: int | None = None  # keys each query attends (decode: the context), when known
     first_op: int = 0
     last_op: int = 0
-    call_last_op: int = -1  # the last op inside the model call itself (what follows joined the step); -1: marked
+    call_last_op: int = -1  # the last op inside the (last) model call itself (what follows joined the step); -1: marked
+    calls: int = 1  # model calls in it: a training iteration's micro-batches (gradient accumulation)
 
     @property
     def tokens(self) -> int | None:

@@ -16,11 +16,14 @@ that into steps, by these rules, in order:
    per token, a training loop once per iteration.  Everything between two calls joins the step it
    follows (the loss, `backward()`, the optimizer's step, a decode loop's sampling), so a
    training iteration is one step; after the last call, its backward and optimizer ops and as many
-   ops as the longest gap between earlier calls join it, the rest is teardown.  A step that turns
+   ops as the longest gap between earlier calls join it, the rest is teardown.  With gradient
+   accumulation the calls that run backward but step no optimizer join the next call that does:
+   one step per optimizer step (Step.calls model calls).  A step that turns
    out forward-only (rule 3) is its model call alone: the loop's ops between calls (printing a
    result, `.item()`, building the next input) are the region "between steps";
 3. a step is "train" when it runs backward or optimizer ops; else, by its attention (or its
-   embedding lookup), "decode" when its query length is 1, "prefill" when longer and later steps
+   embedding lookup; a query with its heads packed into its length, Hugging Face's pack_gqa, by
+   its token ids), "decode" when its query length is 1, "prefill" when longer and later steps
    decode, "forward" otherwise; "marked" for marked steps and capture ranges with no module call;
 4. the first step of each kind is warm-up (compile, autotune, library initialisation) when a later
    step of the same kind exists; a step alone of its kind stays in.  `select` (e.g. "2:") chooses
@@ -111,26 +114,65 @@ def _prefixed(prefix: str, region: str) -> str:
     return f"{prefix}/{region}" if region else prefix
 
 
+def _token_ids(ops: Sequence[OpRecord]):
+    """The token ids of a step's first embedding lookup ([..., S]), or None."""
+    return next((o.inputs[1] for o in ops if o.short_op in ("embedding", "embedding_bag")
+                 and len(o.inputs) >= 2 and o.inputs[1].ndim >= 1), None)
+
+
 def _shape_facts(ops: Sequence[OpRecord]) -> tuple[int | None, int | None, int | None]:
     """(batch, query length, KV length) of a step: from its first attention op, else its first
-    embedding lookup (no KV length then)."""
+    embedding lookup (no KV length then).  A decode step's attention with its query heads packed
+    into the query's length (Hugging Face's pack_gqa: [B, H, 1, D] run as [B, H_kv, H / H_kv, D],
+    as many query heads as KV heads) has the query length of its token ids."""
     for o in ops:
         if any(a in o.op for a in _ATTENTION) and len(o.inputs) >= 2 and o.inputs[0].ndim >= 3:
             q, k = o.inputs[0], o.inputs[1]
             if "_flash_attention_forward" in o.op and q.ndim == 4:  # [B, S, H, D]
                 return q.shape[0], q.shape[1], k.shape[1]
-            return math.prod(q.shape[:-3]) if q.ndim >= 4 else 1, q.shape[-2], k.shape[-2]
+            b, sq = math.prod(q.shape[:-3]) if q.ndim >= 4 else 1, q.shape[-2]
+            ids = _token_ids(ops)
+            if (ids is not None and ids.ndim >= 2 and ids.shape[-1] == 1 < sq and q.ndim >= 4 and k.ndim >= 4
+                    and q.shape[-3] == k.shape[-3] and math.prod(ids.shape[:-1]) == b):
+                sq = 1  # packed GQA: one token per sequence, its query heads in the length dimension
+            return b, sq, k.shape[-2]
     # a materialized attention: the softmax over [B, H, Sq, Sk] scores
     scores = next((o.inputs[0] for o in ops if o.short_op in ("softmax", "_softmax", "_safe_softmax")
                    and o.inputs and o.inputs[0].ndim >= 4), None)
-    for o in ops:
-        if o.short_op in ("embedding", "embedding_bag") and len(o.inputs) >= 2 and o.inputs[1].ndim >= 1:
-            ids = o.inputs[1]
-            kv = scores.shape[-1] if scores is not None and scores.shape[-2] == ids.shape[-1] else None
-            return math.prod(ids.shape[:-1]) if ids.ndim >= 2 else 1, ids.shape[-1], kv
+    ids = _token_ids(ops)
+    if ids is not None:
+        kv = scores.shape[-1] if scores is not None and scores.shape[-2] == ids.shape[-1] else None
+        return math.prod(ids.shape[:-1]) if ids.ndim >= 2 else 1, ids.shape[-1], kv
     if scores is not None:
         return math.prod(scores.shape[:-3]), scores.shape[-2], scores.shape[-1]
     return None, None, None
+
+
+def _iterations(groups: Sequence[Sequence[OpRecord]]) -> list[tuple[int, int]]:
+    """Consecutive model calls joined into training iterations, as [first, last] call indices: with
+    gradient accumulation a run of calls that run backward but no optimizer step belongs to the
+    next call that steps the optimizer (a run of them after the last optimizer step is an
+    iteration of its own).  A loop whose optimizer steps at every call, or never, keeps one call a
+    step; a forward-only call (an evaluation between iterations) stays a step of its own."""
+    phases = [set(map(_PHASE, g)) for g in groups]
+    if not any("optimizer" in p for p in phases) or all("optimizer" in p or "backward" not in p for p in phases):
+        return [(k, k) for k in range(len(groups))]
+    out: list[tuple[int, int]] = []
+    start = None
+    for k, p in enumerate(phases):
+        if "optimizer" in p:
+            out.append((k if start is None else start, k))
+            start = None
+        elif "backward" in p:
+            start = k if start is None else start
+        else:
+            if start is not None:
+                out.append((start, k - 1))
+                start = None
+            out.append((k, k))
+    if start is not None:
+        out.append((start, len(groups) - 1))
+    return out
 
 
 def _kinds(groups: Sequence[Sequence[OpRecord]]) -> list[tuple[str, int | None, int | None, int | None]]:
@@ -225,12 +267,28 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             joined = [i for i in tail if ops[i].phase in TRAINING_PHASES]
             end = max([last.end + keep] + [i + 1 for i in joined])
             bounds.append((last.start, end))
+            iters = _iterations([ops[a:b] for a, b in bounds])
+            per_call = [_shape_facts(ops[a:b]) for a, b in bounds]
+            n_calls = [j - i + 1 for i, j in iters]
+            calls_of = [chosen[j] for _, j in iters]  # the iteration's last model call
+            batches = []
+            for i, j in iters:  # an iteration's sequences: its micro-batches' (of one query length)
+                bs, qs = [f[0] for f in per_call[i:j + 1]], {f[1] for f in per_call[i:j + 1]}
+                batches.append(sum(bs) if None not in bs and len(qs) == 1 else per_call[i][0])
+            bounds = [(bounds[i][0], bounds[j][1]) for i, j in iters]
             for k, (a, b) in enumerate(bounds, 1):  # the bounds cover chosen[0].start .. end, end to end
                 label[a:b] = [f"step {k}"] * (b - a)
             label[:chosen[0].start] = [SETUP] * chosen[0].start
             label[end:] = [TEARDOWN] * (n - end)
             groups = [ops[a:b] for a, b in bounds]
-            for k, ((a, b), (kind, bt, q, kv), c) in enumerate(zip(bounds, _kinds(groups), chosen), 1):
+            many = sorted({m for m in n_calls if m > 1})
+            if many:
+                notes.append(f"a train step is an iteration up to its optimizer step: "
+                             f"{many[0] if len(many) == 1 else f'{many[0]} to {many[-1]}'} calls of "
+                             f"{chosen[0].module_type} (gradient accumulation)")
+            for k, ((a, b), (kind, bt, q, kv), c, m, nb) in enumerate(
+                    zip(bounds, _kinds(groups), calls_of, n_calls, batches), 1):
+                bt = nb if m > 1 else bt
                 if kind == "forward" and b > c.end:
                     # a forward-only step is its model call: what the loop does between calls
                     # (print a result, .item(), build the next input) is the script's, set apart
@@ -238,7 +296,7 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
                         label[i] = BETWEEN if k < len(bounds) else TEARDOWN
                     b = c.end
                 steps.append(Step(k, f"step {k}", kind, False, True, chosen[0].module_type, bt, q, kv, a, b - 1,
-                                  c.end - 1))
+                                  c.end - 1, m))
             if BETWEEN in label:
                 notes.append("the loop's own ops between two forward calls (outside the model) are the region "
                              f"'{BETWEEN}', apart from the steps")

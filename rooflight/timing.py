@@ -230,12 +230,13 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
             calls.end()
             torch.cuda.synchronize()
             plain.append(time.perf_counter() - t0)
-        if auto and len(calls.starts) == len(auto) == len(calls.ends):
+        marks = _step_marks(auto, calls.starts, calls.ends, calls.last)
+        if marks:
             # a step runs to the next one's start, the last to the end; a forward-only step is its call
-            for st, a, b, c in zip(auto, calls.starts, calls.starts[1:] + [calls.last], calls.ends):
+            for st, (a, b, c) in zip(auto, marks):
                 step_walls.setdefault(st.name, []).append(a.elapsed_time(c if st.kind == "forward" else b) * 1e-3)
             # the loop's own code between forward-only steps: from one call's end to the next's start
-            between.append(sum(c.elapsed_time(b) * 1e-3 for st, b, c in zip(auto, calls.starts[1:], calls.ends)
+            between.append(sum(c.elapsed_time(b) * 1e-3 for st, (_, b, c) in zip(auto[:-1], marks)
                                if st.kind == "forward"))
     result = aggregate_gpu(timed, ref_names, ref_ops, counted, repeats=repeats, warmup=warmup, flush_l2=flush_l2,
                            cuda_graph=cuda_graph, notes=notes,
@@ -328,6 +329,19 @@ class _StepCalls:
     def __exit__(self, *exc) -> None:
         for h in self.hooks:
             h.remove()
+
+
+def _step_marks(auto, starts: list, ends: list, last=None) -> list[tuple[Any, Any, Any]] | None:
+    """Each step's (first call's start, the next step's first call's start (the last step: `last`),
+    its last call's end) from the marks of its model calls (a training iteration of gradient
+    accumulation holds several: Step.calls); None when the marks do not match the steps' calls."""
+    firsts = [0]
+    for st in auto:
+        firsts.append(firsts[-1] + st.calls)
+    if not auto or len(starts) != firsts[-1] or len(ends) != len(starts):
+        return None
+    return [(starts[firsts[k]], starts[firsts[k + 1]] if k + 1 < len(auto) else last, ends[firsts[k + 1] - 1])
+            for k in range(len(auto))]
 
 
 def _cuda_mark():
@@ -597,19 +611,18 @@ def _plain_cpu_walls(fn, args, kwargs, repeats: int, steps=(), tails: dict[str, 
                 spent[""] = time.perf_counter() - t0
         finally:
             _regions.LISTENERS.remove(listener)
-        if auto and len(calls.starts) == len(auto) == len(calls.ends):
-            # a step runs to the next one's start (a forward-only one: its call); the last: its call, plus its tail
-            for k, st in enumerate(auto):
-                nxt = calls.starts[k + 1] if k + 1 < len(auto) and st.kind != "forward" else None
-                spent[st.name] = (nxt - calls.starts[k]) if nxt is not None else (
-                    calls.ends[k] - calls.starts[k] + (tails or {}).get(st.name, 0.0))
+        marks = _step_marks(auto, calls.starts, calls.ends)
+        if marks:
+            # a step runs to the next one's start (a forward-only one: its calls); the last: its calls, plus its tail
+            for st, (a, nxt, c) in zip(auto, marks):
+                spent[st.name] = (nxt - a) if nxt is not None and st.kind != "forward" else (
+                    c - a + (tails or {}).get(st.name, 0.0))
             # what the steps leave, as the plain run spent it: before the first call (setup), after the
             # last step (teardown), between a forward-only step's call and the next call
-            last_end = calls.starts[-1] + spent[auto[-1].name]
-            spent[SETUP] = calls.starts[0] - t0
+            last_end = marks[-1][0] + spent[auto[-1].name]
+            spent[SETUP] = marks[0][0] - t0
             spent[TEARDOWN] = max(0.0, t0 + spent[""] - last_end)
-            spent[BETWEEN] = sum(calls.starts[k + 1] - calls.ends[k] for k, st in enumerate(auto[:-1])
-                                 if st.kind == "forward")
+            spent[BETWEEN] = sum(nxt - c for st, (_, nxt, c) in zip(auto[:-1], marks) if st.kind == "forward")
         marked = [st.name for st in steps if st.kind == "marked"]
         if marked and all(n in first_in and n in last_out for n in marked):  # steps that are the script's regions
             spent[SETUP] = min(first_in[n] for n in marked) - t0

@@ -83,6 +83,69 @@ def test_generate_is_a_prefill_then_decodes_with_their_kv_length():
     assert [o.region for o in seg.ops][7:] == ["step 4", TEARDOWN, TEARDOWN]
 
 
+def test_gradient_accumulation_makes_an_iteration_of_micro_batches_one_train_step():
+    # 1 setup op; 2 iterations of 4 micro-batches [model call: attention (B=2, 8 tokens), its
+    # backward] then the optimizer's op; an evaluation call (forward only) after each; then 2
+    # micro-batches the script never stepped the optimizer on
+    seq: list[OpRecord] = [OpRecord(0, "aten::randn")]
+    calls = []
+
+    def call(backward: bool):
+        calls.append(TopCall(1, "Model", len(seq), len(seq) + 1))
+        seq.append(attention(len(seq), 8, 8))
+        if backward:
+            seq.append(OpRecord(len(seq), "aten::mm.default", phase="backward"))
+
+    for _ in range(2):
+        for _ in range(4):
+            call(True)
+        seq.append(OpRecord(len(seq), "aten::add_.Tensor", phase="optimizer"))
+        call(False)
+    call(True)
+    call(True)
+    seg = segment(seq, (), calls)
+    got = [(s.kind, s.calls, s.batch, s.query_len, s.tokens) for s in seg.steps]
+    assert got == [("train", 4, 8, 8, 64), ("forward", 1, 2, 8, 16), ("train", 4, 8, 8, 64),
+                   ("forward", 1, 2, 8, 16), ("train", 2, 4, 8, 32)]  # 4 x 2 sequences of 8 tokens, ...
+    regions = [o.region for o in seg.ops]
+    assert regions[:11] == [SETUP] + ["step 1"] * 9 + ["step 2"]  # 4 x (attention, backward), optimizer
+    assert [(s.first_op, s.last_op, s.call_last_op) for s in seg.steps[:2]] == [(1, 9, 7), (10, 10, 10)]
+    assert regions[-4:] == ["step 5"] * 4
+    assert any("4 calls of Model (gradient accumulation)" in n for n in seg.notes)
+    # a loop stepping the optimizer at every call keeps one call a step (the first rule's test)
+    plain = ops("mbo" * 3)
+    seg = segment(plain, (), [TopCall(1, "M", 3 * i, 3 * i + 1) for i in range(3)])
+    assert [s.calls for s in seg.steps] == [1, 1, 1] and not any("accumulation" in n for n in seg.notes)
+
+
+def test_the_step_marks_of_a_run_follow_each_steps_model_calls():
+    from rooflight.profile_data import Step
+    from rooflight.timing import _step_marks
+
+    auto = [Step(1, "step 1", "train", module="M", calls=3), Step(2, "step 2", "forward", module="M"),
+            Step(3, "step 3", "train", module="M", calls=2)]
+    starts, ends = [0, 10, 20, 30, 40, 50], [5, 15, 25, 35, 45, 55]
+    assert _step_marks(auto, starts, ends, 99) == [(0, 30, 25), (30, 40, 35), (40, 99, 55)]
+    assert _step_marks(auto, starts[:5], ends[:5], 99) is None  # a run that called the model less often
+
+
+def test_a_decode_steps_packed_gqa_query_is_one_token():
+    # Hugging Face's pack_gqa runs a decode step's 4 query heads over 2 KV heads as q [1, 2, 2, 32]
+    # (the 2 query heads of each group in the length dimension); the token ids say 1 token
+    def step(i, ids, q, k):
+        return [OpRecord(i, "aten::embedding.default", inputs=(TensorMeta.contiguous((512, 128), "float32"),
+                                                              TensorMeta.contiguous(ids, "int64"))),
+                OpRecord(i + 1, "aten::scaled_dot_product_attention", inputs=(
+                    TensorMeta.contiguous(q, "float32"), TensorMeta.contiguous(k, "float32")))]
+
+    seq = (step(0, (1, 16), (1, 4, 16, 32), (1, 2, 16, 32)) + step(2, (1, 1), (1, 2, 2, 32), (1, 2, 23, 32))
+           + step(4, (1, 1), (1, 2, 2, 32), (1, 2, 23, 32)) + step(6, (1, 2), (1, 4, 2, 32), (1, 2, 23, 32)))
+    seg = segment(seq, (), [TopCall(1, "LlamaForCausalLM", i, i + 2) for i in (0, 2, 4, 6)])
+    got = [(s.kind, s.batch, s.query_len, s.kv_len) for s in seg.steps]
+    # the last: 2 real query tokens (a speculative check), unpacked: its length stays 2
+    assert got == [("prefill", 1, 16, 16), ("decode", 1, 1, 23), ("decode", 1, 1, 23), ("forward", 1, 2, 23)]
+
+
 def test_a_forward_loop_sets_its_own_code_between_calls_apart():
     # 3 x [model call: 2 ops, then the loop's print(out.mean().item()): 2 ops], as a user's loop does
     seq = ops("mmmm" * 3)
@@ -169,6 +232,47 @@ def test_hf_training_loop_is_three_train_steps_timed_on_the_cpu(tmp_path):
         assert rows[name]["wall_seconds"] > 0 and rows[name]["busy_seconds"] <= rows[name]["wall_seconds"]
     html = (tmp_path / "out" / "hf_train.html").read_text()
     assert "<h2>Steps</h2>" in html and "<h2>Setup and teardown</h2>" in html
+
+
+@needs_transformers
+def test_a_gradient_accumulation_loop_is_one_train_step_per_optimizer_step_timed_on_the_cpu(tmp_path):
+    r = cli("profile", str(EXAMPLES / "hf_train_accumulated.py"), "--device", "cpu", "--format", "json", "-o", "out",
+            "--", "--accum", "3", "--iters", "3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads((tmp_path / "out" / "hf_train_accumulated.json").read_text())
+    steps = prof["steps"]
+    # each iteration: 3 micro-batches of 2 x 32 tokens, then the held-out evaluation of 4 x 32
+    assert [(s["kind"], s["calls"], s["batch"] * s["query_len"]) for s in steps] == [("train", 3, 192), ("forward", 1, 128)] * 3
+    assert {o["phase"] for o in prof["ops"] if o["region"] == "step 3"} == {"forward", "backward", "optimizer"}
+    rows = {r["region"]: r for r in prof["timing"]["regions"]}
+    walls = [rows[f"step {k}"]["wall_seconds"] for k in range(1, 7)]
+    assert all(w > 0 for w in walls) and sum(walls) < rows[""]["wall_seconds"], walls
+    # a train step of 3 micro-batches outlasts the evaluation forward of twice a micro-batch
+    assert walls[2] > walls[3] and walls[4] > walls[5], walls
+    assert "3 calls of LlamaForCausalLM (gradient accumulation)" in r.stdout
+
+
+@needs_transformers
+def test_a_static_cache_generate_is_a_prefill_then_decodes_of_one_token(tmp_path):
+    script = tmp_path / "static_generate.py"
+    script.write_text(textwrap.dedent("""
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=512)
+        model = LlamaForCausalLM(cfg).eval()
+        ids = torch.randint(0, 512, (1, 16))
+        out = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, cache_implementation="static")
+        print(out.shape)
+    """))
+    r = cli("profile", str(script), "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    steps = json.loads((tmp_path / "out" / "static_generate.json").read_text())["steps"]
+    assert [(s["kind"], s["batch"] * s["query_len"]) for s in steps] == [("prefill", 16)] + [("decode", 1)] * 5
+    # a static cache's attention reads every slot of it, masked: 16 + 6 - 1 = 21 keys each step
+    assert {s["kv_len"] for s in steps[1:]} == {21}
+    assert "prefill (16 tokens)" in r.stdout and "per output token" in r.stdout
 
 
 @needs_transformers
