@@ -561,6 +561,12 @@ def _chain(f: OpFacts) -> bool:
     return len(f.chain_ops) >= FUSION_MIN_OPS
 
 
+def _unfused_optimizer(f: OpFacts) -> bool:
+    """An optimizer step's chain with no fused optimizer kernel in it (`_fused_adamw_`, `_fused_sgd_` ...:
+    a fused step's own kernel and its `_foreach_add_` of the step counts are no chain to fuse)."""
+    return _chain(f) and f.chain_phase == "optimizer" and not any(o.startswith("_fused_") for o in f.chain_ops)
+
+
 def _host_sync(f: OpFacts) -> bool:
     return f.direction.startswith("device to host") and f.comm_bytes <= HOST_SYNC_MAX_BYTES
 
@@ -646,7 +652,7 @@ RULES: tuple[Rule, ...] = (
          seed="000 Sparse Attention (atrous, local, local+strided, DeepSpeed random/local/global)"),
     # ---- elementwise chains, launches, kernels below their roof
     Rule("fused-optimizer", "op", frozenset({_L.MEMORY, _L.OVERHEAD}), kinds=FUSIBLE,
-         when=lambda f: _chain(f) and f.chain_phase == "optimizer",
+         when=_unfused_optimizer,
          recommendation="Use a fused optimizer step: torch.optim.AdamW(..., fused=True) (or foreach=True, or "
                         "torch.compile the optimizer's step) updates every parameter of a group in one or a few "
                         "kernels",

@@ -102,6 +102,10 @@ def group_ops(profile: Profile, diagnosis: Diagnosis | None = None, *, by: Seque
         module = module_template(o.module)
         if module and o.phase in ("backward", "recompute"):  # (a backward op sits in the module it differentiates)
             module += f" ({o.phase})"
+        elif not module and o.phase != "forward":
+            # in no module: an optimizer's step, or autograd's own work (accumulating .grad), apart
+            # from the forward's loose ops of the same name
+            module = f"({o.phase})"
         full = {"module": module, "op": o.short_op, "math_class": o.math_class, "dtype": o.dtype, "region": where}
         buckets.setdefault(tuple(full[f] for f in by), []).append(o)
     tops = {dict(zip(by, k)).get("region", "") for k in buckets}
@@ -185,6 +189,8 @@ def kind_of(op: OpRecord) -> Kind:
         return Kind.EMBEDDING
     if op.flops and not any(is_tensor_name(c) for c in op.flops):
         return Kind.ELEMENTWISE
+    if name == "_local_scalar_dense":  # .item() off the GPU: the host waits for a value, no kernel to fuse
+        return Kind.OTHER
     if not op.flops and op.bytes > 0:
         return Kind.COPY
     return Kind.OTHER

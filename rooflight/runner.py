@@ -323,9 +323,11 @@ def profile_script(path: Path, argv: Sequence[str], options: Options) -> Result:
         if options.count_only:
             prof = count(run, workload=path.stem, **seg)
         else:
+            # the script puts its tensors where it wants; --device cpu says to time on the CPU (a
+            # single pass then runs the script once, not a GPU labelling pass first)
             prof = time_profile(run, warmup=options.warmup, repeats=options.repeats, flush_l2=options.flush_l2,
                                 cuda_graph=options.cuda_graph, workload=path.stem, single_pass=options.single_pass,
-                                **seg)
+                                device="cpu" if options.device == "cpu" else None, **seg)
     return Result(path.stem, "", {}, replace(prof, params={"argv": " ".join(argv)} if argv else {}))
 
 

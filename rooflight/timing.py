@@ -223,6 +223,7 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
     step_walls: dict[str, list[float]] = {}
     between: list[float] = []
     auto = [st for st in counted.steps if st.kind != "marked" and st.module] if not cuda_graph else []
+    unrecorded = False
     for _ in range(repeats):
         with _StepCalls(auto, _cuda_mark) as calls:
             t0 = time.perf_counter()
@@ -230,14 +231,23 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
             calls.end()
             torch.cuda.synchronize()
             plain.append(time.perf_counter() - t0)
-        marks = _step_marks(auto, calls.starts, calls.ends, calls.last)
+        marks = _step_marks(auto, calls.starts, calls.ends, calls.last) if not unrecorded else None
         if marks:
-            # a step runs to the next one's start, the last to the end; a forward-only step is its call
-            for st, (a, b, c) in zip(auto, marks):
-                step_walls.setdefault(st.name, []).append(a.elapsed_time(c if st.kind == "forward" else b) * 1e-3)
-            # the loop's own code between forward-only steps: from one call's end to the next's start
-            between.append(sum(c.elapsed_time(b) * 1e-3 for st, (_, b, c) in zip(auto[:-1], marks)
-                               if st.kind == "forward"))
+            try:
+                # a step runs to the next one's start, the last to the end; a forward-only step is its call
+                walls = [(st.name, a.elapsed_time(c if st.kind == "forward" else b) * 1e-3)
+                         for st, (a, b, c) in zip(auto, marks)]
+                # the loop's own code between forward-only steps: from one call's end to the next's start
+                gap = sum(c.elapsed_time(b) * 1e-3 for st, (_, b, c) in zip(auto[:-1], marks) if st.kind == "forward")
+            except (RuntimeError, ValueError):
+                # an event never recorded: a model call compiled with its hooks inside (a static-cache
+                # generate() compiles the forward), or captured into a CUDA graph
+                unrecorded = True
+                step_walls.clear()
+                continue
+            for name, w in walls:
+                step_walls.setdefault(name, []).append(w)
+            between.append(gap)
     result = aggregate_gpu(timed, ref_names, ref_ops, counted, repeats=repeats, warmup=warmup, flush_l2=flush_l2,
                            cuda_graph=cuda_graph, notes=notes,
                            device_name=torch.cuda.get_device_name(torch.cuda.current_device()))
@@ -253,6 +263,10 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
             f"under the profiler a run took {fmt_seconds(profiled)}, without it {fmt_seconds(wall)}: the whole "
             "run's idle time uses the plain figure; regions' wall and idle times and CPU dispatch times "
             "include the profiler's per-op cost",))
+    if unrecorded:
+        result = replace(result, notes=result.notes + (
+            "steps' wall times come from the profiled runs: the CUDA events marking each model call in the runs "
+            "without the profiler were not recorded (a compiled or graph-captured call)",))
     if step_walls and len(step_walls) == len(auto):
         # steps timed on the GPU's own timeline in the plain runs: a CUDA event at each model call,
         # no profiler stretching the host side; the last step runs to the end of the run, less the
@@ -657,6 +671,9 @@ def _profile_cpu(fn, args, kwargs, warmup: int, repeats: int, name: str, params:
         prof = cap.profile(workload=name, mode="count")
         if counted is None:
             counted = prof
+            if counted.device.startswith("cuda"):
+                raise UsageError("the workload ran on CUDA tensors, so its ops cannot be timed on the CPU: drop "
+                                 "--device cpu (or run the workload on CPU tensors)")
         elif [o.op for o in prof.ops] != [o.op for o in counted.ops]:
             skipped += 1
             continue

@@ -307,6 +307,12 @@ def test_an_optimizer_step_is_told_to_use_a_fused_optimizer_not_to_fuse_a_chain(
     assert "fused=True" in fused.recommendation
     assert fused.effect.startswith("the optimizer step runs 28 ops, one tensor at a time (mul_, add_, lerp_, ")
     assert "less traffic" not in fused.effect
+    # a fused step (HF Trainer's default adamw_torch_fused): per step the step counts' _foreach_add_
+    # and one _fused_adamw_, over 2 steps a run of 4 ops; already fused, so no advice to fuse it
+    done = [_replace(pointwise(i, name, n, region_="step 2"), phase="optimizer")
+            for i, name in enumerate(["_foreach_add_", "_fused_adamw_"] * 2)]
+    adv = advice_for(timed(done, CALIBRATED, 0.5), CALIBRATED)
+    assert "fused-optimizer" not in adv and "fuse-elementwise" not in adv
 
 
 def test_too_short_a_chain_is_not_fused():

@@ -252,27 +252,72 @@ def test_a_gradient_accumulation_loop_is_one_train_step_per_optimizer_step_timed
     assert "3 calls of LlamaForCausalLM (gradient accumulation)" in r.stdout
 
 
+@pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="accelerate is not installed (test extra)")
 @needs_transformers
-def test_a_static_cache_generate_is_a_prefill_then_decodes_of_one_token(tmp_path):
-    script = tmp_path / "static_generate.py"
-    script.write_text(textwrap.dedent("""
-        import torch
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, vocab_size=512)
-        model = LlamaForCausalLM(cfg).eval()
-        ids = torch.randint(0, 512, (1, 16))
-        out = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, cache_implementation="static")
-        print(out.shape)
-    """))
-    r = cli("profile", str(script), "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
+def test_hf_trainer_is_one_train_step_per_optimizer_step_with_its_fused_adamw(tmp_path):
+    r = cli("profile", str(EXAMPLES / "hf_trainer.py"), "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    steps = json.loads((tmp_path / "out" / "static_generate.json").read_text())["steps"]
+    prof = json.loads((tmp_path / "out" / "hf_trainer.json").read_text())
+    assert [(s["kind"], s["calls"], s["batch"] * s["query_len"]) for s in prof["steps"]] == [("train", 2, 128)] * 3
+    step2 = [o for o in prof["ops"] if o["region"].startswith("step 2")]
+    fused = [o for o in step2 if o["op"].startswith("aten::_fused_adamw_")]
+    assert len(fused) == 2 and all(o["phase"] == "optimizer" for o in fused)  # decay and no-decay groups
+    # the second micro-batch's gradients are added into .grad: one add_ per parameter (21), backward
+    assert sum(o["op"] == "aten::add_.Tensor" and o["phase"] == "backward" and not o["module"] for o in step2) == 21
+    # model FLOPs a step: 3 x 2 micro-batches x the forward's matrix work.  Per layer q, k, v, o and
+    # the MLP: 128*128 + 2*128*64 + 128*128 + 3*128*256 = 147,456 weights, x 2 layers + lm_head
+    # 128*512 = 360,448; 2 x 360,448 x 64 tokens = 46,137,344; attention 4 x 2 x 4 heads x 32 x 32
+    # x 32 = 1,048,576 a layer, 2,097,152; 3 x 2 x 48,234,496 = 289,406,976
+    assert "model FLOPs 2.894e+08 per step" in r.stdout
+    assert "fused=True" not in r.stdout  # Trainer's AdamW is already fused: no advice to fuse it
+    assert "2 calls of LlamaForCausalLM (gradient accumulation)" in r.stdout
+
+
+STATIC_GENERATE = """
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=512)
+model = LlamaForCausalLM(cfg).to(device).eval()
+ids = torch.randint(0, 512, (1, 16), device=device)
+out = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, cache_implementation="static")
+print(out.shape)
+"""
+
+
+def _static_generate(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    (tmp_path / "static_generate.py").write_text(STATIC_GENERATE)
+    r = cli("profile", "static_generate.py", "--format", "json", "-o", "out", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads((tmp_path / "out" / "static_generate.json").read_text())
+    steps = prof["steps"]
     assert [(s["kind"], s["batch"] * s["query_len"]) for s in steps] == [("prefill", 16)] + [("decode", 1)] * 5
     # a static cache's attention reads every slot of it, masked: 16 + 6 - 1 = 21 keys each step
     assert {s["kv_len"] for s in steps[1:]} == {21}
     assert "prefill (16 tokens)" in r.stdout and "per output token" in r.stdout
+    return r, prof
+
+
+@needs_transformers
+def test_a_static_cache_generate_is_a_prefill_then_decodes_of_one_token(tmp_path):
+    # on the CPU, Hugging Face's pack_gqa (transformers >= 5.2x) runs the masked decode's query
+    # heads in the length dimension
+    _static_generate(tmp_path, "--count-only")
+
+
+@pytest.mark.gpu
+@needs_transformers
+def test_a_static_cache_generate_is_timed_on_the_gpu_with_its_compiled_model_calls(tmp_path):
+    # on a GPU a static cache's generate() compiles the model's forward, module hooks and all:
+    # the CUDA events marking its calls in the plain runs are never recorded (this raised), so the
+    # steps' walls come from the profiled runs, and a note says so
+    r, prof = _static_generate(tmp_path)
+    rows = {row["region"]: row for row in prof["timing"]["regions"]}
+    assert all(rows[s["name"]]["wall_seconds"] >= rows[s["name"]]["busy_seconds"] > 0 for s in prof["steps"])
+    notes = " ".join(prof["timing"]["notes"])
+    assert "CUDA events" in notes
 
 
 @needs_transformers
@@ -345,6 +390,22 @@ def test_single_pass_runs_the_script_once(tmp_path):
     assert r.returncode == 2 and "--single-pass runs the script once" in r.stderr
     r = cli("profile", str(EXAMPLES / "tiny_model.py"), "--steps", "2:", cwd=tmp_path)
     assert r.returncode == 2 and "apply to scripts" in r.stderr
+
+
+@pytest.mark.gpu
+def test_device_cpu_on_a_gpu_machine_times_a_script_on_the_cpu_or_says_why_not(tmp_path):
+    # --device cpu --single-pass on a GPU machine ran a GPU labelling pass first, then refused:
+    # "needs device='cpu' from the start"; a script on CUDA tensors cannot be timed on the CPU
+    (tmp_path / "cpu_loop.py").write_text("import torch\nm = torch.nn.Linear(8, 8)\n"
+                                          "for _ in range(2):\n    m(torch.randn(4, 8))\n")
+    r = cli("profile", "cpu_loop.py", "--device", "cpu", "--single-pass", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "out" / "cpu_loop.json").read_text())["timing"]["device_kind"] == "cpu"
+    (tmp_path / "gpu_loop.py").write_text("import torch\nm = torch.nn.Linear(8, 8).cuda()\n"
+                                          "for _ in range(2):\n    m(torch.randn(4, 8, device='cuda'))\n")
+    r = cli("profile", "gpu_loop.py", "--device", "cpu", "-o", "out2", cwd=tmp_path)
+    assert r.returncode == 2 and "ran on CUDA tensors" in r.stderr and "drop --device cpu" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_a_processs_first_call_cost_does_not_land_on_the_cpu_op_times(tmp_path):
