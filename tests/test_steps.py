@@ -543,3 +543,27 @@ def test_a_single_headline_step_is_not_a_median(monkeypatch):
                                       "train: 3.00 ms per step measured (1 step)"]
     monkeypatch.setattr(S, "step_rows", lambda a: rows(["decode", "decode", "decode"]))
     assert S.phase_summary(a) == ["decode: 2.00 ms per output token measured (median of 3 steps, KV length 16–18)"]
+
+
+def test_two_generate_calls_time_their_headline_prefill_and_every_decodes_kv_length(monkeypatch):
+    # a script generating twice: prefill (36 tokens, warm-up), decodes at KV 13..16, then a prefill
+    # of 24 tokens and decodes at KV 13..15.  The first prefill is the warm-up: the headline's is
+    # the second; the decodes' KV lengths run 13-16 over both, not first-to-last (14-15)
+    from types import SimpleNamespace
+
+    from rooflight.render import steps as S
+
+    spec = [("prefill", "warm-up", 36, 12), ("decode", "warm-up", 3, 13), ("decode", "headline", 3, 14),
+            ("decode", "headline", 3, 16), ("prefill", "headline", 24, 12), ("decode", "headline", 2, 13),
+            ("decode", "headline", 2, 15)]
+    rows = [S.StepRow(i, f"s{i}", k, st, tok, kv, 1e-3 * (i + 1), 1e-3, 0.0, "memory-bound", 1.0)
+            for i, (k, st, tok, kv) in enumerate(spec)]
+    monkeypatch.setattr(S, "step_rows", lambda a: rows)
+    a = SimpleNamespace(profile=SimpleNamespace(timing=object()))
+    assert S.phase_summary(a) == [
+        "prefill (24 tokens): 5.00 ms measured (time to first token, the model's part)",
+        "decode: 5.00 ms per output token measured (median of 4 steps, KV length 13–16)"]  # 3, 4, 6, 7 ms
+    # two headline prefills of different prompts: their median, and the range of their tokens
+    rows[0] = S.StepRow(0, "s0", "prefill", "headline", 36, 12, 1e-3, 1e-3, 0.0, "memory-bound", 1.0)
+    assert S.phase_summary(a)[0] == ("prefill (24–36 tokens): 3.00 ms measured (time to first token, the model's "
+                                     "part, median of 2 prefills)")

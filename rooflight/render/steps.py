@@ -93,17 +93,24 @@ def phase_summary(a) -> list[str]:
     rows = step_rows(a)
     timed = a.profile.timing is not None
     out = []
-    pre = [r for r in rows if r.kind == "prefill"]  # the prefill counts whether in the headline or not
+    # the headline's prefills; a run's only prefill counts even when it is not in the headline
+    pre = [r for r in rows if r.kind == "prefill"]
+    pre = [r for r in pre if r.status == "headline"] or pre[:1]
     dec = [r for r in rows if r.kind == "decode" and r.status == "headline"]
     word = "measured" if timed else "at the roofline (no timing)"
     if pre:
-        out.append(f"prefill ({pre[0].tokens or '?'} tokens): {fmt_seconds(pre[0].seconds)} {word} "
-                   "(time to first token, the model's part)")
+        tokens = sorted({r.tokens for r in pre if r.tokens})
+        tok = "?" if not tokens else str(tokens[0]) if len(tokens) == 1 else f"{tokens[0]}–{tokens[-1]}"
+        many = f", median of {len(pre)} prefills" if len(pre) > 1 else ""
+        out.append(f"prefill ({tok} tokens): "
+                   f"{fmt_seconds(statistics.median(r.seconds for r in pre))} {word} "
+                   f"(time to first token, the model's part{many})")
     if dec:
         med = statistics.median(r.seconds for r in dec)
+        kv = [r.kv_len for r in dec if r.kv_len]
         out.append(f"decode: {fmt_seconds(med)} per output token {word} ("
                    + (f"median of {len(dec)} steps" if len(dec) > 1 else "1 step")
-                   + (f", KV length {dec[0].kv_len}–{dec[-1].kv_len}" if dec[0].kv_len and dec[-1].kv_len else "")
+                   + (f", KV length {min(kv)}–{max(kv)}" if kv else "")
                    + ")")
     for kind in ("train", "forward", "marked"):
         ks = [r for r in rows if r.kind == kind and r.status == "headline"]
