@@ -76,6 +76,11 @@ class Analysis:
                 f"{len(self.groups)} op groups, {len(self.advice)} advice>")
 
 
+# a backward doing less matrix work than this times the forward's skips weight gradients (2x when
+# every weight trains: dX and dW; a model whose first layer's input needs no gradient, a little less)
+FROZEN_BELOW = 1.8
+
+
 @dataclass(frozen=True)
 class TrainingFacts:
     """A training step's useful work against what ran: model FLOPs are 3x the forward's matrix work
@@ -94,6 +99,7 @@ class TrainingFacts:
     parameters: int  # elements the optimizer updated (from its ops' first tensor list), 0 if none seen
     state_bytes: float = 0.0  # the optimizer states its fused kernel read (Adam's m and v), 0 if none seen
     recompute_flops: float = 0.0  # per step: activation checkpointing's forward run again in backward
+    backward_matrix_flops: float = 0.0  # per step: the backward's matrix work (2x the forward's when every weight trains)
 
     @property
     def optimizer_bytes_per_parameter(self) -> float:
@@ -135,8 +141,10 @@ def training_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings) -
         peak = math.nan
     mfu = model / n / (seconds * peak) if seconds > 0 and peak > 0 else math.nan
     recompute = sum(o.total_flops for o in ops if o.phase == "recompute")
+    back = sum(sum(o.flops.values()) for o in ops
+               if o.phase == "backward" and kind_of(o) in (Kind.MATMUL, Kind.ATTENTION))
     return TrainingFacts(n, model / n, executed / n, roof, seconds, mfu, sum(o.bytes for o in opt) / n, params // n,
-                         states / n, recompute / n)
+                         states / n, recompute / n, back / n)
 
 
 def _updated_elements(opt_ops) -> tuple[int, float]:
@@ -160,6 +168,11 @@ def training_text(t: TrainingFacts) -> str:
     if t.model_flops and t.recompute_flops:
         text += (f", of which {t.recompute_flops:.4g} ({t.recompute_flops / t.model_flops:.2f}x) the forward run again "
                  "by activation checkpointing")
+    forward = t.model_flops / 3
+    if forward and 0 < t.backward_matrix_flops < FROZEN_BELOW * forward:
+        text += (f"; the backward's matrix work is {t.backward_matrix_flops / forward:.2f}x the forward's, not 2x: "
+                 "gradients nothing trains are not computed (frozen weights, as in adapter fine-tuning), and model "
+                 "FLOPs count every weight as trained")
     if t.mfu == t.mfu:
         # (the mean: MFU is the steps' work over their time; the per-step line beside it is a median)
         text += (f"; MFU {t.mfu:.1%} of the {t.roof_class} roof at {t.seconds * 1e3:.3g} ms a step"

@@ -596,6 +596,32 @@ def test_a_training_step_reports_model_flops_and_optimizer_traffic():
     assert t.state_bytes == 8 * params
 
 
+def test_a_frozen_base_with_an_adapter_says_its_backward_skips_weight_gradients():
+    # adapter fine-tuning: a frozen Linear(128, 128) plus a trainable low-rank pair a: 128 -> 8,
+    # b: 8 -> 128, on 64 rows of an input that needs no gradient
+    from rooflight import api
+    from rooflight.analysis import training_text
+
+    torch.manual_seed(0)
+    base, a, b = torch.nn.Linear(128, 128, bias=False), torch.nn.Linear(128, 8, bias=False), torch.nn.Linear(8, 128, bias=False)
+    base.weight.requires_grad_(False)
+    x = torch.randn(64, 128)
+    prof = count(lambda: (base(x) + b(a(x))).sum().backward())
+    t = api.analyze(prof, "h100", calibrated=False).training
+    # forward: 2*64*128*128 + 2*64*128*8 + 2*64*8*128 = 2,097,152 + 131,072 + 131,072 = 2,359,296
+    assert t.model_flops == 3 * 2_359_296
+    # backward: base nothing (no dW: frozen; no dX: x needs none); b its dW and dX (131,072 each);
+    # a its dW (131,072): 393,216 = 0.17x the forward
+    assert t.backward_matrix_flops == 393_216
+    assert ("the backward's matrix work is 0.17x the forward's, not 2x: gradients nothing trains are not "
+            "computed") in training_text(t)
+    # everything trained: dX and dW of each layer, 2x; no such clause
+    base.weight.requires_grad_(True)
+    x.requires_grad_()
+    full = api.analyze(count(lambda: (base(x) + b(a(x))).sum().backward()), "h100", calibrated=False).training
+    assert full.backward_matrix_flops == 2 * 2_359_296 and "not 2x" not in training_text(full)
+
+
 def test_mfu_says_its_step_time_is_a_mean():
     """Beside the per-step line's median, MFU's step time is the steps' mean (work over time)."""
     from rooflight.analysis import TrainingFacts, training_text
