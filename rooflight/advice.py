@@ -653,9 +653,9 @@ RULES: tuple[Rule, ...] = (
     # ---- elementwise chains, launches, kernels below their roof
     Rule("fused-optimizer", "op", frozenset({_L.MEMORY, _L.OVERHEAD}), kinds=FUSIBLE,
          when=_unfused_optimizer,
-         recommendation="Use a fused optimizer step: torch.optim.AdamW(..., fused=True) (or foreach=True, or "
-                        "torch.compile the optimizer's step) updates every parameter of a group in one or a few "
-                        "kernels",
+         recommendation="Use a fused optimizer step: torch.optim.AdamW(..., fused=True), or torch.compile the "
+                        "optimizer's step, updates every parameter of a group in one or a few kernels (foreach=True "
+                        "still runs one multi-tensor kernel per arithmetic op, each a pass over the states)",
          effect=_fused_optimizer_effect,
          seed="001 overhead-bound: fewer, larger kernels; memory-bound: operator fusion"),
     Rule("fuse-elementwise", "op", frozenset({_L.MEMORY, _L.OVERHEAD}), kinds=FUSIBLE,
