@@ -120,25 +120,45 @@ def _token_ids(ops: Sequence[OpRecord]):
                  and len(o.inputs) >= 2 and o.inputs[1].ndim >= 1), None)
 
 
+_CROSS_ATTENTION = ("encoder_attn", "encdecattention", "crossattention", "cross_attn")
+
+
+def _kv_len(o: OpRecord) -> int:
+    k = o.inputs[1]
+    return k.shape[1] if "_flash_attention_forward" in o.op and k.ndim == 4 else k.shape[-2]  # flash: [B, S, H, D]
+
+
 def _shape_facts(ops: Sequence[OpRecord]) -> tuple[int | None, int | None, int | None]:
-    """(batch, query length, KV length) of a step: from its first attention op, else its first
-    embedding lookup (no KV length then).  A decode step's attention with its query heads packed
-    into the query's length (Hugging Face's pack_gqa: [B, H, 1, D] run as [B, H_kv, H / H_kv, D],
-    as many query heads as KV heads) has the query length of its token ids."""
-    for o in ops:
-        if any(a in o.op for a in _ATTENTION) and len(o.inputs) >= 2 and o.inputs[0].ndim >= 3:
-            q, k = o.inputs[0], o.inputs[1]
-            if "_flash_attention_forward" in o.op and q.ndim == 4:  # [B, S, H, D]
-                return q.shape[0], q.shape[1], k.shape[1]
-            b, sq = math.prod(q.shape[:-3]) if q.ndim >= 4 else 1, q.shape[-2]
-            ids = _token_ids(ops)
-            if (ids is not None and ids.ndim >= 2 and ids.shape[-1] == 1 < sq and q.ndim >= 4 and k.ndim >= 4
-                    and q.shape[-3] == k.shape[-3] and math.prod(ids.shape[:-1]) == b):
-                sq = 1  # packed GQA: one token per sequence, its query heads in the length dimension
-            return b, sq, k.shape[-2]
+    """(batch, query length, KV length) of a step: batch and query length from its first attention
+    op, the KV length the longest any of its self-attentions reads (the context: a model mixing
+    sliding-window and global layers reads its window in the first); else its first embedding
+    lookup (no KV length then).  A decode step's attention with its query heads packed into the
+    query's length (Hugging Face's pack_gqa: [B, H, 1, D] run as [B, H_kv, H / H_kv, D], as many
+    query heads as KV heads) has the query length of its token ids.  Cross-attention (an
+    encoder-decoder's, over the encoder's output) is not the context."""
+    attn = [o for o in ops if any(a in o.op for a in _ATTENTION) and len(o.inputs) >= 2 and o.inputs[0].ndim >= 3]
     # a materialized attention: the softmax over [B, H, Sq, Sk] scores
-    scores = next((o.inputs[0] for o in ops if o.short_op in ("softmax", "_softmax", "_safe_softmax")
-                   and o.inputs and o.inputs[0].ndim >= 4), None)
+    softmaxes = [o for o in ops if o.short_op in ("softmax", "_softmax", "_safe_softmax")
+                 and o.inputs and o.inputs[0].ndim >= 4]
+    scores = softmaxes[0].inputs[0] if softmaxes else None
+    if attn:
+        o = attn[0]
+        q, k = o.inputs[0], o.inputs[1]
+        flash = "_flash_attention_forward" in o.op and q.ndim == 4  # [B, S, H, D]
+        b, raw = (q.shape[0], q.shape[1]) if flash else (math.prod(q.shape[:-3]) if q.ndim >= 4 else 1, q.shape[-2])
+        sq = raw
+        ids = _token_ids(ops)
+        if (not flash and ids is not None and ids.ndim >= 2 and ids.shape[-1] == 1 < sq and q.ndim >= 4
+                and k.ndim >= 4 and q.shape[-3] == k.shape[-3] and math.prod(ids.shape[:-1]) == b):
+            sq = 1  # packed GQA: one token per sequence, its query heads in the length dimension
+        def own(x: OpRecord) -> bool:
+            return not any(c in x.module.lower() for c in _CROSS_ATTENTION)
+
+        # the fused attentions' keys, and the materialized ones' scores of this query length
+        kv = max([_kv_len(a) for a in attn if own(a)]
+                 + [m.inputs[0].shape[-1] for m in softmaxes if own(m) and m.inputs[0].shape[-2] in (raw, sq)]
+                 or [_kv_len(o)])
+        return b, sq, kv
     ids = _token_ids(ops)
     if ids is not None:
         kv = scores.shape[-1] if scores is not None and scores.shape[-2] == ids.shape[-1] else None

@@ -146,6 +146,21 @@ def test_a_decode_steps_packed_gqa_query_is_one_token():
     assert got == [("prefill", 1, 16, 16), ("decode", 1, 1, 23), ("decode", 1, 1, 23), ("forward", 1, 2, 23)]
 
 
+def test_a_decode_steps_kv_length_is_its_longest_self_attention():
+    # Gemma-3's pattern: sliding-window layers read their 8-key window (a fused SDPA), the global
+    # layer the whole context (here a materialized attention: softmax over [1, 4, 1, 17]); an
+    # encoder-decoder's cross-attention over 1,500 encoder frames is not the context
+    def sdpa(i, kv, module="model.layers.0.self_attn"):
+        return OpRecord(i, "aten::scaled_dot_product_attention", module=module, inputs=(
+            TensorMeta.contiguous((1, 4, 1, 32), "float32"), TensorMeta.contiguous((1, 4, kv, 32), "float32")))
+
+    softmax = OpRecord(2, "aten::_safe_softmax.default", module="model.layers.5.self_attn",
+                       inputs=(TensorMeta.contiguous((1, 4, 1, 17), "float32"),))
+    cross = sdpa(3, 1500, "model.decoder.layers.0.encoder_attn")
+    seg = segment([sdpa(0, 8), sdpa(1, 8), softmax, cross], (), [TopCall(1, "M", 0, 4)])
+    assert (seg.steps[0].kind, seg.steps[0].query_len, seg.steps[0].kv_len) == ("decode", 1, 17)
+
+
 def test_a_forward_loop_sets_its_own_code_between_calls_apart():
     # 3 x [model call: 2 ops, then the loop's print(out.mean().item()): 2 ops], as a user's loop does
     seq = ops("mmmm" * 3)
