@@ -80,7 +80,7 @@ def profile(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 
     on_gpu = torch.cuda.is_available() and device != "cpu"
     if on_gpu:
         counted, trace_labelled = _labelled_pass(fn, args, kwargs, seg)
-        if not counted.device.startswith("cuda") and device is None:
+        if not _any_on_gpu(counted) and device is None:
             on_gpu = False  # the workload runs on CPU tensors: time it there
             if single_pass:
                 raise UsageError("a single pass on the CPU needs device='cpu' from the start (the workload ran "
@@ -95,6 +95,12 @@ def profile(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 
     else:
         timing = _time_gpu(fn, args, kwargs, counted, trace_labelled, warmup, repeats, flush_l2, cuda_graph)
     return replace(counted, workload=name, mode="timed", timing=timing, params=dict(params or {}))
+
+
+def _any_on_gpu(prof: Profile) -> bool:
+    """Whether any op ran on a CUDA device (Profile.device is the most common one: a small model
+    initialised on the CPU and moved to the GPU runs more CPU ops than GPU ones)."""
+    return any(o.device.startswith("cuda") for o in prof.ops)
 
 
 FIRST_RUN_NOTE = ("the workload ran once first, untimed: a process's first calls pay one-time set-up (the math "
@@ -671,7 +677,7 @@ def _profile_cpu(fn, args, kwargs, warmup: int, repeats: int, name: str, params:
         prof = cap.profile(workload=name, mode="count")
         if counted is None:
             counted = prof
-            if counted.device.startswith("cuda"):
+            if _any_on_gpu(counted):
                 raise UsageError("the workload ran on CUDA tensors, so its ops cannot be timed on the CPU: drop "
                                  "--device cpu (or run the workload on CPU tensors)")
         elif [o.op for o in prof.ops] != [o.op for o in counted.ops]:

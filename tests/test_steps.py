@@ -252,7 +252,7 @@ def test_hf_training_loop_is_three_train_steps_timed_on_the_cpu(tmp_path):
 @needs_transformers
 def test_a_gradient_accumulation_loop_is_one_train_step_per_optimizer_step_timed_on_the_cpu(tmp_path):
     r = cli("profile", str(EXAMPLES / "hf_train_accumulated.py"), "--device", "cpu", "--format", "json", "-o", "out",
-            "--", "--accum", "3", "--iters", "3", cwd=tmp_path)
+            "--", "--accum", "3", "--iters", "3", "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     prof = json.loads((tmp_path / "out" / "hf_train_accumulated.json").read_text())
     steps = prof["steps"]
@@ -421,6 +421,11 @@ def test_device_cpu_on_a_gpu_machine_times_a_script_on_the_cpu_or_says_why_not(t
     r = cli("profile", "gpu_loop.py", "--device", "cpu", "-o", "out2", cwd=tmp_path)
     assert r.returncode == 2 and "ran on CUDA tensors" in r.stderr and "drop --device cpu" in r.stderr
     assert "Traceback" not in r.stderr
+    # without --device: timed on the GPU, though its Linear's initialisation ran more CPU ops than
+    # its two steps ran CUDA ones (the profile's most common device is the CPU)
+    r = cli("profile", "gpu_loop.py", "--format", "json", "-o", "out3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "out3" / "gpu_loop.json").read_text())["timing"]["device_kind"] == "cuda"
 
 
 def test_a_processs_first_call_cost_does_not_land_on_the_cpu_op_times(tmp_path):

@@ -10,10 +10,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 ap = argparse.ArgumentParser()
 ap.add_argument("--accum", type=int, default=4)
 ap.add_argument("--iters", type=int, default=3)
+ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 args = ap.parse_args()
 
 torch.manual_seed(0)
-device = "cuda" if torch.cuda.is_available() else "cpu"
+device = args.device
 config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, vocab_size=512, max_position_embeddings=256)
 model = LlamaForCausalLM(config).to(device)
