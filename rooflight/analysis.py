@@ -142,7 +142,7 @@ def training_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings) -
     mfu = model / n / (seconds * peak) if seconds > 0 and peak > 0 else math.nan
     recompute = sum(o.total_flops for o in ops if o.phase == "recompute")
     back = sum(sum(o.flops.values()) for o in ops
-               if o.phase == "backward" and kind_of(o) in (Kind.MATMUL, Kind.ATTENTION))
+               if o.phase == "backward" and kinds[o.index] in (Kind.MATMUL, Kind.ATTENTION))
     return TrainingFacts(n, model / n, executed / n, roof, seconds, mfu, sum(o.bytes for o in opt) / n, params // n,
                          states / n, recompute / n, back / n)
 

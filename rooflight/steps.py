@@ -123,6 +123,11 @@ def _token_ids(ops: Sequence[OpRecord]):
 _CROSS_ATTENTION = ("encoder_attn", "encdecattention", "crossattention", "cross_attn")
 
 
+def _self_attention(o: OpRecord) -> bool:
+    """Not an encoder-decoder's cross-attention (over the encoder's output, not the context)."""
+    return not any(c in o.module.lower() for c in _CROSS_ATTENTION)
+
+
 def _kv_len(o: OpRecord) -> int:
     k = o.inputs[1]
     return k.shape[1] if "_flash_attention_forward" in o.op and k.ndim == 4 else k.shape[-2]  # flash: [B, S, H, D]
@@ -151,12 +156,10 @@ def _shape_facts(ops: Sequence[OpRecord]) -> tuple[int | None, int | None, int |
         if (not flash and ids is not None and ids.ndim >= 2 and ids.shape[-1] == 1 < sq and q.ndim >= 4
                 and k.ndim >= 4 and q.shape[-3] == k.shape[-3] and math.prod(ids.shape[:-1]) == b):
             sq = 1  # packed GQA: one token per sequence, its query heads in the length dimension
-        def own(x: OpRecord) -> bool:
-            return not any(c in x.module.lower() for c in _CROSS_ATTENTION)
-
         # the fused attentions' keys, and the materialized ones' scores of this query length
-        kv = max([_kv_len(a) for a in attn if own(a)]
-                 + [m.inputs[0].shape[-1] for m in softmaxes if own(m) and m.inputs[0].shape[-2] in (raw, sq)]
+        kv = max([_kv_len(a) for a in attn if _self_attention(a)]
+                 + [m.inputs[0].shape[-1] for m in softmaxes
+                    if _self_attention(m) and m.inputs[0].shape[-2] in (raw, sq)]
                  or [_kv_len(o)])
         return b, sq, kv
     ids = _token_ids(ops)
@@ -193,6 +196,14 @@ def _iterations(groups: Sequence[Sequence[OpRecord]]) -> list[tuple[int, int]]:
     if start is not None:
         out.append((start, len(groups) - 1))
     return out
+
+
+def _summed_batch(micro: Sequence[Sequence[OpRecord]]) -> int | None:
+    """The sequences of a training iteration's micro-batches together, when each has a batch and
+    all share a query length; else the first micro-batch's."""
+    facts = [_shape_facts(g) for g in micro]
+    bs, qs = [f[0] for f in facts], {f[1] for f in facts}
+    return sum(bs) if None not in bs and len(qs) == 1 else facts[0][0]
 
 
 def _kinds(groups: Sequence[Sequence[OpRecord]]) -> list[tuple[str, int | None, int | None, int | None]]:
@@ -288,13 +299,10 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             end = max([last.end + keep] + [i + 1 for i in joined])
             bounds.append((last.start, end))
             iters = _iterations([ops[a:b] for a, b in bounds])
-            per_call = [_shape_facts(ops[a:b]) for a, b in bounds]
             n_calls = [j - i + 1 for i, j in iters]
             calls_of = [chosen[j] for _, j in iters]  # the iteration's last model call
-            batches = []
-            for i, j in iters:  # an iteration's sequences: its micro-batches' (of one query length)
-                bs, qs = [f[0] for f in per_call[i:j + 1]], {f[1] for f in per_call[i:j + 1]}
-                batches.append(sum(bs) if None not in bs and len(qs) == 1 else per_call[i][0])
+            # an iteration of several calls: its micro-batches' sequences (of one query length)
+            batches = [_summed_batch([ops[a:b] for a, b in bounds[i:j + 1]]) if j > i else None for i, j in iters]
             bounds = [(bounds[i][0], bounds[j][1]) for i, j in iters]
             for k, (a, b) in enumerate(bounds, 1):  # the bounds cover chosen[0].start .. end, end to end
                 label[a:b] = [f"step {k}"] * (b - a)
