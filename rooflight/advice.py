@@ -31,7 +31,7 @@ from .costs.model import TensorMeta, matrix_like
 from .counters import is_tensor_pipe
 from .math_class import MathClass
 from .groups import (ATTENTION_MATH_OPS, BATCHED_MATMUL_OPS, FUSIBLE, SOFTMAX_OPS, Kind,
-                     fusible_chains, kind_of, materialized_attention, op_kinds)
+                     chain_passes, fusible_chains, kind_of, materialized_attention, op_kinds)
 from .profile_data import TRAINING_PHASES, OpRecord, Profile, region_and_ancestors
 from .roofline import Ceilings, intensity
 from .units import fmt_bandwidth, fmt_bytes, fmt_flops_rate, fmt_seconds
@@ -70,6 +70,8 @@ SPARSE_ATTENTION_MIN_KEYS = 8192
 # Three or more fusible kernels in a row form a chain worth fusing: each intermediate is
 # written and read back, and each kernel pays a launch.
 FUSION_MIN_OPS = 3
+# A memory-bound chain is worth fusing for its traffic only when fused it moves this much less.
+FUSION_MIN_GAIN = 1.25
 
 # A region rule fires when at least this share of the region's time carries one of its labels.
 REGION_SHARE = 0.3
@@ -134,6 +136,8 @@ class OpFacts:
     fused_bytes: float = 0.0  # estimated traffic of one fused kernel (attention) or chain
     chain_bytes: float = 0.0  # traffic of one chain or materialized attention as it runs now
     chain_ops: tuple[str, ...] = ()  # the op names of one chain
+    chain_passes: int = 1  # passes over memory a fused chain still makes (a global reduction's result used after it)
+    chain_barrier: str = ""  # the first global reduction that cuts the chain into passes
     chain_phase: str = ""  # the phase its ops ran in ("optimizer": an optimizer step's per-tensor updates)
     # transfers and collectives
     comm_bytes: float = 0.0  # per op
@@ -375,9 +379,17 @@ def _sparse_attention_effect(f: OpFacts, c: Ceilings) -> str:
 def _fusion_effect(f: OpFacts, c: Ceilings) -> str:
     n = len(f.chain_ops)
     names = ", ".join(f.chain_ops[:6]) + (", ..." if n > 6 else "")
-    return (f"each chain of {n} kernels ({names}) moves {fmt_bytes(f.chain_bytes)}; fused, it reads its inputs and "
-            f"writes its output once, ~{fmt_bytes(f.fused_bytes)}: ~{_x(f.chain_bytes, f.fused_bytes)} less traffic "
-            f"and {n - 1} fewer launches per chain, x{f.copies} chains ({f.share:.0%} of the run)")
+    if f.chain_passes > 1:
+        fused = (f"fused, it still makes {f.chain_passes} passes over memory (a global reduction, {f.chain_barrier}, "
+                 f"must finish before the ops after it use its result), ~{fmt_bytes(f.fused_bytes)}")
+        kernels = f.chain_passes
+    else:
+        fused = f"fused, it reads its inputs and writes its output once, ~{fmt_bytes(f.fused_bytes)}"
+        kernels = 1
+    less = (f"~{_x(f.chain_bytes, f.fused_bytes)} less traffic and" if f.chain_bytes >= FUSION_MIN_GAIN * f.fused_bytes
+            else "about the same traffic; the gain is")
+    return (f"each chain of {n} kernels ({names}) moves {fmt_bytes(f.chain_bytes)}; {fused}: {less} "
+            f"{n - kernels} fewer launches per chain, x{f.copies} chains ({f.share:.0%} of the run)")
 
 
 def _fused_optimizer_effect(f: OpFacts, c: Ceilings) -> str:
@@ -561,6 +573,12 @@ def _chain(f: OpFacts) -> bool:
     return len(f.chain_ops) >= FUSION_MIN_OPS
 
 
+def _fusion_pays(f: OpFacts) -> bool:
+    """Fusing saves launches (what an overhead-bound chain needs) or traffic (a memory-bound one:
+    at least FUSION_MIN_GAIN less; a chain a global reduction cuts in passes may save almost none)."""
+    return f.label is _L.OVERHEAD or f.chain_bytes >= FUSION_MIN_GAIN * f.fused_bytes
+
+
 def _unfused_optimizer(f: OpFacts) -> bool:
     """An optimizer step's chain with no fused optimizer kernel in it (`_fused_adamw_`, `_fused_sgd_` ...:
     a fused step's own kernel and its `_foreach_add_` of the step counts are no chain to fuse)."""
@@ -659,7 +677,7 @@ RULES: tuple[Rule, ...] = (
          effect=_fused_optimizer_effect,
          seed="001 overhead-bound: fewer, larger kernels; memory-bound: operator fusion"),
     Rule("fuse-elementwise", "op", frozenset({_L.MEMORY, _L.OVERHEAD}), kinds=FUSIBLE,
-         when=lambda f: _chain(f) and f.chain_phase != "optimizer",
+         when=lambda f: _chain(f) and f.chain_phase != "optimizer" and _fusion_pays(f),
          recommendation="Fuse the chain: torch.compile the module (or a fused kernel, e.g. a fused RMSNorm / "
                         "rotary embedding) so intermediates stay on chip",
          effect=_fusion_effect,
@@ -978,9 +996,15 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
             af["kv_bytes"] *= len(g.units)
             facts.update(af)
     if g.chain_ops:
-        first, last = by_index[g.units[0][0]], by_index[g.units[0][-1]]
-        chain = sum(by_index[i].bytes for i in g.units[0])
-        facts.update(chain_bytes=chain, fused_bytes=min(first.bytes_read + last.bytes_written, chain))
+        ops = [by_index[i] for i in g.units[0]]
+        chain = sum(o.bytes for o in ops)
+        passes = chain_passes(ops)
+        if len(passes) == 1:  # each op feeds the next: the first op's inputs in, the last one's output out
+            fused = ops[0].bytes_read + ops[-1].bytes_written
+        else:  # each pass reads at least what its heaviest reader reads (the data the reduction ran over, again)
+            fused = sum(max(o.bytes_read for o in p) + p[-1].bytes_written for p in passes)
+        facts.update(chain_bytes=chain, fused_bytes=min(fused, chain), chain_passes=len(passes),
+                     chain_barrier=passes[0][-1].short_op if len(passes) > 1 else "")
     return OpFacts(**facts)
 
 

@@ -21,6 +21,7 @@ from enum import Enum
 from typing import Callable, Mapping, Sequence
 
 from .classify import Diagnosis
+from .costs.model import TensorMeta
 from .math_class import is_tensor_name
 from .profile_data import OpRecord, Profile, region_and_ancestors
 from .roofline import intensity
@@ -267,6 +268,31 @@ def fusible_chains(profile: Profile, kinds: Mapping[int, Kind], used: set[int], 
     return chains
 
 
-__all__ = ["ATTENTION_MATH_OPS", "BATCHED_MATMUL_OPS", "EMBEDDING_OPS", "FUSIBLE", "KEY_FIELDS", "Kind", "MATMUL_OPS",
-           "NORM_OPS", "OpGroup", "SOFTMAX_OPS", "fusible_chains", "group_ops", "has_work", "kind_of",
-           "materialized_attention", "module_template", "op_kinds"]
+# A reduction to one value per tensor over more than this many bytes cannot finish inside one
+# thread block (an SM holds ~228 KB of shared memory on an H100): the whole grid must finish it
+# before an op that uses its result can start, so a fused kernel still makes a second pass over
+# the data (clip_grad_norm_'s norm, then its scale; an fp8 cast's amax, then the scaled cast).
+GLOBAL_REDUCTION_MIN_BYTES = 256 * 1024
+
+
+def _global_reduction(op: OpRecord) -> bool:
+    outs = [t for t in op.outputs if isinstance(t, TensorMeta)]
+    return bool(outs) and all(t.numel <= 1 for t in outs) and op.bytes_read > GLOBAL_REDUCTION_MIN_BYTES
+
+
+def chain_passes(ops: Sequence[OpRecord]) -> list[list[OpRecord]]:
+    """A fusible chain cut after each global reduction whose result a later op of the chain could
+    use on as much data: one list per pass a fused kernel must still make over memory (one list,
+    the whole chain, when every op could run in one pass)."""
+    passes: list[list[OpRecord]] = [[]]
+    for i, op in enumerate(ops):
+        passes[-1].append(op)
+        rest = ops[i + 1:]
+        if _global_reduction(op) and any(o.bytes_read > GLOBAL_REDUCTION_MIN_BYTES for o in rest):
+            passes.append([])
+    return [p for p in passes if p]
+
+
+__all__ = ["ATTENTION_MATH_OPS", "BATCHED_MATMUL_OPS", "EMBEDDING_OPS", "FUSIBLE", "GLOBAL_REDUCTION_MIN_BYTES",
+           "KEY_FIELDS", "Kind", "MATMUL_OPS", "NORM_OPS", "OpGroup", "SOFTMAX_OPS", "chain_passes", "fusible_chains",
+           "group_ops", "has_work", "kind_of", "materialized_attention", "module_template", "op_kinds"]

@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kernels.llama import build, decode_one_token
 from rooflight.advice import FUSION_MIN_OPS, RULES, Advice, Rule, _attention_facts, advise
-from rooflight.groups import Kind, fusible_chains, kind_of, materialized_attention, op_kinds
+from rooflight.groups import Kind, chain_passes, fusible_chains, kind_of, materialized_attention, op_kinds
 from rooflight.capture import count
 from rooflight.roofline import Ceilings, from_spec
 from rooflight.classify import Label, breakdown, floors
@@ -313,6 +313,42 @@ def test_an_optimizer_step_is_told_to_use_a_fused_optimizer_not_to_fuse_a_chain(
             for i, name in enumerate(["_foreach_add_", "_fused_adamw_"] * 2)]
     adv = advice_for(timed(done, CALIBRATED, 0.5), CALIBRATED)
     assert "fused-optimizer" not in adv and "fuse-elementwise" not in adv
+
+
+def test_a_global_reduction_cuts_a_chain_into_passes():
+    # clip_grad_norm_ as captured: the norms of 3 gradients (fp32, 2 MB each: [512, 1024]), reduced
+    # to one total norm, a clip coefficient, then every gradient scaled by it.  A fused kernel
+    # cannot scale a gradient before the whole norm is known: it makes 2 passes over them
+    grads = [torch.randn(512, 1024, requires_grad=True) for _ in range(3)]
+    for g in grads:
+        g.grad = torch.randn_like(g)
+    ops = count(lambda: torch.nn.utils.clip_grad_norm_(grads, 1.0)).ops
+    kinds = op_kinds(Profile(ops=ops))
+    [chain] = fusible_chains(Profile(ops=ops), kinds, set(), FUSION_MIN_OPS)
+    passes = chain_passes([o for o in ops if o.index in chain])
+    assert len(passes) == 2 and passes[0][-1].short_op == "_foreach_norm"
+    assert passes[1][-1].short_op == "_foreach_mul_"
+    nbytes = 3 * 512 * 1024 * 4  # the three gradients: 6 MiB
+    # memory-bound: read 6 MiB for the norms, then read and write 6 MiB to scale; fused, both
+    # passes remain (~18.9 MB, the chain's own traffic): no traffic to save, so no fusion advice
+    adv = advice_for(timed(list(ops), CALIBRATED, 0.8), CALIBRATED)
+    assert "fuse-elementwise" not in adv
+    # overhead-bound (each kernel 20 us, far above its ~6 us of traffic): the launches are the gain
+    prof = timed(list(ops), CALIBRATED, seconds={o.index: 20e-6 for o in ops})
+    fuse = advice_for(prof, CALIBRATED)["fuse-elementwise"]
+    n = len(chain)
+    assert f"each chain of {n} kernels (_foreach_norm, " in fuse.effect
+    assert ("fused, it still makes 2 passes over memory (a global reduction, _foreach_norm, must finish before the "
+            "ops after it use its result)") in fuse.effect
+    assert f"~18.9 MB: about the same traffic; the gain is {n - 2} fewer launches per chain" in fuse.effect
+    assert sum(o.bytes for o in passes[0]) >= nbytes and passes[1][-1].bytes_written == nbytes
+    # a row-wise reduction (RMSNorm's mean over the last dim) is one kernel's work: no cut
+    x, w = torch.randn(64, 4096), torch.randn(4096)
+    rms = count(lambda: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w).ops
+    assert len(chain_passes(list(rms))) == 1
+    # nor is a loss's global mean at a chain's end: nothing after it reads the data again
+    loss = count(lambda: ((x - 1.0) ** 2).mean()).ops
+    assert len(chain_passes(list(loss))) == 1
 
 
 def test_too_short_a_chain_is_not_fused():
