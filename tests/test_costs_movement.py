@@ -192,6 +192,24 @@ def test_data_dependent_ops_work_on_real_tensors():
     assert cost(item) == ({}, 4, 0)
 
 
+def test_pin_memory_is_a_host_copy():
+    # a DataLoader with pin_memory=True: each batch copied into page-locked host memory; a
+    # [64, 128] int64 batch reads 64*128*8 = 65,536 bytes and writes as many, no FLOPs, no link
+    from rooflight.costs.model import OpCall
+
+    src, dst = TensorMeta.contiguous((64, 128), "int64"), TensorMeta.contiguous((64, 128), "int64")
+    c = lookup(torch.ops.aten._pin_memory.default)(OpCall("aten::_pin_memory.default", (src,), {}, (dst,)))
+    assert (dict(c.flops), c.bytes_read, c.bytes_written, c.comm_bytes) == ({}, 65536, 65536, 0)
+    assert c.note == "host copy into page-locked memory"
+
+
+@pytest.mark.gpu
+def test_pin_memory_is_counted_where_it_runs():
+    batch = torch.randint(0, 100, (64, 128))
+    (pin,) = [o for o in count(lambda: batch.pin_memory()).ops if o.short_op == "_pin_memory"]
+    assert pin.counted and cost(pin) == ({}, 65536, 65536)
+
+
 DATA_DEPENDENT = {
     "nonzero": lambda t: torch.nonzero(t > 0),
     "masked_select": lambda t: torch.masked_select(t, t > 0),

@@ -56,6 +56,15 @@ def copy_(call: OpCall) -> OpCost:
     return _copy(call, src, out)
 
 
+@register_cost(aten._pin_memory)
+def pin_memory(call: OpCall) -> OpCost:
+    # tensor.pin_memory() (a DataLoader with pin_memory=True): a host copy into page-locked memory,
+    # read once and written once in host memory; nothing crosses to the GPU until a later .to()
+    x = call.arg(0)
+    out = call.out if call.outputs else x
+    return OpCost({}, x.bytes, out.bytes, note="host copy into page-locked memory")
+
+
 @register_cost(aten._local_scalar_dense)
 def item(call: OpCall) -> OpCost:
     # tensor.item(): one element crosses to the host, and the host waits for the GPU
