@@ -942,7 +942,7 @@ def _sdpa(rec: Recorder, func: Callable, args: tuple, kwargs: dict) -> Any:
                 def backward(grad_out: torch.Tensor, real: Callable | None) -> tuple:
                     grads = _grads(rec, real, (q, k, v), heads_inside=True)
                     op, inputs, cost = _fn.sdpa_backward(plan, qm, km, vm, om, TensorMeta.of(grad_out), mask=mask_meta)
-                    rec.add(op, inputs, [TensorMeta.of(g) for g in grads], cost,
+                    rec.add(op, inputs, [TensorMeta.of(g) for g in grads if g is not None], cost,
                             note=f"counted as the GPU's {plan.backend} backward kernel (predicted)")
                     return grads
 

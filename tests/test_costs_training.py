@@ -166,6 +166,26 @@ def test_attention_trained_on_the_cpu_counts_the_gpus_fused_backward_and_trains_
         torch.testing.assert_close(mine, true)
 
 
+def test_attention_whose_keys_and_values_need_no_gradient_is_counted():
+    """LoRA on q_proj and v_proj only, the rest frozen: the attention's q wants a gradient and its
+    k (from a frozen k_proj over frozen embeddings) does not.  The CPU's true backward gives k no
+    gradient (None); counting it raised AttributeError from inside the capture.  The GPU's fused
+    backward kernel still runs once and writes dq, dk and dv; q [1, 2, 16, 32]: P = 2*16*16 = 512
+    scores, its matrix work 2P(3D + 2Dv) = 2*512*160 = 163,840."""
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 16, 32, requires_grad=True)
+    k, v = torch.randn(1, 2, 16, 32), torch.randn(1, 2, 16, 32, requires_grad=True)
+
+    def step():
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+
+    prof = count(step)
+    (bwd,) = [o for o in prof.ops if o.phase == "backward" and "attention" in o.op]
+    assert bwd.counted and bwd.total_flops >= 163_840
+    assert [t.shape for t in bwd.outputs] == [(1, 2, 16, 32)] * 2  # dq and dv: k has none
+    assert k.grad is None and q.grad is not None and v.grad is not None
+
+
 @needs_transformers
 def test_a_training_loop_counted_on_the_cpu_trains_as_it_does_without_rooflight():
     """Three AdamW steps of a Llama with fused attention (4 heads, 4 KV heads, fp32) and a model
