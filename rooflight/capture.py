@@ -624,6 +624,7 @@ class _Facts(NamedTuple):
     storage: bool  # attention: its tensors' metadata hold their storage's size (the KV cache reserved)
     special: bool  # matmul_like, reads_values or storage: its cache key holds the TF32 switch, the values
     # read and the storage sizes
+    decompose: bool = False  # no formula, and a composite kernel: run as the ops it is made of (inference_mode)
 
 
 # id(op) -> its facts (a cached entry holds the op, so its id is not reused); the dispatch mode reads
@@ -648,10 +649,17 @@ def _read_facts(func: Any) -> _Facts:
     matmul_like = matrix_like(key.split("::")[-1].split(".")[0])
     reads_values = key.startswith("aten::_grouped_mm")
     storage = "attention" in key
-    return _Facts(func, key, arg_names, out_args, lookup(func), matmul_like, reads_values, _registry.GENERATION,
+    formula = lookup(func)
+    # Autograd's dispatch key holds an op's composite kernel (linear -> t + addmm, layer_norm ->
+    # native_layer_norm): under torch.inference_mode that key is skipped and the mode sees the
+    # composite op itself.  One with no formula of its own runs as what it is made of, as it would
+    # outside inference mode, so that its parts are counted (torch.utils.flop_counter does the same)
+    decompose = formula is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        func.name(), "CompositeImplicitAutograd")
+    return _Facts(func, key, arg_names, out_args, formula, matmul_like, reads_values, _registry.GENERATION,
                   func._op if _DIRECT and type(func) is _OpOverload else func,
                   any(_is_tensor_type(a.type) for a in schema.arguments), storage,
-                  matmul_like or reads_values or storage)
+                  matmul_like or reads_values or storage, decompose)
 
 
 def _is_tensor_type(t: Any) -> bool:
@@ -691,6 +699,11 @@ class _DispatchMode(TorchDispatchMode):
                 rec._memo_generation = _registry.GENERATION
         if facts.key is None:  # not work
             return func(*args, **kwargs)
+        if facts.decompose:
+            # torch's own C++ composite, as eager runs it (not a Python decomposition a compiler
+            # registered: torch._decomp's dropout clones its input where eager returns it)
+            with self:  # its parts come back through this mode
+                return func._op_dk(_COMPOSITE, *args, **kwargs)
         try:
             if rec.wraps:
                 with rec.label(rec.next_index(), _call_key(func, facts, args, kwargs) if rec.distinct else None):
@@ -708,6 +721,7 @@ class _DispatchMode(TorchDispatchMode):
         return out
 
 
+_COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
 
 

@@ -81,6 +81,40 @@ def test_whole_model_counts_agree_on_cpu_meta_and_fake_cuda():
     assert totals[0] == totals[1] == totals[2]
 
 
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_inference_mode_counts_what_no_grad_counts(device):
+    """Under torch.inference_mode the dispatcher skips autograd's key, where composite ops
+    (linear, layer_norm, dropout) decompose: the mode saw aten::linear and aten::layer_norm and
+    counted them as ops with no formula (a GPT-2 decode loop read 'linear x6 uncounted').  They
+    run as what they are made of, as under no_grad: the same ops, FLOPs and bytes."""
+    lin, ln = nn.Linear(64, 32, device=device), nn.LayerNorm(64, device=device)
+    x = torch.randn(4, 64, device=device)
+
+    def step():
+        return lin(F.dropout(ln(x), 0.1, training=False))
+
+    with torch.inference_mode():
+        inf = count(step)
+    with torch.no_grad():
+        ng = count(step)
+    assert [o.op for o in inf.ops] == [o.op for o in ng.ops] == [
+        "aten::native_layer_norm.default", "aten::t.default", "aten::addmm.default"]  # dropout(eval): no op
+    assert all(o.counted for o in inf.ops)
+    assert inf.flops_by_class() == ng.flops_by_class() and inf.total_bytes == ng.total_bytes
+    (mm,) = [o for o in inf.ops if o.short_op == "addmm"]
+    assert mm.total_flops == 2 * 4 * 64 * 32 + 4 * 32  # 16,384 multiply-adds x2, plus the bias: 16,512
+    # and a whole model: our Llama's prefill and decode step
+    m = build(CFG, batch=2, device=device)
+    toks = torch.zeros(2, 32, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        a = (count(prefill, m, toks), count(decode_one_token, m, toks.narrow(1, 0, 1), 32))
+    with torch.no_grad():
+        b = (count(prefill, m, toks), count(decode_one_token, m, toks.narrow(1, 0, 1), 32))
+    for p, q in zip(a, b):
+        assert p.flops_by_class() == q.flops_by_class() and p.total_bytes == q.total_bytes
+        assert not p.uncounted()
+
+
 def test_per_module_totals_add_up_to_the_whole():
     m = build("tiny", batch=1, device="meta")
     p = count(prefill, m, torch.zeros(1, 64, dtype=torch.long, device="meta"))
