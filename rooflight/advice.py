@@ -30,7 +30,7 @@ from .classify import FAR_BELOW_ROOF, NEAR_ROOF, Diagnosis, Label, Verdict, summ
 from .costs.model import TensorMeta, matrix_like
 from .counters import is_tensor_pipe
 from .math_class import MathClass
-from .groups import (ATTENTION_MATH_OPS, BATCHED_MATMUL_OPS, FUSIBLE, SOFTMAX_OPS, Kind,
+from .groups import (ATTENTION_MATH_OPS, BATCHED_MATMUL_OPS, FUSIBLE, GROUPED_MATMUL_OPS, SOFTMAX_OPS, Kind,
                      chain_passes, fusible_chains, kind_of, materialized_attention, op_kinds)
 from .profile_data import TRAINING_PHASES, OpRecord, Profile, region_and_ancestors
 from .roofline import Ceilings, intensity
@@ -122,6 +122,7 @@ class OpFacts:
     weight_dtype: str = ""  # "bfloat16", "int8", "int4", "float8_e4m3fn"
     weight_bytes: float = 0.0  # over the group
     m_ridge: float = math.nan  # rows at which this GEMM's intensity reaches the ridge
+    experts: int = 1  # a grouped GEMM (mixture of experts): its groups; m_rows is then the mean rows per expert
     # attention: q [B, Hq, Sq, D], k/v [B, Hkv, Sk, D]
     batch: int | None = None
     sq: int | None = None
@@ -272,7 +273,8 @@ def _speedup_with_bytes(f: OpFacts, new_bytes: float, compute_scale: float = 1.0
 
 def _batch_more_effect(f: OpFacts, c: Ceilings) -> str:
     ridge = _ridge(c, f.roof_class)
-    head = (f"at M={f.m_rows} this {f.dtype} GEMM does {intensity(f.flops, f.bytes):.3g} FLOP/B; the {f.roof_class} ridge of "
+    rows = f"M={f.m_rows} rows per expert ({f.experts} experts)" if f.experts > 1 else f"M={f.m_rows}"
+    head = (f"at {rows} this {f.dtype} GEMM does {intensity(f.flops, f.bytes):.3g} FLOP/B; the {f.roof_class} ridge of "
             f"{c.name} is {ridge:.0f} FLOP/B. The weights ({fmt_bytes(f.weight_bytes / f.copies)} per op) are read "
             "once per step whatever M is, so intensity grows ~linearly with the batch")
     if math.isinf(f.m_ridge):
@@ -671,7 +673,8 @@ RULES: tuple[Rule, ...] = (
     # ---- elementwise chains, launches, kernels below their roof
     Rule("fused-optimizer", "op", frozenset({_L.MEMORY, _L.OVERHEAD}), kinds=FUSIBLE,
          when=_unfused_optimizer,
-         recommendation="Use a fused optimizer step: torch.optim.AdamW(..., fused=True), or torch.compile the "
+         recommendation="Use a fused optimizer step: fused=True on torch.optim's Adam, AdamW, SGD or Adagrad (e.g. "
+                        "torch.optim.AdamW(..., fused=True)), or torch.compile the "
                         "optimizer's step, updates every parameter of a group in one or a few kernels (foreach=True "
                         "still runs one multi-tensor kernel per arithmetic op, each a pass over the states)",
          effect=_fused_optimizer_effect,
@@ -858,6 +861,8 @@ def _matmul_facts(op: OpRecord) -> dict:
     if not ins or not op.outputs:
         return {}
     out = op.outputs[0]
+    if name in GROUPED_MATMUL_OPS:
+        return _grouped_facts(op, ins)
     if name in BATCHED_MATMUL_OPS and len(ins) >= 2:
         a = ins[-2]
         return dict(m_rows=a.shape[-2] if a.ndim >= 2 else 1, k=a.shape[-1], n=out.shape[-1],
@@ -873,6 +878,20 @@ def _matmul_facts(op: OpRecord) -> dict:
     m = math.prod(a.shape[:-1]) if a.ndim >= 2 else 1
     return dict(m_rows=m, k=a.shape[-1], n=out.shape[-1], has_weight=True, weight_dtype=weight_dtype,
                 weight_bytes=w.bytes)
+
+
+def _grouped_facts(op: OpRecord, ins: list[TensorMeta]) -> dict:
+    """A mixture-of-experts GEMM, tokens [T, K] sorted by expert x weights [E, K, N]: each expert's
+    GEMM has the rows routed to it, M = T/E on average, and reads its own [K, N] weight.  Its
+    other forms (groups over K: a weight gradient; batched [E, M, K]) multiply no weight by
+    tokens: no batch facts."""
+    if len(ins) < 2 or ins[0].ndim != 2 or ins[1].ndim != 3:
+        return {}
+    a, w = ins[0], ins[1]
+    e, k, n = w.shape
+    rows = op.total_flops / (2 * k * n) if k and n else 0  # the rows really routed (the formula read offs)
+    return dict(m_rows=max(1, round(rows / e)), k=k, n=n, has_weight=True, weight_dtype=w.dtype,
+                weight_bytes=max(op.bytes_read - rows * k * a.itemsize, 0.0), experts=e)
 
 
 def _attention_facts(op: OpRecord) -> dict:
@@ -982,7 +1001,8 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
         mf = _matmul_facts(rep)
         if mf:
             per_op = mf.get("weight_bytes", 0.0)
-            w_item = per_op / (mf["n"] * mf["k"]) if mf["has_weight"] and mf["n"] and mf["k"] else _item(rep.dtype)
+            w_item = per_op / (mf["n"] * mf["k"] * mf.get("experts", 1)) if mf["has_weight"] and mf["n"] and mf["k"] \
+                else _item(rep.dtype)
             out_item = rep.outputs[0].itemsize if rep.outputs else 2.0
             mf["weight_bytes"] = per_op * len(g.units)
             mf["m_ridge"] = _m_ridge(mf["n"], mf["k"], _item(rep.dtype), w_item, out_item,

@@ -156,8 +156,9 @@ FUSIBLE = frozenset({Kind.ELEMENTWISE, Kind.NORM, Kind.SOFTMAX, Kind.COPY})
 
 MATMUL_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "mv", "addmv", "dot", "_addmm_activation",
                          "_scaled_mm", "_int_mm", "_weight_int8pack_mm", "_weight_int4pack_mm",
-                         "_weight_int4pack_mm_for_cpu"})
+                         "_weight_int4pack_mm_for_cpu", "_grouped_mm", "_scaled_grouped_mm"})
 BATCHED_MATMUL_OPS = frozenset({"bmm", "baddbmm", "matmul"})  # both operands are activations
+GROUPED_MATMUL_OPS = frozenset({"_grouped_mm", "_scaled_grouped_mm"})  # mixture-of-experts: one GEMM per expert
 SOFTMAX_OPS = frozenset({"softmax", "_softmax", "_safe_softmax", "log_softmax", "_log_softmax"})
 NORM_OPS = frozenset({"layer_norm", "native_layer_norm", "rms_norm", "_fused_rms_norm", "group_norm",
                        "native_group_norm", "batch_norm", "native_batch_norm", "_native_batch_norm_legit",
@@ -293,6 +294,6 @@ def chain_passes(ops: Sequence[OpRecord]) -> list[list[OpRecord]]:
     return [p for p in passes if p]
 
 
-__all__ = ["ATTENTION_MATH_OPS", "BATCHED_MATMUL_OPS", "EMBEDDING_OPS", "FUSIBLE", "GLOBAL_REDUCTION_MIN_BYTES",
+__all__ = ["ATTENTION_MATH_OPS", "BATCHED_MATMUL_OPS", "EMBEDDING_OPS", "FUSIBLE", "GLOBAL_REDUCTION_MIN_BYTES", "GROUPED_MATMUL_OPS",
            "KEY_FIELDS", "Kind", "MATMUL_OPS", "NORM_OPS", "OpGroup", "SOFTMAX_OPS", "chain_passes", "fusible_chains",
            "group_ops", "has_work", "kind_of", "materialized_attention", "module_template", "op_kinds"]

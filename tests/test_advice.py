@@ -159,6 +159,26 @@ def test_decode_gemv_at_batch_1_gets_batching_and_weight_only_quantization():
     assert "memory-bound at 85%" in wo.evidence
 
 
+def test_a_mixture_of_experts_decode_is_told_its_rows_per_expert():
+    # a Mixtral-8x7B-shaped expert GEMM at decode: 8 tokens, top-2 -> 16 rows, 2 per expert, over
+    # w [8, 4096, 14336] bf16 (940 MB, every expert got rows).  Each expert's GEMM has M = 2: its
+    # ridge on the H100 (989.4 / 3.35 = 295.3 FLOP/B) is M = r*2*N*K / (2*N*K - r*(2*K + 2*N)) = 325.5 rows
+    from rooflight.costs import lookup
+    from rooflight.costs.model import OpCall
+
+    e, k, n = 8, 4096, 14336
+    a, w, out = T((16, k)), T((e, k, n)), T((16, n))
+    c = lookup(torch.ops.aten._grouped_mm.default)(OpCall("aten::_grouped_mm.default", (a, w), {}, (out,),
+                                                        values={"offs": [2, 4, 6, 8, 10, 12, 14, 16]}))
+    gmm = OpRecord(0, "aten::_grouped_mm.default", module="layers.0.mlp.experts", region="decode", inputs=(a, w),
+                   outputs=(out,), flops=c.flops, bytes_read=c.bytes_read, bytes_written=c.bytes_written)
+    assert gmm.total_flops == 2 * 16 * k * n  # 1,879,048,192
+    adv = advice_for(timed([gmm], H100, 0.85), H100)
+    more = adv["batch-more"].effect
+    assert more.startswith("at M=2 rows per expert (8 experts) this bfloat16 GEMM does 2 FLOP/B")
+    assert "The weights (940 MB per op)" in more and "up to M≈326 rows cost about the same time" in more
+
+
 def test_decode_gemm_at_batch_256_compute_bound_gets_w8a8_not_int4():
     # A100: x [256, 8192] @ w [8192, 8192]: 34.4 GFLOP / 312 TFLOP/s = 110 µs > 142.6 MB / 2.039 TB/s = 70 µs
     prof = timed([mm(0, 256, 8192, 8192)], A100, 0.8)

@@ -616,6 +616,30 @@ def test_a_training_step_reports_model_flops_and_optimizer_traffic():
     assert t.state_bytes == 8 * params
 
 
+@needs_transformers
+def test_a_mixture_of_experts_training_step_counts_its_experts_in_model_flops():
+    """Mixtral's experts run as _grouped_mm: it was not matrix work to the training facts, so model
+    FLOPs held the attention and the router alone (a 4-expert Mixtral script read 1.75e7, executed
+    3.26x).  Model FLOPs: 3 x (2 x 64 tokens x (attention's matrices + 2 of the 4 experts' 3 h x i
+    + the router) per layer + the LM head) + attention's scores."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from rooflight import api
+
+    cfg = MixtralConfig(**dict(SMALL_LLAMA, num_key_value_heads=2), num_local_experts=4, num_experts_per_tok=2)
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(cfg)
+    ids = torch.randint(0, 512, (2, 32))
+    prof = api.count(lambda: model(input_ids=ids, labels=ids).loss.backward())
+    t = api.analyze(prof, "h100", calibrated=False).training
+    attention = sum(o.total_flops for o in prof.ops if o.phase == "forward"
+                    and ("scaled_dot_product" in o.op or o.short_op in ("bmm", "baddbmm")))
+    assert t.model_flops == pytest.approx(3 * (_closed_form("mixtral", cfg, 64) + attention), rel=1e-9)
+    assert 1.0 <= t.executed_flops / t.model_flops < 1.1
+    # the backward's matrix work is twice the forward's (every weight trains): no frozen-weights clause
+    assert t.backward_matrix_flops == pytest.approx(2 * t.model_flops / 3, rel=0.02)
+
+
 def test_a_frozen_base_with_an_adapter_says_its_backward_skips_weight_gradients():
     # adapter fine-tuning: a frozen Linear(128, 128) plus a trainable low-rank pair a: 128 -> 8,
     # b: 8 -> 128, on 64 rows of an input that needs no gradient
