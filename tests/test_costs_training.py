@@ -381,6 +381,15 @@ def test_routing_ops_are_counted():
     assert srt.total_flops == 256 * math.log2(64)  # n log2 n along the 64-long rows
 
 
+def test_sampling_is_counted():
+    # generate(do_sample=True) draws the next token with multinomial over the [2, 512] fp32
+    # probabilities: a running sum over each row, 1 per element = 1,024; reads 4 KB, writes one
+    # int64 index per row (16 B)
+    probs = torch.softmax(torch.randn(2, 512), -1)
+    draw, = ops_named(count(lambda: torch.multinomial(probs, 1)), "multinomial")
+    assert draw.counted and (draw.total_flops, draw.bytes_read, draw.bytes_written) == (1024, 4096, 16)
+
+
 # ---------------------------------------------------------------------------- the model zoo
 
 

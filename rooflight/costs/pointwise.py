@@ -114,6 +114,7 @@ REDUCTION_FLOPS: dict[str, int] = {
     "norm": 2, "linalg_vector_norm": 2,  # |x|^p, accumulate
     "logsumexp": 3,  # max, exp(x - max), accumulate
     "cumsum": 1, "cumprod": 1, "logcumsumexp": 3,
+    "multinomial": 1,  # sampling (generate(do_sample=True)): a running sum over each row, then a search
     # elementwise losses (elementwise_loss)
     "mse_loss": 3,  # sub, square, accumulate
     "smooth_l1_loss": 5,  # sub, abs, compare, square-or-shift, accumulate
@@ -166,7 +167,7 @@ def equal(call: OpCall) -> OpCost:
 
 
 @register_cost(aten.max.dim, aten.min.dim, aten.cumsum, aten.cumsum_, aten.cumprod, aten.logcumsumexp,
-               aten.sort, aten.topk, aten.argsort, aten.kthvalue, aten.median, aten.mode)
+               aten.sort, aten.topk, aten.argsort, aten.kthvalue, aten.median, aten.mode, aten.multinomial)
 def ordered_reduction(call: OpCall) -> OpCost:
     name = _op_name(call)
     x = call.tensor_inputs()[0]
