@@ -243,6 +243,7 @@ class Recorder:
         self._set_aside = False
         self.recomputing = 0  # inside an activation checkpoint's recomputation (_watch_recomputation)
         self._root_names: dict[int, str] = {}  # module id -> path, in the outermost call running
+        self.compiled = False  # a module called was torch.compile'd (an OptimizedModule around it)
 
     # -- module calls (_watch_modules)
     def enter_module(self, module: torch.nn.Module) -> None:
@@ -253,6 +254,9 @@ class Recorder:
             names = self._names.get(id(module))
             if names is None:
                 names = {id(m): n for n, m in module.named_modules(remove_duplicate=False)}
+                if any("_orig_mod" in n for n in names.values()):
+                    self.compiled = True
+                    names = {k: _user_path(n) for k, n in names.items()}
                 self._names[id(module)] = names
             self._root_names = names
             path = ""
@@ -722,6 +726,14 @@ class _DispatchMode(TorchDispatchMode):
 
 
 _COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
+
+
+def _user_path(name: str) -> str:
+    """A module's path as its user wrote it: torch.compile wraps a module in an OptimizedModule
+    whose child `_orig_mod` is the user's ("layers.0.attn", not "_orig_mod.layers.0.attn")."""
+    return ".".join(p for p in name.split(".") if p != "_orig_mod") if "_orig_mod" in name else name
+
+
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
 
 

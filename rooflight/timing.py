@@ -703,7 +703,7 @@ def _profile_cpu(fn, args, kwargs, warmup: int, repeats: int, name: str, params:
             region_rows[name]["wall"][-1] = step_wall
     if skipped:
         notes.append(f"the op sequence changed in {skipped} of {repeats} repeats; those are left out")
-    if any("_orig_mod" in o.module.split(".") for o in counted.ops):
+    if cap.recorder.compiled:
         notes.append(COMPILED_CPU_NOTE)
     # wall times from plain runs (no capture): the capture's own work must not look like idle time
     tails = {}

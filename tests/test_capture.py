@@ -115,6 +115,18 @@ def test_inference_mode_counts_what_no_grad_counts(device):
         assert not p.uncounted()
 
 
+def test_a_compiled_module_keeps_its_users_paths():
+    # torch.compile wraps a module in an OptimizedModule whose child `_orig_mod` is the user's:
+    # ops are attributed to the user's paths, whether the whole model or one layer is compiled
+    # (backend="eager": torch.compile's wrapper without inductor's C++ build)
+    inner = nn.Sequential(nn.Linear(16, 16), nn.ReLU())
+    model = nn.Sequential(torch.compile(inner, backend="eager"), nn.Linear(16, 4))
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        mods = [o.module for o in count(torch.compile(model, backend="eager"), x).ops if o.short_op in ("addmm", "relu")]
+    assert mods == ["0.0", "0.1", "1"]
+
+
 def test_per_module_totals_add_up_to_the_whole():
     m = build("tiny", batch=1, device="meta")
     p = count(prefill, m, torch.zeros(1, 64, dtype=torch.long, device="meta"))
