@@ -628,7 +628,7 @@ class _Facts(NamedTuple):
     storage: bool  # attention: its tensors' metadata hold their storage's size (the KV cache reserved)
     special: bool  # matmul_like, reads_values or storage: its cache key holds the TF32 switch, the values
     # read and the storage sizes
-    decompose: bool = False  # no formula, and a composite kernel: run as the ops it is made of (inference_mode)
+    decompose: bool = False  # a composite kernel: run as the ops it is made of (seen under inference_mode only)
 
 
 # id(op) -> its facts (a cached entry holds the op, so its id is not reused); the dispatch mode reads
@@ -655,11 +655,11 @@ def _read_facts(func: Any) -> _Facts:
     storage = "attention" in key
     formula = lookup(func)
     # Autograd's dispatch key holds an op's composite kernel (linear -> t + addmm, layer_norm ->
-    # native_layer_norm): under torch.inference_mode that key is skipped and the mode sees the
-    # composite op itself.  One with no formula of its own runs as what it is made of, as it would
-    # outside inference mode, so that its parts are counted (torch.utils.flop_counter does the same)
-    decompose = formula is None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        func.name(), "CompositeImplicitAutograd")
+    # native_layer_norm, to -> _to_copy or nothing): under torch.inference_mode that key is skipped
+    # and the mode sees the composite op itself.  It runs as what it is made of, as it does outside
+    # inference mode (where the mode never sees it), so that what runs is counted: its parts, and
+    # nothing for a to() or contiguous() that returns its input (torch.utils.flop_counter decomposes too)
+    decompose = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
     return _Facts(func, key, arg_names, out_args, formula, matmul_like, reads_values, _registry.GENERATION,
                   func._op if _DIRECT and type(func) is _OpOverload else func,
                   any(_is_tensor_type(a.type) for a in schema.arguments), storage,
