@@ -384,14 +384,13 @@ def _fusion_effect(f: OpFacts, c: Ceilings) -> str:
     if f.chain_passes > 1:
         fused = (f"fused, it still makes {f.chain_passes} passes over memory (a global reduction, {f.chain_barrier}, "
                  f"must finish before the ops after it use its result), ~{fmt_bytes(f.fused_bytes)}")
-        kernels = f.chain_passes
     else:
         fused = f"fused, it reads its inputs and writes its output once, ~{fmt_bytes(f.fused_bytes)}"
-        kernels = 1
-    less = (f"~{_x(f.chain_bytes, f.fused_bytes)} less traffic and" if f.chain_bytes >= FUSION_MIN_GAIN * f.fused_bytes
+    less = (f"~{_x(f.chain_bytes, f.fused_bytes)} less traffic and" if _fusion_saves_traffic(f)
             else "about the same traffic; the gain is")
+    # one fused kernel per pass
     return (f"each chain of {n} kernels ({names}) moves {fmt_bytes(f.chain_bytes)}; {fused}: {less} "
-            f"{n - kernels} fewer launches per chain, x{f.copies} chains ({f.share:.0%} of the run)")
+            f"{n - f.chain_passes} fewer launches per chain, x{f.copies} chains ({f.share:.0%} of the run)")
 
 
 def _fused_optimizer_effect(f: OpFacts, c: Ceilings) -> str:
@@ -575,10 +574,15 @@ def _chain(f: OpFacts) -> bool:
     return len(f.chain_ops) >= FUSION_MIN_OPS
 
 
+def _fusion_saves_traffic(f: OpFacts) -> bool:
+    """Fused, the chain moves at least FUSION_MIN_GAIN less (a chain a global reduction cuts in
+    passes may save almost none)."""
+    return f.chain_bytes >= FUSION_MIN_GAIN * f.fused_bytes
+
+
 def _fusion_pays(f: OpFacts) -> bool:
-    """Fusing saves launches (what an overhead-bound chain needs) or traffic (a memory-bound one:
-    at least FUSION_MIN_GAIN less; a chain a global reduction cuts in passes may save almost none)."""
-    return f.label is _L.OVERHEAD or f.chain_bytes >= FUSION_MIN_GAIN * f.fused_bytes
+    """Fusing saves launches (what an overhead-bound chain needs) or traffic (a memory-bound one)."""
+    return f.label is _L.OVERHEAD or _fusion_saves_traffic(f)
 
 
 def _unfused_optimizer(f: OpFacts) -> bool:

@@ -637,6 +637,7 @@ class _Facts(NamedTuple):
 _FACTS: dict[int, _Facts] = {}
 _GROUP_ARGS = ("group_size", "process_group", "group", "group_name")
 _GROUPED: set[str] = set()  # ops outside c10d whose schema names a group
+_COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd  # the dispatch key of an op's composite kernel
 
 
 def _read_facts(func: Any) -> _Facts:
@@ -653,14 +654,13 @@ def _read_facts(func: Any) -> _Facts:
     matmul_like = matrix_like(key.split("::")[-1].split(".")[0])
     reads_values = key.startswith("aten::_grouped_mm")
     storage = "attention" in key
-    formula = lookup(func)
     # Autograd's dispatch key holds an op's composite kernel (linear -> t + addmm, layer_norm ->
     # native_layer_norm, to -> _to_copy or nothing): under torch.inference_mode that key is skipped
     # and the mode sees the composite op itself.  It runs as what it is made of, as it does outside
     # inference mode (where the mode never sees it), so that what runs is counted: its parts, and
     # nothing for a to() or contiguous() that returns its input (torch.utils.flop_counter decomposes too)
-    decompose = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
-    return _Facts(func, key, arg_names, out_args, formula, matmul_like, reads_values, _registry.GENERATION,
+    decompose = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), _COMPOSITE)
+    return _Facts(func, key, arg_names, out_args, lookup(func), matmul_like, reads_values, _registry.GENERATION,
                   func._op if _DIRECT and type(func) is _OpOverload else func,
                   any(_is_tensor_type(a.type) for a in schema.arguments), storage,
                   matmul_like or reads_values or storage, decompose)
@@ -723,9 +723,6 @@ class _DispatchMode(TorchDispatchMode):
             raise
         rec.record_aten(func, facts, args, kwargs, out)
         return out
-
-
-_COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
 
 
 def _user_path(name: str) -> str:

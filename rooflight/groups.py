@@ -285,15 +285,16 @@ def chain_passes(ops: Sequence[OpRecord]) -> list[list[OpRecord]]:
     """A fusible chain cut after each global reduction whose result a later op of the chain could
     use on as much data: one list per pass a fused kernel must still make over memory (one list,
     the whole chain, when every op could run in one pass)."""
+    # the last op that reads as much as a global reduction does: a reduction before it cuts
+    last_big = max((i for i, o in enumerate(ops) if o.bytes_read > GLOBAL_REDUCTION_MIN_BYTES), default=-1)
     passes: list[list[OpRecord]] = [[]]
     for i, op in enumerate(ops):
         passes[-1].append(op)
-        rest = ops[i + 1:]
-        if _global_reduction(op) and any(o.bytes_read > GLOBAL_REDUCTION_MIN_BYTES for o in rest):
+        if i < last_big and _global_reduction(op):
             passes.append([])
-    return [p for p in passes if p]
+    return passes if ops else []
 
 
-__all__ = ["ATTENTION_MATH_OPS", "BATCHED_MATMUL_OPS", "EMBEDDING_OPS", "FUSIBLE", "GLOBAL_REDUCTION_MIN_BYTES", "GROUPED_MATMUL_OPS",
-           "KEY_FIELDS", "Kind", "MATMUL_OPS", "NORM_OPS", "OpGroup", "SOFTMAX_OPS", "chain_passes", "fusible_chains",
+__all__ = ["ATTENTION_MATH_OPS", "BATCHED_MATMUL_OPS", "EMBEDDING_OPS", "FUSIBLE", "GLOBAL_REDUCTION_MIN_BYTES",
+           "GROUPED_MATMUL_OPS", "KEY_FIELDS", "Kind", "MATMUL_OPS", "NORM_OPS", "OpGroup", "SOFTMAX_OPS", "chain_passes", "fusible_chains",
            "group_ops", "has_work", "kind_of", "materialized_attention", "module_template", "op_kinds"]
