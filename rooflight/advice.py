@@ -199,6 +199,9 @@ class Rule:
     attained: tuple[float, float] = (0.0, math.inf)  # [low, high); a narrower range needs timing
     when: Callable[..., bool] = _always  # predicate on the facts
     devices: frozenset[str] = frozenset({"cuda", "cpu"})  # device kinds whose diagnoses it applies to
+    # op scope: the advice speaks for every group it applies to, not only the heaviest ones, and its
+    # effect is computed on their facts merged (an optimizer step: one chain per parameter shape)
+    every_group: bool = False
 
     def applies(self, facts: OpFacts | RegionFacts) -> bool:
         if self.scope == "region":
@@ -394,15 +397,18 @@ def _fusion_effect(f: OpFacts, c: Ceilings) -> str:
 
 
 def _fused_optimizer_effect(f: OpFacts, c: Ceilings) -> str:
-    # no fused-traffic figure: the step's tensors (parameters, gradients, moments) are each read
-    # and written whatever the kernel count, and which op touched which tensor is not recorded
-    n = len(f.chain_ops)
+    # f: every unfused optimizer chain merged (every_group).  No fused-traffic figure: the step's
+    # tensors (parameters, gradients, moments) are each read and written whatever the kernel
+    # count, and which op touched which tensor is not recorded
     distinct = list(dict.fromkeys(f.chain_ops))  # the step repeats its few ops for every tensor
     names = ", ".join(distinct[:6]) + (", ..." if len(distinct) > 6 else "")
-    how = "multi-tensor ops" if all(o.startswith("_foreach") for o in f.chain_ops) else "ops, one tensor at a time"
-    return (f"the optimizer step runs {n} {how} ({names}), {fmt_seconds(f.seconds)} "
-            f"({f.share:.0%} of the run) moving {fmt_bytes(f.chain_bytes)}; a fused step launches a few kernels "
-            "for all of them and reads each parameter's state once per step")
+    if all(o.startswith("_foreach") for o in f.chain_ops):
+        how = f"{len(f.ops)} multi-tensor ops ({names})"
+    else:
+        how = f"{len(f.ops)} ops, one tensor at a time ({names})"
+    return (f"the optimizer step runs {how}: {fmt_seconds(f.seconds)} ({f.share:.0%} of the run) moving "
+            f"{fmt_bytes(f.bytes)}; a fused step launches a few kernels for all of them and reads each "
+            "parameter's state once per step")
 
 
 def _launch_bound_effect(f: OpFacts, c: Ceilings) -> str:
@@ -681,7 +687,7 @@ RULES: tuple[Rule, ...] = (
                         "torch.optim.AdamW(..., fused=True)), or torch.compile the "
                         "optimizer's step, updates every parameter of a group in one or a few kernels (foreach=True "
                         "still runs one multi-tensor kernel per arithmetic op, each a pass over the states)",
-         effect=_fused_optimizer_effect,
+         effect=_fused_optimizer_effect, every_group=True,
          seed="001 overhead-bound: fewer, larger kernels; memory-bound: operator fusion"),
     Rule("fuse-elementwise", "op", frozenset({_L.MEMORY, _L.OVERHEAD}), kinds=FUSIBLE,
          when=lambda f: _chain(f) and f.chain_phase != "optimizer" and _fusion_pays(f),
@@ -1032,6 +1038,23 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
     return OpFacts(**facts)
 
 
+def _merged(facts: Sequence[OpFacts]) -> OpFacts:
+    """Groups' facts as one (heaviest first): their ops, times, work and chains summed; the rest,
+    the label included, from the group with most of the time."""
+    if len(facts) == 1:
+        return facts[0]
+    top = facts[0]
+    seconds = sum(f.seconds for f in facts)
+    chains = sum(f.copies for f in facts)
+    return replace(
+        top, ops=tuple(i for f in facts for i in f.ops), seconds=seconds, share=sum(f.share for f in facts),
+        copies=chains, flops=sum(f.flops for f in facts), bytes=sum(f.bytes for f in facts),
+        compute_floor_s=sum(f.compute_floor_s for f in facts), memory_floor_s=sum(f.memory_floor_s for f in facts),
+        comm_floor_s=sum(f.comm_floor_s for f in facts), chain_ops=tuple(o for f in facts for o in f.chain_ops),
+        chain_bytes=sum(f.chain_bytes * f.copies for f in facts),
+        evidence=f"{len(facts)} groups, {chains} in all: {fmt_seconds(seconds)}; heaviest: {top.evidence}")
+
+
 def _group_evidence(g: _Group, rep: Verdict, seconds: float, total_s: float) -> str:
     what = f"{len(g.chain_ops)}-op chain" if g.chain_ops else (
         "materialized attention" if g.kind is Kind.ATTENTION and len(g.units[0]) > 1 else str(g.kind))
@@ -1095,7 +1118,7 @@ def advise(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, top: int 
     rules = [r for r in rules if diagnosis.device_kind in r.devices]
     for f in facts[:top]:
         for rule in rules:
-            if rule.scope != "op" or not rule.applies(f):
+            if rule.scope != "op" or rule.every_group or not rule.applies(f):
                 continue
             if rule.id in found:
                 a = found[rule.id]
@@ -1104,6 +1127,20 @@ def advise(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, top: int 
                 continue
             found[rule.id] = Advice(rule.id, rule.recommendation, rule.effect(f, ceilings), rule.seed, f.label,
                                     str(f.kind), f.region, f.ops, f.seconds, f.share, f.evidence)
+
+    # a rule speaking for all its groups: when one of them is among the heaviest, or all together
+    # would be (weigh at least the top-th heaviest group)
+    floor = facts[min(top, len(facts)) - 1].seconds if facts and top > 0 else math.inf
+    for rule in rules:
+        if rule.scope != "op" or not rule.every_group:
+            continue
+        hits = [(i, f) for i, f in enumerate(facts) if rule.applies(f)]
+        if not hits:
+            continue
+        m = _merged([f for _, f in hits])
+        if hits[0][0] < top or m.seconds >= floor:
+            found[rule.id] = Advice(rule.id, rule.recommendation, rule.effect(m, ceilings), rule.seed, m.label,
+                                    str(m.kind), m.region, m.ops, m.seconds, m.share, m.evidence)
 
     # regions: each rule on the named regions where it applies, heaviest first, skipping a region
     # nested in (or holding) one it already fired on; on the whole run only if no named region took it

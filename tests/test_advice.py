@@ -24,6 +24,7 @@ from rooflight.costs.model import TensorMeta
 from rooflight.hardware import load_database
 from rooflight.profile_data import OpRecord, OpTiming, Profile, RegionTiming, Timing
 from rooflight.regions import region
+from rooflight.units import fmt_bytes
 
 H100 = from_spec(load_database().get("h100"))  # datasheet: 3.35 TB/s, 989.4 TFLOP/s bf16: ridge 295
 A100 = from_spec(load_database().get("a100-80gb-sxm"))  # 2.039 TB/s, 312 TFLOP/s bf16, no FP8
@@ -333,6 +334,39 @@ def test_an_optimizer_step_is_told_to_use_a_fused_optimizer_not_to_fuse_a_chain(
             for i, name in enumerate(["_foreach_add_", "_fused_adamw_"] * 2)]
     adv = advice_for(timed(done, CALIBRATED, 0.5), CALIBRATED)
     assert "fused-optimizer" not in adv and "fuse-elementwise" not in adv
+
+
+def test_fused_optimizer_advice_speaks_for_the_whole_step_not_its_heaviest_tensor():
+    # An unfused AdamW over parameters of 4 shapes: each tensor's 7-op update is one chain (the
+    # step count's .item() between tensors, a host read, cuts the run), grouped by shape: 4 groups.
+    # Six big matmuls of distinct shapes outweigh each group, so none is among the 5 heaviest, but
+    # the step as a whole is: the advice names the whole step (28 ops, 4 x 7; all their bytes).
+    from dataclasses import replace as _replace
+
+    ops: list[OpRecord] = [mm(i, 4096, 4096 + 256 * i, 4096, region_="step 2") for i in range(6)]
+    sizes = [1 << 21, 1 << 22, 3 << 21, 1 << 23]  # elements per parameter
+    for n in sizes:
+        i = len(ops)
+        ops += [_replace(pointwise(i + j, name, n, region_="step 2"), phase="optimizer")
+                for j, name in enumerate(["mul_", "add_", "lerp_", "addcmul_", "sqrt", "div", "addcdiv_"])]
+        scalar = T((), "float32")
+        ops.append(OpRecord(len(ops), "aten::_local_scalar_dense", region="step 2", phase="optimizer",
+                            inputs=(scalar,), outputs=(), bytes_read=4, note="device to host"))
+    prof = timed(ops, CALIBRATED, 0.5)
+    diag = breakdown(prof, CALIBRATED)
+    chain_s = {n: sum(diag.verdicts[o.index].weight_s for o in ops if o.phase == "optimizer"
+                      and o.inputs[0].numel == n) for n in sizes}
+    mm_s = sorted(diag.verdicts[i].weight_s for i in range(6))
+    assert max(chain_s.values()) < mm_s[0] and sum(chain_s.values()) > mm_s[-1]  # as the test means
+    fused = advice_for(prof, CALIBRATED)["fused-optimizer"]
+    # bf16 elementwise, 2 inputs and 1 output: 6 B an element, 7 ops: 42 B x (2 + 4 + 6 + 8) Mi elements
+    assert fused.effect.startswith("the optimizer step runs 28 ops, one tensor at a time (mul_, add_, lerp_, ")
+    assert f"moving {fmt_bytes(42 * sum(sizes))}" in fused.effect
+    assert len(fused.ops) == 28 and fused.seconds == pytest.approx(sum(chain_s.values()))
+    assert f"{fused.share:.0%} of the run" in fused.effect
+    # one parameter's group alone, in a small profile: the rule still fires (one of the heaviest)
+    alone = advice_for(timed(ops[6:14], CALIBRATED, 0.5), CALIBRATED)["fused-optimizer"]
+    assert alone.effect.startswith("the optimizer step runs 7 ops") and len(alone.ops) == 7
 
 
 def test_a_global_reduction_cuts_a_chain_into_passes():
