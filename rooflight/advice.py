@@ -133,6 +133,8 @@ class OpFacts:
     kv_dtype: str = ""
     kv_bytes: float = 0.0  # over the group
     kv_reserved: int | None = None  # cache positions the K storage holds per sequence and head
+    causal: bool = False  # is_causal (a causal mask passed as a tensor is `masked`)
+    masked: bool = False  # a mask over (query, key) positions: causal or padding
     score_bytes: float = 0.0  # materialized attention: the score matrix's traffic (one chain)
     fused_bytes: float = 0.0  # estimated traffic of one fused kernel (attention) or chain
     chain_bytes: float = 0.0  # traffic of one chain or materialized attention as it runs now
@@ -922,8 +924,11 @@ def _attention_facts(op: OpRecord) -> dict:
     if k.storage_numel and b and hkv and k.shape[-1]:
         per_seq = k.storage_numel // (b * hkv * k.shape[-1])
         reserved = per_seq if per_seq > sk else None
+    # causal: the cost formula read is_causal; a mask over (query, key) may be causal or padding
+    masked = any(isinstance(t, TensorMeta) and t.ndim >= 2 and t.shape[-1] == sk and t.shape[-2] in (1, sq)
+                 for t in inputs[3:])
     return dict(batch=b, sq=sq, sk=sk, hq=hq, hkv=hkv, fused=fused, kv_dtype=k.dtype,
-                kv_bytes=k.bytes + v.bytes, kv_reserved=reserved)
+                kv_bytes=k.bytes + v.bytes, kv_reserved=reserved, causal="causal" in op.note, masked=masked)
 
 
 def _materialized_facts(ops: Sequence[OpRecord]) -> dict:
@@ -1077,7 +1082,12 @@ def _region_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, re
     heaviest = max(matmuls, key=lambda f: f.seconds, default=None)
     is_decode = "decode" in region.lower() or "generat" in region.lower() or (
         bool(attention) and all(a["sq"] <= DECODE_MAX_QUERY_ROWS for a in attention))
-    is_prefill = "prefill" in region.lower() or any(a["sq"] > DECODE_MAX_QUERY_ROWS for a in attention)
+    # a prefill is a decoder's prompt: causal attention over many queries, or masked attention where
+    # the same region also decodes (a padded batch's mask); an encoder's (BERT, ViT, Whisper's
+    # encoder, nn.TransformerEncoder) attends both ways and has no KV cache to reuse
+    decodes = any(a["sq"] <= DECODE_MAX_QUERY_ROWS for a in attention)
+    is_prefill = "prefill" in region.lower() or any(
+        a["sq"] > DECODE_MAX_QUERY_ROWS and (a["causal"] or (a["masked"] and decodes)) for a in attention)
     verdicts = [diagnosis.verdicts[i] for i in r.ops]
     kernels = [v for v in verdicts if not v.predicted and v.seconds > 0]
     reserved = next((a["kv_reserved"] for a in attention if a.get("kv_reserved")), None)

@@ -544,6 +544,21 @@ def test_an_inference_prefill_gets_prefix_caching_and_a_training_steps_forward_d
     assert "prefix-caching" not in advice_for(timed(step, H100, 0.8), H100)
 
 
+def test_prefix_caching_is_for_a_decoders_prompt_not_an_encoders_forward():
+    # the long forward of _long_forward in a script's step (region "step 2", no "prefill" in its name):
+    # causal attention is a decoder's prompt; bidirectional attention (BERT, ViT, nn.TransformerEncoder)
+    # has no KV cache to reuse; a padded batch's mask is a prompt when the same steps decode
+    mmul, att = _long_forward("step 2")
+    causal = replace(att, note=att.note + "; causal (upper-left): 50.4% of the full score matrix")
+    assert "prefix-caching" in advice_for(timed([mmul, causal], H100, 0.8), H100)
+    assert "prefix-caching" not in advice_for(timed([mmul, att], H100, 0.8), H100)
+    mask = T((1, 1, 4096, 4096), "bool")
+    masked = replace(att, inputs=(*att.inputs, mask))
+    assert "prefix-caching" not in advice_for(timed([mmul, masked], H100, 0.8), H100)
+    step = sdpa(2, 1, 32, 8, 1, 4097, region_="step 3")
+    assert "prefix-caching" in advice_for(timed([mmul, masked, step], H100, 0.8), H100)
+
+
 def test_a_training_steps_small_batch_matmul_gets_no_weight_only_quantization():
     # the GEMV of test_decode_gemv_at_batch_1... gets it at inference; a training step updates its weights
     inference = advice_for(timed([mm(0, 1, 8192, 8192)], H100, 0.85), H100)
