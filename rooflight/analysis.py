@@ -171,8 +171,8 @@ def training_text(t: TrainingFacts) -> str:
     forward = t.model_flops / 3
     if forward and 0 < t.backward_matrix_flops < FROZEN_BELOW * forward:
         text += (f"; the backward's matrix work is {t.backward_matrix_flops / forward:.2f}x the forward's, not 2x: "
-                 "gradients nothing trains are not computed (frozen weights, as in adapter fine-tuning), and model "
-                 "FLOPs count every weight as trained")
+                 "gradients nothing needs are not computed (a frozen weight's, as in adapter fine-tuning; a first "
+                 "layer's input's, when the input needs none), and model FLOPs count the backward as 2x the forward")
     if t.mfu == t.mfu:
         # (the mean: MFU is the steps' work over their time; the per-step line beside it is a median)
         text += (f"; MFU {t.mfu:.1%} of the {t.roof_class} roof at {t.seconds * 1e3:.3g} ms a step"

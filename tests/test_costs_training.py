@@ -302,6 +302,32 @@ def test_single_tensor_and_foreach_adamw_count_the_elementwise_ops_they_run():
     assert abs(each.total_bytes - loop.total_bytes) / loop.total_bytes < 0.35
 
 
+def test_a_grad_scaler_step_counts_its_unscale_and_scale_update():
+    # torch.amp.GradScaler over a Linear(64, 32): P = 64*32 + 32 = 2080 fp32 gradient elements
+    model = torch.nn.Linear(64, 32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    x = torch.randn(8, 64)
+
+    def step():
+        scaler.scale(model(x).square().mean()).backward()
+        scaler.unscale_(opt)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+
+    prof = count(step)
+    assert not prof.uncounted()
+    unscale, = ops_named(prof, "_amp_foreach_non_finite_check_and_unscale_")
+    # each gradient tested and scaled (2 FLOPs an element); reads the gradients, found_inf and
+    # inv_scale (4 B each), writes the gradients and found_inf
+    assert unscale.total_flops == 2 * 2080
+    assert unscale.bytes_read == 4 * 2080 + 4 + 4 and unscale.bytes_written == 4 * 2080 + 4
+    update, = ops_named(prof, "_amp_update_scale_")
+    # reads the scale (fp32), its growth tracker (int32) and found_inf; writes the first two
+    assert update.bytes_read == 12 and update.bytes_written == 8
+
+
 # ---------------------------------------------------------------------------- convolution backward
 
 
@@ -666,8 +692,8 @@ def test_a_frozen_base_with_an_adapter_says_its_backward_skips_weight_gradients(
     # backward: base nothing (no dW: frozen; no dX: x needs none); b its dW and dX (131,072 each);
     # a its dW (131,072): 393,216 = 0.17x the forward
     assert t.backward_matrix_flops == 393_216
-    assert ("the backward's matrix work is 0.17x the forward's, not 2x: gradients nothing trains are not "
-            "computed") in training_text(t)
+    assert ("the backward's matrix work is 0.17x the forward's, not 2x: gradients nothing needs are not "
+            "computed (a frozen weight's, as in adapter fine-tuning; a first layer's input's") in training_text(t)
     # everything trained: dX and dW of each layer, 2x; no such clause
     base.weight.requires_grad_(True)
     x.requires_grad_()

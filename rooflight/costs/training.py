@@ -152,6 +152,32 @@ def fused_sgd(call: OpCall) -> OpCost:
     return _fused_step(params, grads, bufs, SGD_FLOPS_PER_ELEMENT, f"fused SGD over {len(params)} parameters")
 
 
+# ------------------------------------------------------------------ mixed precision: GradScaler
+
+
+@register_cost(aten._amp_foreach_non_finite_check_and_unscale_)
+def amp_unscale(call: OpCall) -> OpCost:
+    # GradScaler.unscale_ (and .step without it): (grads, found_inf, inv_scale), in place.  One
+    # multi-tensor kernel over every gradient: test it finite (1) and multiply it by inv_scale (1);
+    # reads each gradient and the two scalars once, writes each gradient back (and found_inf)
+    grads = list(call.arg(0) or ())
+    found, inv = call.arg(1), call.arg(2)
+    scalars = [t for t in (found, inv) if isinstance(t, TensorMeta)]
+    return OpCost(_per_element(grads, 2), sum(t.bytes for t in grads + scalars),
+                  sum(t.bytes for t in grads) + (found.bytes if isinstance(found, TensorMeta) else 0),
+                  note=f"GradScaler unscale: {len(grads)} gradients tested finite and scaled, in place")
+
+
+@register_cost(aten._amp_update_scale_)
+def amp_update_scale(call: OpCall) -> OpCost:
+    # GradScaler.update: (scale, growth_tracker, found_inf, growth_factor, backoff_factor,
+    # growth_interval): one thread updates the scale and its growth counter from found_inf
+    tensors = [t for t in (call.arg(0), call.arg(1), call.arg(2)) if isinstance(t, TensorMeta)]
+    written = [t for t in (call.arg(0), call.arg(1)) if isinstance(t, TensorMeta)]
+    return OpCost({vector_class(tensors[0]): 2}, sum(t.bytes for t in tensors), sum(t.bytes for t in written),
+                  note="GradScaler update: the loss scale and its growth counter")
+
+
 # ------------------------------------------------------------------ MoE routing
 
 
@@ -181,6 +207,6 @@ def isin(call: OpCall) -> OpCost:
     return OpCost({vector_class(e if isinstance(e, TensorMeta) else call.out): per * n}, reads, call.out.bytes)
 
 
-__all__ = ["ADAM_FLOPS_PER_ELEMENT", "SGD_FLOPS_PER_ELEMENT", "bincount", "foreach", "fused_adam",
+__all__ = ["ADAM_FLOPS_PER_ELEMENT", "SGD_FLOPS_PER_ELEMENT", "amp_unscale", "amp_update_scale", "bincount", "foreach", "fused_adam",
            "fused_rms_norm_backward", "fused_sgd",
            "histc", "isin", "nll_loss_backward", "nll_loss_forward", "view_backward"]
