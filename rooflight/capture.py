@@ -279,6 +279,21 @@ class Recorder:
         if not self.frames and not self.recomputing:
             self.restore_function_mode()
 
+    def owned_calls(self) -> list[TopCall]:
+        """The outermost calls, each with the module called outermost elsewhere in the run that
+        holds it (TopCall.within) and its path there: the nearest holder (the longest path's
+        parent has the shortest own path)."""
+        roots = {c.module_id for c in self.calls}
+        out = []
+        for c in self.calls:
+            holders = [(len(names[c.module_id]), r, names[c.module_id]) for r in roots if r != c.module_id
+                       and (names := self._names.get(r)) and names.get(c.module_id)]
+            if holders:
+                _, r, path = min(holders)
+                c = dataclasses.replace(c, within=r, path=path)
+            out.append(c)
+        return out
+
     def where_now(self) -> tuple[list, dict[int, str]]:
         """The module calls running and the outermost one's names: what a checkpoint's
         recomputation runs within (recompute_within), taken when its forward runs."""
@@ -1227,7 +1242,7 @@ class Capture:
         rec = self.recorder
         regions, steps, self.notes = tuple(rec.regions), (), ()
         if self.steps:  # this profile's own records, moved to their segments in place
-            seg = segment(tuple(rec.build()), regions, rec.calls, rec.ranges, select=self.select_steps,
+            seg = segment(tuple(rec.build()), regions, rec.owned_calls(), rec.ranges, select=self.select_steps,
                           relabel=_moved)
             ops, regions, steps, self.notes = seg.ops, seg.regions, seg.steps, seg.notes
         else:

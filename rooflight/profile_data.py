@@ -97,6 +97,13 @@ class OpRecord(Traffic):
         _set(rec, "__dict__", {**self.__dict__, "region": region})
         return rec
 
+    def in_module(self, prefix: str) -> "OpRecord":
+        """This op with its module path put under `prefix` (a part called on its own, named as in
+        the module holding it)."""
+        rec = _new(type(self))
+        _set(rec, "__dict__", {**self.__dict__, "module": f"{prefix}.{self.module}" if self.module else prefix})
+        return rec
+
     @property
     def math_class(self) -> str:
         """The class holding most of the FLOPs ("" for an op with none)."""

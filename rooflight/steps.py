@@ -15,7 +15,9 @@ that into steps, by these rules, in order:
    outermost level (the first of them on a tie): a Hugging Face `generate()` calls the model once
    per token, a training loop once per iteration.  Everything between two calls joins the step it
    follows (the loss, `backward()`, the optimizer's step, a decode loop's sampling), so a
-   training iteration is one step; after the last call, its backward and optimizer ops and as many
+   training iteration is one step; the step module's own parts called just before its first call
+   (an encoder-decoder's encoder, which `generate()` runs first) begin the first step, named as in
+   the step module (`model.encoder...`); after the last call, its backward and optimizer ops and as many
    ops as the longest gap between earlier calls join it, the rest is teardown.  With gradient
    accumulation the calls that run backward but step no optimizer join the next call that does:
    one step per optimizer step (Step.calls model calls).  A step that turns
@@ -63,6 +65,11 @@ class TopCall:
     module_type: str
     start: int
     end: int
+    # another module called outermost in the run that holds this one (id), and this one's path in
+    # it: Hugging Face's generate() runs an encoder-decoder's encoder (model.encoder) before the
+    # first call of the model itself
+    within: int | None = None
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -288,6 +295,19 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             top = max(counts.values())
             module_id = next(c.module_id for c in cand if counts[c.module_id] == top)
             chosen = [c for c in cand if c.module_id == module_id]
+            # the step module's own parts called just before its first call (an encoder-decoder's
+            # encoder, run by generate()) are the first step's work, not the setup
+            before = [c for c in cand if c.end <= chosen[0].start]
+            owned: list[TopCall] = []
+            for c in reversed(before):
+                if c.within != module_id:
+                    break
+                owned.insert(0, c)
+            first = owned[0].start if owned else chosen[0].start
+            if owned:  # named as in the step module (model.encoder.layers.0 ...), as its other calls name them
+                ops = list(ops)
+                for c in owned:
+                    ops[c.start:c.end] = [o.in_module(c.path) for o in ops[c.start:c.end]]
             bounds: list[tuple[int, int]] = []
             gaps = [b.start - a.end for a, b in zip(chosen, chosen[1:])]
             for a, b in zip(chosen, chosen[1:]):
@@ -298,6 +318,7 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             joined = [i for i in tail if ops[i].phase in TRAINING_PHASES]
             end = max([last.end + keep] + [i + 1 for i in joined])
             bounds.append((last.start, end))
+            bounds[0] = (first, bounds[0][1])
             iters = _iterations([ops[a:b] for a, b in bounds])
             n_calls = [j - i + 1 for i, j in iters]
             calls_of = [chosen[j] for _, j in iters]  # the iteration's last model call
@@ -306,7 +327,7 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             bounds = [(bounds[i][0], bounds[j][1]) for i, j in iters]
             for k, (a, b) in enumerate(bounds, 1):  # the bounds cover chosen[0].start .. end, end to end
                 label[a:b] = [f"step {k}"] * (b - a)
-            label[:chosen[0].start] = [SETUP] * chosen[0].start
+            label[:first] = [SETUP] * first
             label[end:] = [TEARDOWN] * (n - end)
             groups = [ops[a:b] for a, b in bounds]
             many = sorted({m for m in n_calls if m > 1})
@@ -328,8 +349,12 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             if BETWEEN in label:
                 notes.append("the loop's own ops between two forward calls (outside the model) are the region "
                              f"'{BETWEEN}', apart from the steps")
-            if len(cand) > len(chosen):
-                others = sorted({c.module_type for c in cand if c.module_id != module_id})
+            if owned:
+                parts = ", ".join(dict.fromkeys(f"{c.path} ({c.module_type})" for c in owned))
+                notes.append(f"step 1 begins with {parts}, called before the first call of {chosen[0].module_type} "
+                             "(an encoder-decoder's encoder): its work, not the setup")
+            others = sorted({c.module_type for c in cand if c.module_id != module_id and c.end > chosen[0].start})
+            if others:
                 notes.append(f"steps are the {len(chosen)} calls of {chosen[0].module_type}; the outermost calls of "
                              f"{', '.join(others)} between them join the step they follow")
         elif ranges:

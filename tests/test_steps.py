@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,30 @@ def test_a_decode_steps_kv_length_is_its_longest_self_attention():
     cross = sdpa(3, 1500, "model.decoder.layers.0.encoder_attn")
     seg = segment([sdpa(0, 8), sdpa(1, 8), softmax, cross], (), [TopCall(1, "M", 0, 4)])
     assert (seg.steps[0].kind, seg.steps[0].query_len, seg.steps[0].kv_len) == ("decode", 1, 17)
+
+
+def test_an_encoder_run_before_the_first_call_is_the_first_steps_work():
+    # generate() on an encoder-decoder: setup (2 ops), the encoder (module 2, model.encoder of the
+    # model, module 1) over 12 positions, 1 op of generate's own, then 3 calls of the model: the
+    # first attends 1 query to 1 key.  The encoder's is a prompt's work: step 1, a prefill
+    def att(i, q, k, module):
+        return replace(attention(i, q, k), module=module)
+
+    seq = ops("mm") + [att(2, 12, 12, "layers.0.self_attn"), OpRecord(3, "aten::mm.default", module="layers.0.fc1"),
+                       OpRecord(4, "aten::full.default")]
+    seq += [att(5 + i, 1, 1 + i, "model.decoder.layers.0.self_attn") for i in range(3)]
+    calls = [TopCall(2, "Encoder", 2, 4, within=1, path="model.encoder")]
+    calls += [TopCall(1, "EncoderDecoder", 5 + i, 6 + i) for i in range(3)]
+    seg = segment(seq, (), calls)
+    assert [o.region for o in seg.ops[:5]] == [SETUP, SETUP, "step 1", "step 1", "step 1"]
+    assert [(s.kind, s.query_len, s.first_op) for s in seg.steps] == [("prefill", 12, 2), ("decode", 1, 6),
+                                                                       ("decode", 1, 7)]
+    # named as in the model, as its own calls name them
+    assert [o.module for o in seg.ops[2:4]] == ["model.encoder.layers.0.self_attn", "model.encoder.layers.0.fc1"]
+    assert any("step 1 begins with model.encoder (Encoder)" in n for n in seg.notes)
+    # a module not inside the step module, called before it, stays in the setup
+    alone = segment(seq, (), [replace(calls[0], within=None, path="")] + calls[1:])
+    assert [o.region for o in alone.ops[:5]] == [SETUP] * 5 and alone.steps[0].kind == "decode"
 
 
 def test_a_forward_loop_sets_its_own_code_between_calls_apart():
@@ -333,6 +358,59 @@ def test_a_static_cache_generate_is_timed_on_the_gpu_with_its_compiled_model_cal
     assert all(rows[s["name"]]["wall_seconds"] >= rows[s["name"]]["busy_seconds"] > 0 for s in prof["steps"])
     notes = " ".join(prof["timing"]["notes"])
     assert "CUDA events" in notes
+
+
+WHISPER_GENERATE = """
+import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+torch.manual_seed(0)
+cfg = WhisperConfig(d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                    decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16,
+                    vocab_size=100, max_source_positions=50, max_target_positions=32, decoder_start_token_id=1,
+                    pad_token_id=0, eos_token_id=2, bos_token_id=1, begin_suppress_tokens=None, suppress_tokens=None)
+model = WhisperForConditionalGeneration(cfg).to(device).eval()
+features = torch.randn(1, 16, 100, device=device)  # 100 frames -> 50 encoder positions (conv2: stride 2)
+with torch.no_grad():
+    tokens = model.generate(input_features=features, max_new_tokens=3, do_sample=False)
+print(tokens.tolist())
+"""
+
+
+def _whisper(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    # generate() runs WhisperEncoder on its own, then WhisperForConditionalGeneration once per token:
+    # the encoder is the first step's work (the time to the first token), not the setup's
+    (tmp_path / "whisper_generate.py").write_text(WHISPER_GENERATE)
+    r = cli("profile", "whisper_generate.py", "--format", "json", "-o", "out", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads((tmp_path / "out" / "whisper_generate.json").read_text())
+    assert [(s["kind"], s["query_len"]) for s in prof["steps"]] == [("prefill", 50), ("decode", 1), ("decode", 1)]
+    assert "prefill (50 tokens)" in r.stdout and "step 1 begins with model.encoder (WhisperEncoder)" in r.stdout
+    ops = prof["ops"]
+    assert not any(o["module"].startswith("model.encoder") for o in ops if o["region"].startswith("setup"))
+    # its two convolutions, in step 1 under the model's names (TF32 tensor cores: cuDNN's default
+    # for fp32): conv1 16 -> 64 channels, kernel 3, 100 outputs: 2*64*16*3*100 = 614,400 and its
+    # bias 64*100 = 6,400; conv2 64 -> 64, kernel 3, stride 2, 50 outputs: 2*64*64*3*50 = 1,228,800
+    # and 3,200
+    convs = {o["module"]: o["flops"] for o in ops if o["op"].startswith("aten::convolution")}
+    assert convs == {"model.encoder.conv1": {"tf32_tensor": 614_400, "fp32": 6_400},
+                     "model.encoder.conv2": {"tf32_tensor": 1_228_800, "fp32": 3_200}}
+    assert {o["region"].split("/")[0] for o in ops if o["module"].startswith("model.encoder")} == {"step 1"}
+    return r, prof
+
+
+@needs_transformers
+def test_an_encoder_decoders_generate_counts_its_encoder_in_the_first_step(tmp_path):
+    _whisper(tmp_path, "--count-only")
+
+
+@pytest.mark.gpu
+@needs_transformers
+def test_an_encoder_decoders_generate_is_timed_with_its_encoder_in_the_first_step(tmp_path):
+    r, prof = _whisper(tmp_path)
+    rows = {row["region"]: row for row in prof["timing"]["regions"]}
+    assert rows["step 1"]["wall_seconds"] >= rows["step 1"]["busy_seconds"] > 0
 
 
 @needs_transformers
