@@ -338,6 +338,12 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             for k, ((a, b), (kind, bt, q, kv), c, m, nb) in enumerate(
                     zip(bounds, _kinds(groups), calls_of, n_calls, batches), 1):
                 bt = nb if m > 1 else bt
+                if k == 1 and owned:
+                    # its kind from all its work (an encoder's long attention: a prefill); its
+                    # shape from the step module's own call (a VLM's prompt, not its image patches)
+                    own = _shape_facts(ops[chosen[0].start:b])
+                    if own[1] is not None:
+                        bt, q, kv = own
                 if kind == "forward" and b > c.end:
                     # a forward-only step is its model call: what the loop does between calls
                     # (print a result, .item(), build the next input) is the script's, set apart

@@ -162,6 +162,15 @@ def test_sum_over_a_dim(device):
     assert cost(rec) == ({"fp32": 4_096}, 16_384, 512)
 
 
+def test_torchs_own_all_true_check_is_a_reduction_like_all():
+    # a VLM's generate() checks its image-token mask with torch._is_all_true (not tagged a reduction):
+    # like mask.all(), one compare per element of the [4, 256] bool mask (1 B each), one bool out
+    m = torch.ones(4, 256, dtype=torch.bool)
+    assert cost(only(count(torch.ops.aten._is_all_true, m), "_is_all_true")) == ({"int32": 1_024}, 1_024, 1)
+    assert cost(only(count(torch.ops.aten._is_any_true, m), "_is_any_true")) == ({"int32": 1_024}, 1_024, 1)
+    assert cost(only(count(lambda m: m.all(), m), "all")) == ({"int32": 1_024}, 1_024, 1)
+
+
 def test_var():
     rec = only(count_on("cpu", lambda t: t.var(dim=-1), ((8, 32, 16), torch.float32)), "var")
     # 3 per input element (subtract the mean, square, accumulate): 12_288; read 16_384, write 8*32*4 = 1_024

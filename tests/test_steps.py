@@ -176,8 +176,9 @@ def test_an_encoder_run_before_the_first_call_is_the_first_steps_work():
     calls += [TopCall(1, "EncoderDecoder", 5 + i, 6 + i) for i in range(3)]
     seg = segment(seq, (), calls)
     assert [o.region for o in seg.ops[:5]] == [SETUP, SETUP, "step 1", "step 1", "step 1"]
-    assert [(s.kind, s.query_len, s.first_op) for s in seg.steps] == [("prefill", 12, 2), ("decode", 1, 6),
-                                                                       ("decode", 1, 7)]
+    # a prefill by its work (the encoder's 12 queries); its shape the model call's own (1 query, 1 key)
+    assert [(s.kind, s.query_len, s.kv_len, s.first_op) for s in seg.steps] == [
+        ("prefill", 1, 1, 2), ("decode", 1, 2, 6), ("decode", 1, 3, 7)]
     # named as in the model, as its own calls name them
     assert [o.module for o in seg.ops[2:4]] == ["model.encoder.layers.0.self_attn", "model.encoder.layers.0.fc1"]
     assert any("step 1 begins with model.encoder (Encoder)" in n for n in seg.notes)
@@ -385,8 +386,9 @@ def _whisper(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, d
     r = cli("profile", "whisper_generate.py", "--format", "json", "-o", "out", *args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     prof = json.loads((tmp_path / "out" / "whisper_generate.json").read_text())
-    assert [(s["kind"], s["query_len"]) for s in prof["steps"]] == [("prefill", 50), ("decode", 1), ("decode", 1)]
-    assert "prefill (50 tokens)" in r.stdout and "step 1 begins with model.encoder (WhisperEncoder)" in r.stdout
+    # step 1 a prefill by its work (the encoder's 50 positions), of the decoder's 1 start token
+    assert [(s["kind"], s["query_len"]) for s in prof["steps"]] == [("prefill", 1), ("decode", 1), ("decode", 1)]
+    assert "prefill (1 token)" in r.stdout and "step 1 begins with model.encoder (WhisperEncoder)" in r.stdout
     ops = prof["ops"]
     assert not any(o["module"].startswith("model.encoder") for o in ops if o["region"].startswith("setup"))
     # its two convolutions, in step 1 under the model's names (TF32 tensor cores: cuDNN's default
@@ -411,6 +413,38 @@ def test_an_encoder_decoders_generate_is_timed_with_its_encoder_in_the_first_ste
     r, prof = _whisper(tmp_path)
     rows = {row["region"]: row for row in prof["timing"]["regions"]}
     assert rows["step 1"]["wall_seconds"] >= rows["step 1"]["busy_seconds"] > 0
+
+
+LLAVA_GENERATE = """
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+torch.manual_seed(0)
+vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                          image_size=56, patch_size=14)
+text = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=600)
+model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=599,
+                                                  image_seq_length=16)).eval()
+ids = torch.cat([torch.full((1, 16), 599), torch.randint(0, 500, (1, 8))], dim=1)  # 16 image tokens, 8 of text
+model.generate(input_ids=ids, pixel_values=torch.randn(1, 3, 56, 56), max_new_tokens=3, do_sample=False)
+"""
+
+
+@needs_transformers
+def test_a_vision_language_generate_counts_its_vision_tower_in_the_prefill_of_its_whole_prompt(tmp_path):
+    # generate() runs the vision tower and projector before the model's first call: the prefill's
+    # work; the prefill's length is the prompt's 24 tokens (16 image, 8 text), not the tower's 17
+    # patches (4 x 4 + the class token)
+    (tmp_path / "llava_generate.py").write_text(LLAVA_GENERATE)
+    r = cli("profile", "llava_generate.py", "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads((tmp_path / "out" / "llava_generate.json").read_text())
+    assert [(s["kind"], s["query_len"], s["kv_len"]) for s in prof["steps"]] == [
+        ("prefill", 24, 24), ("decode", 1, 25), ("decode", 1, 26)]
+    tower = [o for o in prof["ops"] if o["module"].startswith("model.vision_tower")]
+    assert tower and {o["region"].split("/")[0] for o in tower} == {"step 1"}
+    assert "uncounted" not in r.stdout  # torch._is_all_true over the image-token mask is counted
 
 
 @needs_transformers

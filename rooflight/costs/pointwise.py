@@ -110,6 +110,7 @@ def pointwise(call: OpCall) -> OpCost:
 REDUCTION_FLOPS: dict[str, int] = {
     "sum": 1, "nansum": 1, "mean": 1, "prod": 1, "amax": 1, "amin": 1, "aminmax": 2,
     "max": 1, "min": 1, "argmax": 1, "argmin": 1, "all": 1, "any": 1, "count_nonzero": 1,
+    "_is_all_true": 1, "_is_any_true": 1,  # torch's own checks (a VLM's image-token mask: mask.all())
     "var": 3, "std": 3, "var_mean": 3, "std_mean": 3,  # sub mean, square, accumulate
     "norm": 2, "linalg_vector_norm": 2,  # |x|^p, accumulate
     "logsumexp": 3,  # max, exp(x - max), accumulate
@@ -142,6 +143,12 @@ def untagged_elementwise(call: OpCall) -> OpCost:
 def elementwise_loss(call: OpCall) -> OpCost:
     # losses that reduce to one number (or keep the input's shape with reduction="none": the
     # same work), costed as reductions: per input element, REDUCTION_FLOPS
+    return reduction_cost(call)
+
+
+@register_cost(aten._is_all_true, aten._is_any_true)
+def bool_reduction(call: OpCall) -> OpCost:
+    # a bool tensor reduced to one bool (not tagged a reduction in torch's schema)
     return reduction_cost(call)
 
 

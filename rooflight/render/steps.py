@@ -102,7 +102,7 @@ def phase_summary(a) -> list[str]:
         tokens = sorted({r.tokens for r in pre if r.tokens})
         tok = "?" if not tokens else str(tokens[0]) if len(tokens) == 1 else f"{tokens[0]}–{tokens[-1]}"
         many = f", median of {len(pre)} prefills" if len(pre) > 1 else ""
-        out.append(f"prefill ({tok} tokens): "
+        out.append(f"prefill ({tok} token{'' if tok == '1' else 's'}): "
                    f"{fmt_seconds(statistics.median(r.seconds for r in pre))} {word} "
                    f"(time to first token, the model's part{many})")
     if dec:
