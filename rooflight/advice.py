@@ -151,6 +151,7 @@ class OpFacts:
     dram_read_ratio: float = math.nan  # DRAM bytes read / the modelled bytes read
     executed_ratio: float = math.nan  # tensor-pipe FLOPs executed / the useful tensor FLOPs counted
     training: bool = False  # in a region that runs backward or optimizer ops (a training step)
+    counted: bool = True  # every op of the group has a cost (an uncounted op's floor is no roof to be below)
 
     @property
     def is_decode(self) -> bool:
@@ -703,7 +704,7 @@ RULES: tuple[Rule, ...] = (
          effect=_launch_bound_effect,
          seed="001 overhead-bound: CUDA graphs, AOT/JIT compilation"),
     Rule("below-own-roof", "op", frozenset({_L.MEMORY, _L.COMPUTE}), attained=(0.0, FAR_BELOW_ROOF),
-         when=lambda f: f.kind is not Kind.ATTENTION or not f.is_decode,
+         when=lambda f: f.counted and (f.kind is not Kind.ATTENTION or not f.is_decode),
          recommendation="The kernel runs far below its roof: check the layout (make strided inputs contiguous "
                         "upstream), the grid (too few blocks for the SMs) and the shape (dimensions that are not "
                         "multiples of 64/128); try torch.compile(mode='max-autotune') or another kernel",
@@ -1004,6 +1005,7 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
         strided_inputs=_strided(rep), chain_ops=g.chain_ops,
         chain_phase=by_index[g.units[0][0]].phase if g.chain_ops else "",
         training=g.region in training or any(o.phase in TRAINING_PHASES for o in ops),
+        counted=all(o.counted for o in ops),
     )
     if measured and all(i in measured for i in g.ops):  # every op of the group was read by the counters
         read = sum(o.bytes_read for o in ops)

@@ -220,9 +220,15 @@ def uncounted_share(profile: Profile, diagnosis: Diagnosis) -> str:
     matrix = sorted({o.short_op for o in ops if matrix_like(o.short_op)})
     share = 0.0
     if profile.timing is not None:
-        total = sum(v.seconds for v in diagnosis.verdicts.values() if v.seconds == v.seconds and v.seconds > 0)
-        held = sum(diagnosis.verdicts[o.index].seconds for o in ops
-                   if diagnosis.verdicts[o.index].seconds == diagnosis.verdicts[o.index].seconds)
+        # of the time the headline describes (its steps: a setup's long copies dilute it otherwise)
+        members = set(diagnosis.region(diagnosis.headline_region).ops)
+
+        def timed(i: int) -> float:
+            s = diagnosis.verdicts[i].seconds
+            return s if i in members and s == s and s > 0 else 0.0
+
+        total = sum(timed(i) for i in diagnosis.verdicts)
+        held = sum(timed(o.index) for o in ops)
         share = held / total if total > 0 else 0.0
     if not matrix and share <= UNCOUNTED_MATERIAL_SHARE:
         return ""
@@ -230,7 +236,8 @@ def uncounted_share(profile: Profile, diagnosis: Diagnosis) -> str:
     if matrix:
         why.append(f"matrix work with no cost formula ({', '.join(matrix)})")
     if share > UNCOUNTED_MATERIAL_SHARE:
-        why.append(f"uncounted ops hold {share:.0%} of the measured op time")
+        why.append(f"uncounted ops hold {share:.0%} of the measured op time"
+                   + (" of the headline's steps" if profile.steps else ""))
     return ("the intensity, FLOPs and bytes are lower bounds and the labels may be off: " + "; ".join(why)
             + " (register a formula with rooflight.register_cost)")
 

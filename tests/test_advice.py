@@ -449,6 +449,15 @@ def test_kernel_far_below_its_roof_gets_told_so_with_its_layout():
     assert "[8192,8192] (strides 1,8192) is not contiguous" in below.effect
 
 
+def test_an_uncounted_op_is_not_told_it_runs_below_its_roof():
+    # an op with no formula: no bytes, no FLOPs, a floor of 0, "0% of its roof" -- its roof is
+    # unknown, not far above it (nn.TransformerEncoderLayer's fast path before it had a formula)
+    op = OpRecord(0, "aten::_some_fused_layer.default", region="prefill", inputs=(T((8192, 8192)),),
+                  outputs=(T((8192, 8192)),), counted=False, note="no cost formula")
+    prof = timed([op], CALIBRATED, seconds={0: 1e-3})
+    assert "below-own-roof" not in advice_for(prof, CALIBRATED)
+
+
 def test_a_matrix_products_transposed_operand_is_not_called_a_layout_problem():
     # an HF MoE's expert weights reach _grouped_mm as transposed views, [8, 256, 256] with strides
     # (65536, 1, 256): a GEMM reads a column-major operand natively, so no "not contiguous" there;

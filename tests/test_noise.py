@@ -51,3 +51,29 @@ def test_a_wide_lead_is_not_called_fragile():
     a = analyze(timed((2e-6, 30e-6), 2e-3), H100)  # 2 ms of idle around 20 µs of noisy ops: overhead-bound
     note = next(n for n in a.notes if n.startswith("timing noise"))
     assert "may flip" not in note and "more --repeats" in note
+
+
+def test_uncounted_time_is_weighed_in_the_headlines_steps_not_the_whole_run():
+    # a setup's 10 ms copy (counted), then 2 steps of [an op with no formula: 1 ms, a counted add:
+    # 0.1 ms]; the headline (step 2) is 1 / 1.1 = 91% uncounted, the whole run only 2 / 12.2 = 16%
+    from rooflight.costs.model import TensorMeta
+    from rooflight.profile_data import OpRecord, Step
+
+    x = TensorMeta.contiguous((1 << 20,), "float32", "cuda:0")
+    ops = [OpRecord(0, "aten::copy_.default", region="setup", inputs=(x,), outputs=(x,), bytes_read=x.bytes,
+                    bytes_written=x.bytes)]
+    for k in (1, 2):
+        ops += [OpRecord(len(ops), "aten::_fused_layer.default", region=f"step {k}", module="layer", inputs=(x,),
+                         outputs=(x,), counted=False),
+                OpRecord(len(ops) + 1, "aten::add.Tensor", region=f"step {k}", module="layer", inputs=(x, x),
+                         outputs=(x,), flops={"fp32": x.numel}, bytes_read=2 * x.bytes, bytes_written=x.bytes)]
+    seconds = [10e-3, 1e-3, 0.1e-3, 1e-3, 0.1e-3]
+    steps = (Step(1, "step 1", "forward", True, False, "M", None, None, None, 1, 2),
+             Step(2, "step 2", "forward", False, True, "M", None, None, None, 3, 4))
+    t = Timing("cuda", "NVIDIA H100 80GB HBM3", repeats=3, warmup=1,
+               ops=tuple(OpTiming(i, s, s, s, kernels=1) for i, s in enumerate(seconds)),
+               regions=(RegionTiming("", 12.2e-3, 12.2e-3), RegionTiming("setup", 10e-3, 10e-3),
+                        RegionTiming("step 1", 1.1e-3, 1.1e-3), RegionTiming("step 2", 1.1e-3, 1.1e-3)))
+    p = Profile(ops=tuple(ops), mode="timed", regions=("setup", "step 1", "step 2"), steps=steps, timing=t)
+    note = next(n for n in analyze(p, H100).notes if "lower bounds" in n)
+    assert "uncounted ops hold 91% of the measured op time of the headline's steps" in note
