@@ -643,7 +643,7 @@ class _Facts(NamedTuple):
     storage: bool  # attention: its tensors' metadata hold their storage's size (the KV cache reserved)
     special: bool  # matmul_like, reads_values or storage: its cache key holds the TF32 switch, the values
     # read and the storage sizes
-    decompose: bool = False  # a composite kernel: run as the ops it is made of (seen under inference_mode only)
+    decompose: bool = False  # only a composite kernel: run as the ops it is made of (seen under inference_mode)
 
 
 # id(op) -> its facts (a cached entry holds the op, so its id is not reused); the dispatch mode reads
@@ -653,6 +653,8 @@ _FACTS: dict[int, _Facts] = {}
 _GROUP_ARGS = ("group_size", "process_group", "group", "group_name")
 _GROUPED: set[str] = set()  # ops outside c10d whose schema names a group
 _COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd  # the dispatch key of an op's composite kernel
+_BACKENDS = tuple(getattr(torch._C.DispatchKey, k) for k in ("CPU", "CUDA", "Meta", "CompositeExplicitAutograd"))
+_has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
 
 
 def _read_facts(func: Any) -> _Facts:
@@ -674,7 +676,10 @@ def _read_facts(func: Any) -> _Facts:
     # and the mode sees the composite op itself.  It runs as what it is made of, as it does outside
     # inference mode (where the mode never sees it), so that what runs is counted: its parts, and
     # nothing for a to() or contiguous() that returns its input (torch.utils.flop_counter decomposes too)
-    decompose = torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), _COMPOSITE)
+    # An op with a kernel of its own besides the composite (nn.RMSNorm's _fused_rms_norm on CUDA,
+    # which the mode sees in grad mode too) runs that kernel, as eager does: never its composite
+    name = func.name()
+    decompose = _has_kernel(name, _COMPOSITE) and not any(_has_kernel(name, k) for k in _BACKENDS)
     return _Facts(func, key, arg_names, out_args, lookup(func), matmul_like, reads_values, _registry.GENERATION,
                   func._op if _DIRECT and type(func) is _OpOverload else func,
                   any(_is_tensor_type(a.type) for a in schema.arguments), storage,

@@ -116,6 +116,33 @@ def test_inference_mode_counts_what_no_grad_counts(device):
         assert not p.uncounted()
 
 
+def test_an_op_with_a_kernel_of_its_own_besides_its_composite_runs_that_kernel():
+    # nn.RMSNorm's aten::_fused_rms_norm has a composite (pow, mean, rsqrt, mul ...) and, on CUDA,
+    # a fused kernel; the mode sees it in grad mode too.  The capture ran the composite, so a user's
+    # GPU ran six kernels where eager runs one.  An op with a kernel for its device runs that kernel,
+    # under inference_mode or not: here a library op whose CPU kernel doubles and composite triples
+    from rooflight.costs import register_cost, unregister_cost
+    from rooflight.costs.model import OpCost
+
+    lib = torch.library.Library("rooflight_test", "FRAGMENT")
+    lib.define("twice(Tensor x) -> Tensor")
+    lib.impl("twice", lambda x: x * 2, "CPU")
+    lib.impl("twice", lambda x: x * 3, "CompositeImplicitAutograd")
+    op = torch.ops.rooflight_test.twice.default
+    register_cost(op)(lambda call: OpCost({"fp32": call.out.numel}, call.arg(0).bytes, call.out.bytes))
+    try:
+        x = torch.ones(8)
+        for mode in (torch.inference_mode, torch.no_grad):
+            out = {}
+            with mode():
+                prof = count(lambda: out.setdefault("y", op(x)))
+            assert torch.equal(out["y"], torch.full((8,), 2.0))  # its CPU kernel, as eager runs it
+            assert [o.op for o in prof.ops] == ["rooflight_test::twice.default"] and not prof.uncounted()
+    finally:
+        unregister_cost(op)
+        del lib
+
+
 def test_a_compiled_module_keeps_its_users_paths():
     # torch.compile wraps a module in an OptimizedModule whose child `_orig_mod` is the user's:
     # ops are attributed to the user's paths, whether the whole model or one layer is compiled
