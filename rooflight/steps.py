@@ -359,7 +359,11 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
                 parts = ", ".join(dict.fromkeys(f"{c.path} ({c.module_type})" for c in owned))
                 notes.append(f"step 1 begins with {parts}, called before the first call of {chosen[0].module_type} "
                              "(an encoder-decoder's encoder): its work, not the setup")
-            others = sorted({c.module_type for c in cand if c.module_id != module_id and c.end > chosen[0].start})
+            # a second model of the step module's type (generate()'s assistant model, a reference
+            # model) is named as another one, not as the step module itself
+            others = sorted({f"another {c.module_type} (a second model)" if c.module_type == chosen[0].module_type
+                             else c.module_type
+                             for c in cand if c.module_id != module_id and c.end > chosen[0].start})
             if others:
                 notes.append(f"steps are the {len(chosen)} calls of {chosen[0].module_type}; the outermost calls of "
                              f"{', '.join(others)} between them join the step they follow")

@@ -187,6 +187,17 @@ def test_an_encoder_run_before_the_first_call_is_the_first_steps_work():
     assert [o.region for o in alone.ops[:5]] == [SETUP] * 5 and alone.steps[0].kind == "decode"
 
 
+def test_a_second_model_of_the_same_type_is_named_as_another():
+    # assisted generation: the assistant (module 2) is called most, the main model (module 1, the
+    # same class) between its calls: the note must not read "the calls of LlamaForCausalLM join
+    # the calls of LlamaForCausalLM"
+    calls = [TopCall(2, "LlamaForCausalLM", 2 * i, 2 * i + 1) for i in range(3)]
+    calls += [TopCall(1, "LlamaForCausalLM", 2 * i + 1, 2 * i + 2) for i in range(2)]
+    seg = segment(ops("m" * 6), (), sorted(calls, key=lambda c: c.start))
+    assert any("steps are the 3 calls of LlamaForCausalLM; the outermost calls of another LlamaForCausalLM "
+               "(a second model) between them join the step they follow" in n for n in seg.notes)
+
+
 def test_a_forward_loop_sets_its_own_code_between_calls_apart():
     # 3 x [model call: 2 ops, then the loop's print(out.mean().item()): 2 ops], as a user's loop does
     seq = ops("mmmm" * 3)
