@@ -171,6 +171,13 @@ def test_torchs_own_all_true_check_is_a_reduction_like_all():
     assert cost(only(count(lambda m: m.all(), m), "all")) == ({"int32": 1_024}, 1_024, 1)
 
 
+def test_polar_makes_complex_numbers_from_magnitudes_and_angles():
+    # torch.polar(abs, angle) (Llama 4's rotary frequencies): cos, sin, two multiplies per element:
+    # 4 * 128 = 512 FLOPs; reads two fp32 [8, 16] (1,024 B), writes complex64 (8 B each: 1,024 B)
+    rec = only(count(torch.polar, torch.ones(8, 16), torch.zeros(8, 16)), "polar")
+    assert cost(rec) == ({"fp32": 512}, 1_024, 1_024)
+
+
 def test_var():
     rec = only(count_on("cpu", lambda t: t.var(dim=-1), ((8, 32, 16), torch.float32)), "var")
     # 3 per input element (subtract the mean, square, accumulate): 12_288; read 16_384, write 8*32*4 = 1_024

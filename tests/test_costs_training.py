@@ -927,3 +927,41 @@ def test_an_autocast_training_step_counts_bf16_matmuls_as_the_flop_counter_does(
     with counter:
         step()
     assert total == counter.get_flop_counts()["Global"][torch.ops.aten.mm]
+
+
+# Hugging Face causal-LM families built from tiny configs (2 layers, 64 wide, random weights): a
+# training step and a generate() each, counted with no op left without a formula
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "gpt2", "gpt_neox",
+            "gptj", "codegen", "opt", "bloom", "falcon", "mpt", "stablelm", "starcoder2", "olmo", "olmo2", "cohere",
+            "granite", "persimmon", "gpt_bigcode", "biogpt", "xglm", "exaone4", "glm", "helium", "smollm3",
+            "ernie4_5", "arcee", "hunyuan_v1_dense", "seed_oss", "apertus", "lfm2", "bitnet", "falcon_h1",
+            "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "minimax", "llama4_text", "gpt_oss")
+
+
+@needs_transformers
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_hugging_face_familys_training_step_and_generate_are_counted_through(family):
+    import warnings
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        cfg = AutoConfig.for_model(family, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=128, vocab_size=500)
+    except (ValueError, KeyError):
+        pytest.skip(f"this transformers has no {family}")
+    # one KV head, 32-wide heads, a pad id inside the vocabulary, 2 of the experts, a 16-wide rotary
+    for k, v in dict(pad_token_id=0, head_dim=32, num_key_value_heads=1, rotary_dim=16, num_experts_per_tok=2).items():
+        if hasattr(cfg, k) and not isinstance(getattr(type(cfg), k, None), property):  # (Falcon's head_dim is derived)
+            setattr(cfg, k, v)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(cfg)
+        ids = torch.randint(1, 400, (1, 12))
+        train = count(lambda: model(input_ids=ids, labels=ids).loss.backward())
+        model.eval()
+        with torch.no_grad():
+            gen = count(lambda: model.generate(input_ids=ids, max_new_tokens=2, do_sample=False, pad_token_id=0))
+    assert not train.uncounted() and not gen.uncounted(), (train.uncounted(), gen.uncounted())
+    assert any(o.phase == "backward" and o.total_flops for o in train.ops)

@@ -157,6 +157,13 @@ def reduction(call: OpCall) -> OpCost:
     return reduction_cost(call)
 
 
+@register_cost(aten.polar)
+def polar(call: OpCall) -> OpCost:
+    # torch.polar(abs, angle) -> abs * (cos(angle) + i sin(angle)): cos, sin and two multiplies per
+    # element (Llama 4's rotary frequencies as complex numbers); writes the complex output
+    return elementwise_cost(call, 4)
+
+
 @register_cost(aten.floor_divide, aten.floor_divide_, aten.remainder, aten.fmod)
 def floor_divide(call: OpCall) -> OpCost:
     # divide, then floor (or the remainder's multiply-subtract): 2 per element
