@@ -178,6 +178,23 @@ def test_polar_makes_complex_numbers_from_magnitudes_and_angles():
     assert cost(rec) == ({"fp32": 512}, 1_024, 1_024)
 
 
+def test_interpolation_backward_spreads_each_gradient_over_its_neighbours():
+    # F.interpolate of [1, 2, 4, 4] to 8 x 8: each of the 128 output gradients goes to the inputs it
+    # was interpolated from, a multiply and an add each: 2 x 4 (bilinear) = 1,024 FLOPs; reads the
+    # [1, 2, 8, 8] gradient (512 B), writes the [1, 2, 4, 4] one (128 B); trilinear 2 x 8 a gradient
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
+
+    def step(mode, x):
+        y = F.interpolate(x, scale_factor=2, mode=mode)
+        y.backward(torch.ones_like(y))
+
+    back = only(count(lambda: step("bilinear", x)), "upsample_bilinear2d_backward")
+    assert cost(back) == ({"fp32": 1_024}, 512, 128)
+    x3 = torch.randn(1, 2, 4, 4, 4, requires_grad=True)  # 1,024 output gradients
+    back = only(count(lambda: step("trilinear", x3)), "upsample_trilinear3d_backward")
+    assert cost(back) == ({"fp32": 16 * 1_024}, 4_096, 512)
+
+
 def test_var():
     rec = only(count_on("cpu", lambda t: t.var(dim=-1), ((8, 32, 16), torch.float32)), "var")
     # 3 per input element (subtract the mean, square, accumulate): 12_288; read 16_384, write 8*32*4 = 1_024

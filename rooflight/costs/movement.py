@@ -80,7 +80,8 @@ def item(call: OpCall) -> OpCost:
                aten.as_strided_scatter, aten._unsafe_view, aten.view_as_real, aten.view_as_complex,
                aten.pixel_shuffle, aten.col2im, aten.im2col, aten.reflection_pad1d,
                aten.reflection_pad2d, aten.replication_pad1d, aten.replication_pad2d,
-               aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.tril_, aten.triu_)
+               aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_nearest3d, aten.upsample_linear1d,
+               aten.upsample_bilinear2d, aten.upsample_bicubic2d, aten.upsample_trilinear3d, aten.tril_, aten.triu_)
 def read_all_write_all(call: OpCall) -> OpCost:
     # read each input once, write the output once; no arithmetic worth counting
     outs = [o for o in call.outputs if isinstance(o, TensorMeta)]

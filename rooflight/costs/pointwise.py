@@ -299,6 +299,21 @@ def upsample_nearest_backward(call: OpCall) -> OpCost:
     return OpCost({vector_class(gy): gy.numel}, gy.bytes, call.out.bytes)
 
 
+_INTERPOLATION_NEIGHBOURS = {"upsample_linear1d_backward": 2, "upsample_bilinear2d_backward": 4,
+                             "upsample_trilinear3d_backward": 8, "upsample_bicubic2d_backward": 16}
+
+
+@register_cost(aten.upsample_linear1d_backward, aten.upsample_bilinear2d_backward,
+               aten.upsample_trilinear3d_backward, aten.upsample_bicubic2d_backward)
+def upsample_interpolating_backward(call: OpCall) -> OpCost:
+    # each grad_out element is spread over the input elements it was interpolated from (2 in 1-D,
+    # 4 bilinear, 8 trilinear, 16 bicubic), a multiply and an add each; reads grad_out, writes
+    # grad_input (a ViT-style model interpolating its position embeddings trains through it)
+    gy = call.arg(0)
+    per = 2 * _INTERPOLATION_NEIGHBOURS[_op_name(call)]
+    return OpCost({vector_class(gy): per * gy.numel}, gy.bytes, call.out.bytes)
+
+
 @register_cost(aten.avg_pool2d_backward, aten.avg_pool3d_backward)
 def avg_pool_backward(call: OpCall) -> OpCost:
     # (grad_out, self, kernel_size, ...): each grad_out element, divided by the window, is added to
