@@ -195,6 +195,28 @@ def test_interpolation_backward_spreads_each_gradient_over_its_neighbours():
     assert cost(back) == ({"fp32": 16 * 1_024}, 4_096, 512)
 
 
+def test_weight_norm_and_its_backward():
+    # nn.utils.parametrizations.weight_norm on a Conv1d(8, 16, 3): v [16, 8, 3] = 384 fp32 elements,
+    # g [16, 1, 1]; forward 4 per element of v = 1,536, reads v and g (1,536 + 64 B), writes w (1,536 B)
+    # and the 16 norms (64 B); backward 6 per element = 2,304, reads grad_w, v, g, norms
+    # (1,536 + 1,536 + 64 + 64 B), writes grad_v and grad_g (1,536 + 64 B)
+    conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(8, 16, 3, bias=False))
+    x = torch.randn(1, 8, 10)
+    prof = count(lambda: conv(x).sum().backward())
+    assert prof.uncounted() == {}
+    fwd, = [o for o in prof.ops if o.short_op == "_weight_norm_interface"]
+    back, = [o for o in prof.ops if o.short_op == "_weight_norm_interface_backward"]
+    assert cost(fwd) == ({"fp32": 1_536}, 1_600, 1_600)
+    assert cost(back) == ({"fp32": 2_304}, 3_200, 1_600)
+
+
+def test_in_place_views_move_nothing():
+    x = torch.randn(4, 8)
+    for fn in (lambda t: t.as_strided_((8, 4), (1, 8)), lambda t: t.t_(), lambda t: t.unsqueeze_(0)):
+        prof = count(lambda: fn(x.clone()))
+        assert prof.uncounted() == {} and [o.short_op for o in prof.ops if o.bytes] == ["clone"]
+
+
 def test_var():
     rec = only(count_on("cpu", lambda t: t.var(dim=-1), ((8, 32, 16), torch.float32)), "var")
     # 3 per input element (subtract the mean, square, accumulate): 12_288; read 16_384, write 8*32*4 = 1_024

@@ -107,9 +107,10 @@ def fill(call: OpCall) -> OpCost:
 @register_cost(aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided,
                aten.empty_permuted, aten.resize_, aten.set_, aten.record_stream, aten.detach_,
                aten._assert_async, aten._assert_tensor_metadata, aten._functional_assert_async,
-               aten.lift_fresh, aten.lift_fresh_copy, aten._resize_output_)
+               aten.lift_fresh, aten.lift_fresh_copy, aten._resize_output_, aten.as_strided_, aten.transpose_,
+               aten.t_, aten.squeeze_, aten.unsqueeze_, aten.swapdims_, aten.swapaxes_)
 def allocation(call: OpCall) -> OpCost:
-    # allocating or re-describing memory moves no bytes
+    # allocating or re-describing memory (an in-place view: Swin's as_strided_) moves no bytes
     return OpCost()
 
 

@@ -256,6 +256,26 @@ def fused_rms_norm(call: OpCall) -> OpCost:
     return _with_row_stats(elementwise_cost(call, 3 + (1 if weight is not None else 0)), y, stats)
 
 
+@register_cost(aten._weight_norm_interface)
+def weight_norm(call: OpCall) -> OpCost:
+    # nn.utils.weight_norm (wav2vec2's positional convolution): w = g * v / ||v||, the norm over
+    # every dim but `dim`: square and accumulate (2), divide and scale (2) per element of v; reads
+    # v and g, writes w and the fp32 norms
+    v = call.arg(0)
+    return OpCost({vector_class(v): 4 * v.numel}, sum(t.bytes for t in call.tensor_inputs()),
+                  sum(o.bytes for o in call.outputs if isinstance(o, TensorMeta)))
+
+
+@register_cost(aten._weight_norm_interface_backward)
+def weight_norm_backward(call: OpCall) -> OpCost:
+    # (grad_w, v, g, norms, dim) -> (grad_v, grad_g): grad_g = sum(grad_w * v) / ||v|| (2 per
+    # element), grad_v = g / ||v|| * (grad_w - v * grad_g / ||v||) (4 per element); reads its
+    # inputs once, writes both gradients
+    v = call.arg(1)
+    return OpCost({vector_class(v): 6 * v.numel}, sum(t.bytes for t in call.tensor_inputs()),
+                  sum(o.bytes for o in call.outputs if isinstance(o, TensorMeta)))
+
+
 @register_cost(aten.native_group_norm, aten.native_batch_norm, aten._native_batch_norm_legit,
                aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit_functional)
 def other_norms(call: OpCall) -> OpCost:
