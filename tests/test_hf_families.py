@@ -1,6 +1,7 @@
 """Code no one here wrote, family by family: Hugging Face models built from tiny configs (2 layers,
 64 wide, random weights, no downloads), each trained one step and run for inference under the
-capture, with no op left without a cost formula.  A family this transformers lacks is skipped."""
+capture, with no op left without a cost formula: on the CPU, and on a GPU in bf16 (there the capture
+sees the CUDA kernels' own ops).  A family this transformers lacks is skipped."""
 
 from __future__ import annotations
 
@@ -52,6 +53,14 @@ def _config(family: str, **kw):
     return cfg
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _placed(model, device: str):
+    """The model on `device`: bf16 on a GPU (as users run it there), fp32 on the CPU."""
+    return model.to(device, torch.bfloat16) if device == "cuda" else model
+
+
 def _through(train, infer) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -62,41 +71,46 @@ def _through(train, infer) -> None:
     assert any(o.phase == "backward" and o.total_flops for o in trained.ops)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family", CAUSAL)
-def test_a_causal_lms_training_step_and_generate_are_counted_through(family):
+def test_a_causal_lms_training_step_and_generate_are_counted_through(family, device):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(_config(family, **SMALL, vocab_size=500))
-    ids = torch.randint(1, 400, (1, 12))
+    model = _placed(AutoModelForCausalLM.from_config(_config(family, **SMALL, vocab_size=500)), device)
+    ids = torch.randint(1, 400, (1, 12), device=device)
     _through(lambda: model(input_ids=ids, labels=ids).loss.backward(),
              lambda: model.eval().generate(input_ids=ids, max_new_tokens=2, do_sample=False, pad_token_id=0))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family", ENCODERS + SEQ2SEQ)
-def test_a_text_encoders_or_encoder_decoders_training_step_and_inference_are_counted_through(family):
+def test_a_text_encoders_or_encoder_decoders_training_step_and_inference_are_counted_through(family, device):
     from transformers import AutoModel, AutoModelForSeq2SeqLM
 
     cfg = _config(family, **SMALL, vocab_size=500)
-    ids = torch.randint(3, 400, (2, 16))
+    ids = torch.randint(3, 400, (2, 16), device=device)
     if family in SEQ2SEQ:
-        model = AutoModelForSeq2SeqLM.from_config(cfg)
+        model = _placed(AutoModelForSeq2SeqLM.from_config(cfg), device)
         _through(lambda: model(input_ids=ids, labels=ids).loss.backward(),
                  lambda: model.eval().generate(input_ids=ids, max_new_tokens=2, do_sample=False))
     else:
-        model = AutoModel.from_config(cfg)
+        model = _placed(AutoModel.from_config(cfg), device)
         mask = torch.ones_like(ids)
         _through(lambda: model(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward(),
                  lambda: model.eval()(input_ids=ids))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family", list(VISION) + list(AUDIO))
-def test_a_vision_or_audio_encoders_training_step_and_inference_are_counted_through(family):
+def test_a_vision_or_audio_encoders_training_step_and_inference_are_counted_through(family, device):
     from transformers import AutoModel
 
     cfg = _config(family, **VISION.get(family, SMALL))
-    model = AutoModel.from_config(cfg)
+    model = _placed(AutoModel.from_config(cfg), device)
     audio = family in AUDIO
-    x = torch.randn(1, 16000) if audio else torch.randn(1, 3, 64, 64)  # 1 s of 16 kHz audio; a 64 x 64 image
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    # 1 s of 16 kHz audio; a 64 x 64 image
+    x = torch.randn((1, 16000) if audio else (1, 3, 64, 64), device=device, dtype=dtype)
     key = "input_values" if audio else "pixel_values"
 
     def out():
