@@ -358,7 +358,8 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             if owned:
                 parts = ", ".join(dict.fromkeys(f"{c.path} ({c.module_type})" for c in owned))
                 notes.append(f"step 1 begins with {parts}, called before the first call of {chosen[0].module_type} "
-                             "(an encoder-decoder's encoder): its work, not the setup")
+                             "(as generate() runs an encoder-decoder's encoder or a VLM's vision tower): its work, "
+                             "not the setup")
             # a second model of the step module's type (generate()'s assistant model, a reference
             # model) is named as another one, not as the step module itself
             others = sorted({f"another {c.module_type} (a second model)" if c.module_type == chosen[0].module_type
