@@ -1059,7 +1059,7 @@ def _merged(facts: Sequence[OpFacts]) -> OpFacts:
         compute_floor_s=sum(f.compute_floor_s for f in facts), memory_floor_s=sum(f.memory_floor_s for f in facts),
         comm_floor_s=sum(f.comm_floor_s for f in facts), chain_ops=tuple(o for f in facts for o in f.chain_ops),
         chain_bytes=sum(f.chain_bytes * f.copies for f in facts),
-        evidence=f"{len(facts)} groups, {chains} in all: {fmt_seconds(seconds)}; heaviest: {top.evidence}")
+        evidence=f"{len(facts)} groups ({chains} chains or ops): {fmt_seconds(seconds)}; heaviest: {top.evidence}")
 
 
 def _group_evidence(g: _Group, rep: Verdict, seconds: float, total_s: float) -> str:

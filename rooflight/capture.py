@@ -281,8 +281,8 @@ class Recorder:
 
     def owned_calls(self) -> list[TopCall]:
         """The outermost calls, each with the module called outermost elsewhere in the run that
-        holds it (TopCall.within) and its path there: the nearest holder (the longest path's
-        parent has the shortest own path)."""
+        holds it (TopCall.within) and its path there; of several holders, the nearest (where its
+        path is shortest)."""
         roots = {c.module_id for c in self.calls}
         out = []
         for c in self.calls:
