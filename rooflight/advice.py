@@ -706,8 +706,9 @@ RULES: tuple[Rule, ...] = (
     Rule("below-own-roof", "op", frozenset({_L.MEMORY, _L.COMPUTE}), attained=(0.0, FAR_BELOW_ROOF),
          when=lambda f: f.counted and (f.kind is not Kind.ATTENTION or not f.is_decode),
          recommendation="The kernel runs far below its roof: check the layout (make strided inputs contiguous "
-                        "upstream), the grid (too few blocks for the SMs) and the shape (dimensions that are not "
-                        "multiples of 64/128); try torch.compile(mode='max-autotune') or another kernel",
+                        "upstream), the parallelism (on a GPU too few blocks for the SMs; on a CPU an op too small "
+                        "for its threads) and the shape (dimensions that are not multiples of 64/128); try "
+                        "torch.compile(mode='max-autotune') or another kernel",
          effect=_below_roof_effect,
          seed="001 roofline with sub-optimal implementations (fig. 11): a kernel sits under its own, lower roof"),
     Rule("at-memory-roof", "op", frozenset({_L.MEMORY}), kinds=frozenset({_K.MATMUL, _K.ATTENTION}),
