@@ -421,6 +421,12 @@ def _launch_bound_effect(f: OpFacts, c: Ceilings) -> str:
             "most of it")
 
 
+def _dispatch_bound_effect(f: OpFacts, c: Ceilings) -> str:
+    per = f.seconds / f.copies if f.copies else f.seconds
+    return (f"{f.copies} calls of ~{fmt_seconds(per)} each, {fmt_seconds(f.seconds)} ({f.share:.0%} of the run), "
+            f"of which the floors explain {f.attained:.0%}: fewer, larger ops remove most of it")
+
+
 def _below_roof_effect(f: OpFacts, c: Ceilings) -> str:
     layout = ""
     if f.strided_inputs:
@@ -702,7 +708,14 @@ RULES: tuple[Rule, ...] = (
          recommendation="These kernels are launch-bound: fold them into their neighbours (torch.compile) or "
                         "replay them in a CUDA graph",
          effect=_launch_bound_effect,
+         devices=_GPU,
          seed="001 overhead-bound: CUDA graphs, AOT/JIT compilation"),
+    Rule("dispatch-bound", "op", frozenset({_L.OVERHEAD}), when=lambda f: f.seconds > 0 and not _chain(f),
+         recommendation="These ops are dispatch-bound on the CPU: each pays PyTorch's per-op cost more than its "
+                        "work; do the work in fewer, larger ops (batch it, or torch.compile the code around them)",
+         effect=_dispatch_bound_effect,
+         devices=frozenset({"cpu"}),
+         seed="001 overhead-bound: fewer, larger kernels, AOT/JIT compilation"),
     Rule("below-own-roof", "op", frozenset({_L.MEMORY, _L.COMPUTE}), attained=(0.0, FAR_BELOW_ROOF),
          when=lambda f: f.counted and (f.kind is not Kind.ATTENTION or not f.is_decode),
          recommendation="The kernel runs far below its roof: check the layout (make strided inputs contiguous "

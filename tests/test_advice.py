@@ -642,3 +642,13 @@ def test_gpu_only_techniques_are_not_offered_for_cpu_timings():
     assert "cuda-graphs" not in adv and "host-pipelining" not in adv
     assert "fuse-elementwise" in adv  # fusion helps a CPU too
     assert next(r for r in RULES if r.id == "cuda-graphs").devices == frozenset({"cuda"})
+    # short ops alone (no chain): dispatch-bound on a CPU, no CUDA graph offered
+    alone = [mm(0, 64, 64, 64), pointwise(1, "add", 16), mm(2, 64, 64, 64)]
+    rows = tuple(OpTiming(i, s, s, s, cpu_seconds=s, kernels=1) for i, s in enumerate((5e-6, 20e-6, 5e-6)))
+    prof = Profile(ops=tuple(alone), mode="timed", regions=("decode",),
+                   timing=Timing("cpu", "laptop", 3, 1, ops=rows, regions=(RegionTiming("", 40e-6, 30e-6),)))
+    adv = advice_for(prof, cpu)
+    # the two 64^3 matmuls, 5 µs each where their floors are 0.5 µs (the 50 GB/s memory roof: 24 KB)
+    assert "launch-bound" not in adv and adv["dispatch-bound"].effect == (
+        "2 calls of ~5.00 µs each, 10.0 µs (25% of the run), of which the floors explain 10%: fewer, larger ops "
+        "remove most of it")
