@@ -401,8 +401,7 @@ def _fusion_effect(f: OpFacts, c: Ceilings) -> str:
 
 def _fused_optimizer_effect(f: OpFacts, c: Ceilings) -> str:
     # f: every unfused optimizer chain merged (every_group).  No fused-traffic figure: the step's
-    # tensors (parameters, gradients, moments) are each read and written whatever the kernel
-    # count, and which op touched which tensor is not recorded
+    # tensors (parameters, gradients, moments) are each read and written whatever the kernel count
     distinct = list(dict.fromkeys(f.chain_ops))  # the step repeats its few ops for every tensor
     names = ", ".join(distinct[:6]) + (", ..." if len(distinct) > 6 else "")
     if all(o.startswith("_foreach") for o in f.chain_ops):
@@ -1050,13 +1049,46 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
         ops = [by_index[i] for i in g.units[0]]
         chain = sum(o.bytes for o in ops)
         passes = chain_passes(ops)
-        if len(passes) == 1:  # each op feeds the next: the first op's inputs in, the last one's output out
+        if all(len(o.sources) == len(o.inputs) for o in ops):
+            # which op made each input is known: a pass reads each tensor made outside it once
+            fused = sum(_pass_reads(p, by_index) + p[-1].bytes_written for p in passes)
+        elif len(passes) == 1:  # each op feeds the next: the first op's inputs in, the last one's output out
             fused = ops[0].bytes_read + ops[-1].bytes_written
         else:  # each pass reads at least what its heaviest reader reads (the data the reduction ran over, again)
             fused = sum(max(o.bytes_read for o in p) + p[-1].bytes_written for p in passes)
         facts.update(chain_bytes=chain, fused_bytes=min(fused, chain), chain_passes=len(passes),
                      chain_barrier=passes[0][-1].short_op if len(passes) > 1 else "")
     return OpFacts(**facts)
+
+
+def _origin(source: int, by_index: Mapping[int, OpRecord]) -> int:
+    """The op that made an input's data: through the views (ops that move nothing) in between."""
+    seen = 0
+    while source >= 0 and seen < 64:
+        op = by_index.get(source)
+        if op is None or op.flops or op.bytes or not op.sources:
+            break
+        source, seen = op.sources[0], seen + 1
+    return source
+
+
+def _pass_reads(ops: Sequence[OpRecord], by_index: Mapping[int, OpRecord]) -> float:
+    """Bytes one fused kernel over `ops` must read: each input made outside them, once (a tensor
+    two ops read, a norm's x and weight, counts once; what an earlier op of them made, none)."""
+    made: set[int] = set()
+    seen: set[tuple] = set()
+    reads = 0.0
+    for o in ops:
+        for t, s in zip(o.inputs, o.sources):
+            src = _origin(s, by_index)
+            if src in made:
+                continue
+            key = (src, t.shape, t.dtype)  # (an op's outputs are told apart by shape and dtype)
+            if key not in seen:
+                seen.add(key)
+                reads += t.bytes
+        made.add(o.index)
+    return reads
 
 
 def _merged(facts: Sequence[OpFacts]) -> OpFacts:

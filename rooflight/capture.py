@@ -216,6 +216,15 @@ class Recorder:
         # op adds no object for Python's garbage collector to walk (a 40k-op run would add 40k)
         self.payloads: list[dict] = []
         self.places: list[tuple] = []
+        # the ids of each op's tensors, read into its record's `sources` (which op made each input)
+        # when built: one flat list of ints (no object for the collector), per op from its offset
+        # in `id_at` (-1: an op recorded from metadata): its inputs' count, its outputs' count,
+        # the inputs' ids, the outputs' ids
+        self.tensor_ids: list[int] = []
+        self.id_at: list[int] = []
+        self._sources: list[tuple[int, ...]] = []
+        self._producer: dict[int, int] = {}  # tensor id -> the op that last produced it
+        self._external: dict[int, int] = {}  # tensor id -> its number (< 0) as a tensor no op made
         self._interned: dict[tuple, tuple] = {}
         self._built: list[OpRecord] = []
         self.regions: list[str] = []
@@ -454,12 +463,17 @@ class Recorder:
                 self._memo[sig] = (func, hit)  # func: the id in the signature stays its own
         else:
             hit = hit[1]
+        self.id_at.append(len(self.tensor_ids))
+        _tensor_ids(self.tensor_ids, args, kwargs, facts.out_args, out)
         self._append(hit)
 
     def _append(self, payload: dict) -> None:
         """One op: its call's payload (_payload) and where it ran now (_where; in line for the
-        common case, an op inside a module's forward and no user region)."""
+        common case, an op inside a module's forward and no user region).  Its tensors' ids are
+        the caller's to add first (record_aten); an op without them gets none."""
         self.payloads.append(payload)
+        if len(self.id_at) < len(self.payloads):
+            self.id_at.append(-1)
         if _regions._STACK or _graph_task_id() != -1 or not self.frames or self.recomputing:
             self.places.append(self._where())
         else:
@@ -479,10 +493,36 @@ class Recorder:
         """New OpRecords of the ops from `start` on (nobody else holds them)."""
         at, out = OpRecord.at, []
         payloads, places = self.payloads, self.places
+        sources = self.sources()
         for i in range(start, len(payloads)):
             (_, module, module_type), region, phase = places[i]
-            out.append(at(payloads[i], i, module, module_type, region, phase))
+            out.append(at(payloads[i], i, module, module_type, region, phase, sources[i]))
         return out
+
+    def sources(self) -> list[tuple[int, ...]]:
+        """Per op, where each tensor input came from: the index of the op that last produced a
+        tensor of that id before it (>= 0), or a number < 0 per tensor no recorded op made (a
+        parameter, the model's input); () for an op recorded from metadata.  A tensor's id is
+        reused after it is freed, and is its producer's until another op makes a tensor of it."""
+        src, producer, external, ids = self._sources, self._producer, self._external, self.tensor_ids
+        for i in range(len(src), len(self.id_at)):
+            at = self.id_at[i]
+            if at < 0:
+                src.append(())
+                continue
+            n_in, n_out = ids[at], ids[at + 1]
+            row = []
+            for x in ids[at + 2:at + 2 + n_in]:
+                p = producer.get(x)
+                if p is None:
+                    p = external.get(x)
+                    if p is None:
+                        p = external[x] = -1 - len(external)
+                row.append(p)
+            for x in ids[at + 2 + n_in:at + 2 + n_in + n_out]:
+                producer[x] = i
+            src.append(tuple(row))
+        return src
 
     def _cost(self, func, key, arg_names, out_args, formula, args, kwargs, out, tf32: bool | None, values=None,
               storage: bool = True):
@@ -527,6 +567,30 @@ def _values(key: str, args: tuple, kwargs: dict) -> dict[str, tuple]:
     if isinstance(offs, torch.Tensor) and offs.device.type != "meta" and not _is_fake(offs):
         return {"offs": tuple(int(v) for v in offs.tolist())}
     return {}
+
+
+def _tensor_ids(acc: list[int], args: tuple, kwargs: dict, out_args: tuple[str, ...], out: Any) -> None:
+    """Onto `acc`: the number of input tensors, of output tensors, the inputs' ids in the order of
+    OpCall.tensor_inputs, the outputs' ids (Recorder.sources reads which op made which input)."""
+    head = len(acc)
+    acc += (0, 0)
+    for v in args:
+        _ids_into(v, acc)
+    if kwargs:
+        for k, v in kwargs.items():
+            if k not in out_args:
+                _ids_into(v, acc)
+    acc[head] = len(acc) - head - 2
+    _ids_into(out, acc)
+    acc[head + 1] = len(acc) - head - 2 - acc[head]
+
+
+def _ids_into(v: Any, acc: list[int]) -> None:
+    if isinstance(v, torch.Tensor):
+        acc.append(id(v))
+    elif type(v) in (list, tuple):
+        for x in v:
+            _ids_into(x, acc)
 
 
 def _payload(op: str, inputs, outputs, cost: OpCost | None, note: str) -> dict:

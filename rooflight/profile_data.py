@@ -61,6 +61,9 @@ class OpRecord(Traffic):
     link: str = ""
     counted: bool = True  # False: no formula (or the formula failed); the note says which
     note: str = ""
+    # per input, the op that made it (its index, >= 0), or a number < 0 per tensor no op made (a
+    # parameter, the model's input: the same number where two ops read the same one); () unknown
+    sources: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if type(self.flops) is not MappingProxyType:  # the capture hands in a ready (str -> float) proxy
@@ -74,10 +77,11 @@ class OpRecord(Traffic):
         return {"index": 0, "op": op, "module": "", "module_type": "", "region": "", "phase": "forward",
                 "device": device, "inputs": inputs, "outputs": outputs, "flops": flops, "bytes_read": bytes_read,
                 "bytes_written": bytes_written, "comm_bytes": comm_bytes, "link": link, "counted": counted,
-                "note": note}
+                "note": note, "sources": ()}
 
     @classmethod
-    def at(cls, shared: dict, index: int, module: str, module_type: str, region: str, phase: str) -> "OpRecord":
+    def at(cls, shared: dict, index: int, module: str, module_type: str, region: str, phase: str,
+           sources: tuple[int, ...] = ()) -> "OpRecord":
         """The capture's fast constructor, one per op of a run: a copy of a call's `shared` fields
         with the op's own (~0.4 us, against ~0.8 for a dict built field by field and the frozen
         dataclass's ~2)."""
@@ -87,6 +91,7 @@ class OpRecord(Traffic):
         d["module_type"] = module_type
         d["region"] = region
         d["phase"] = phase
+        d["sources"] = sources
         rec = _new(cls)
         _set(rec, "__dict__", d)
         return rec
@@ -547,6 +552,10 @@ def _op_from_dict(d: Mapping[str, Any]) -> OpRecord:
         d["flops"] = {str(c): _check_amount(v, f"{where}.flops[{c!r}]") for c, v in d["flops"].items()}
     d["inputs"] = tuple(_meta_from_list(t) for t in d.get("inputs", ()))
     d["outputs"] = tuple(_meta_from_list(t) for t in d.get("outputs", ()))
+    sources = d.get("sources", ())
+    if not isinstance(sources, (list, tuple)) or not all(type(s) is int for s in sources):
+        raise ValueError(f"{where}.sources is not a list of op indexes")
+    d["sources"] = tuple(sources)
     known = {f.name for f in fields(OpRecord)}
     unknown = set(d) - known
     if unknown:

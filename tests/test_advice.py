@@ -308,6 +308,26 @@ def test_chain_of_memory_bound_elementwise_ops_gets_fusion():
     assert "~101 MB: ~5.0x less traffic and 4 fewer launches" in fuse.effect
 
 
+def test_a_captured_chains_fused_traffic_reads_every_tensor_made_outside_it_once():
+    # x, z: [1024, 1024] fp32 (4 MB each), w: [1024] (4 KB); the chain reads x in its first op and
+    # again in its second, w once, z in its fifth: fused, one kernel reads x, w and z once (4 MiB + 4 KiB
+    # + 4 MiB) and writes the result (4 MiB): 12 MiB + 4 KiB.  What the capture records of which op
+    # made each input says so; the first op's reads alone (x, w) would leave z out (8 MiB + 4 KiB)
+    x, z, w = torch.randn(1024, 1024), torch.randn(1024, 1024), torch.randn(1024)
+
+    def chain():
+        a = x * w
+        b = (a + x).relu()
+        return (b * 2.0 - z).abs()
+
+    prof = count(chain)
+    assert [o.short_op for o in prof.ops] == ["mul", "add", "relu", "mul", "sub", "abs"]
+    assert [o.sources for o in prof.ops] == [(-1, -2), (0, -1), (1,), (2,), (3, -3), (4,)]
+    fuse = advice_for(timed(list(prof.ops), CALIBRATED, 0.8), CALIBRATED)["fuse-elementwise"]
+    mb = 1024 * 1024 * 4
+    assert f"fused, it reads its inputs and writes its output once, ~{fmt_bytes(3 * mb + 4096)}" in fuse.effect
+
+
 def test_an_optimizer_step_is_told_to_use_a_fused_optimizer_not_to_fuse_a_chain():
     # a training step's last backward ops, then an unfused AdamW: per tensor mul_, add_, lerp_ ...
     # The run of ops crosses from backward to optimizer: two runs, not one kernel's work; the

@@ -549,3 +549,26 @@ def test_a_capture_gives_the_same_profile_twice():
     assert [o.region for o in a.ops] == [o.region for o in b.ops]
     assert {o.region for o in a.ops} == {"step 1", "step 2"} and a.steps == b.steps
     assert {o.region for o in cap.records} == {""}
+
+
+def test_each_inputs_source_is_recorded_and_round_trips():
+    # which op made each input: op indexes for tensors the run made (through a view and an in-place
+    # op), one negative number per tensor it did not (x read twice keeps its number)
+    x = torch.randn(8, 8)
+
+    def run():
+        a = x + 1
+        b = a.view(64)  # a view: recorded, moves nothing, made by the add
+        b.mul_(2)  # in place: now the mul_ made it
+        return b.sum() + x.sum()
+
+    prof = count(run)
+    ops = [(o.short_op, o.sources) for o in prof.ops]
+    assert ops == [("add", (-1,)), ("view", (0,)), ("mul_", (1,)), ("sum", (2,)), ("sum", (-1,)),
+                   ("add", (3, 4))]
+    back = Profile.from_json(prof.to_json())
+    assert [o.sources for o in back.ops] == [o.sources for o in prof.ops]
+    bad = json.loads(prof.to_json())
+    bad["ops"][0]["sources"] = ["x"]
+    with pytest.raises(ProfileFormatError, match="sources is not a list of op indexes"):
+        Profile.from_json(json.dumps(bad))
