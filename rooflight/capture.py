@@ -463,17 +463,16 @@ class Recorder:
                 self._memo[sig] = (func, hit)  # func: the id in the signature stays its own
         else:
             hit = hit[1]
-        self.id_at.append(len(self.tensor_ids))
+        at = len(self.tensor_ids)
         _tensor_ids(self.tensor_ids, args, kwargs, facts.out_args, out)
-        self._append(hit)
+        self._append(hit, at)
 
-    def _append(self, payload: dict) -> None:
+    def _append(self, payload: dict, ids_at: int = -1) -> None:
         """One op: its call's payload (_payload) and where it ran now (_where; in line for the
-        common case, an op inside a module's forward and no user region).  Its tensors' ids are
-        the caller's to add first (record_aten); an op without them gets none."""
+        common case, an op inside a module's forward and no user region); `ids_at`, where its
+        tensors' ids begin in `tensor_ids` (-1: an op recorded from metadata has none)."""
         self.payloads.append(payload)
-        if len(self.id_at) < len(self.payloads):
-            self.id_at.append(-1)
+        self.id_at.append(ids_at)
         if _regions._STACK or _graph_task_id() != -1 or not self.frames or self.recomputing:
             self.places.append(self._where())
         else:
