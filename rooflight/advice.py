@@ -414,16 +414,12 @@ def _fused_optimizer_effect(f: OpFacts, c: Ceilings) -> str:
 
 
 def _launch_bound_effect(f: OpFacts, c: Ceilings) -> str:
+    # a GPU's kernel launches (a graph replays them), or a CPU's op calls (fewer, larger ops)
     per = f.seconds / f.copies if f.copies else f.seconds
-    return (f"{f.copies} launches of ~{fmt_seconds(per)} each, {fmt_seconds(f.seconds)} ({f.share:.0%} of the run), "
-            f"of which the floors explain {f.attained:.0%}: fewer, larger kernels or one graph launch remove "
-            "most of it")
-
-
-def _dispatch_bound_effect(f: OpFacts, c: Ceilings) -> str:
-    per = f.seconds / f.copies if f.copies else f.seconds
-    return (f"{f.copies} calls of ~{fmt_seconds(per)} each, {fmt_seconds(f.seconds)} ({f.share:.0%} of the run), "
-            f"of which the floors explain {f.attained:.0%}: fewer, larger ops remove most of it")
+    what, fix = (("calls", "fewer, larger ops remove") if c.device_kind == "cpu"
+                 else ("launches", "fewer, larger kernels or one graph launch remove"))
+    return (f"{f.copies} {what} of ~{fmt_seconds(per)} each, {fmt_seconds(f.seconds)} ({f.share:.0%} of the run), "
+            f"of which the floors explain {f.attained:.0%}: {fix} most of it")
 
 
 def _below_roof_effect(f: OpFacts, c: Ceilings) -> str:
@@ -712,7 +708,7 @@ RULES: tuple[Rule, ...] = (
     Rule("dispatch-bound", "op", frozenset({_L.OVERHEAD}), when=lambda f: f.seconds > 0 and not _chain(f),
          recommendation="These ops are dispatch-bound on the CPU: each pays PyTorch's per-op cost more than its "
                         "work; do the work in fewer, larger ops (batch it, or torch.compile the code around them)",
-         effect=_dispatch_bound_effect,
+         effect=_launch_bound_effect,
          devices=frozenset({"cpu"}),
          seed="001 overhead-bound: fewer, larger kernels, AOT/JIT compilation"),
     Rule("below-own-roof", "op", frozenset({_L.MEMORY, _L.COMPUTE}), attained=(0.0, FAR_BELOW_ROOF),
