@@ -20,10 +20,8 @@ from __future__ import annotations
 
 from .functions import plan_sdpa, sdpa_cost
 from .model import OpCall, OpCost, Settings, TensorMeta
-from .pointwise import FLOPS_PER_ELEMENT, vector_class
+from .pointwise import FLOPS_PER_ELEMENT, LAYER_NORM_FLOPS, SOFTMAX_FLOPS, with_row_stats, vector_class
 from .registry import aten, register_cost
-
-LAYER_NORM_FLOPS = 8  # per element: mean 1, variance 3, normalize 2, affine 2 (costs.pointwise.layer_norm)
 
 
 def _t(shape: tuple[int, ...], like: TensorMeta) -> TensorMeta:
@@ -44,31 +42,42 @@ def _elementwise(x: TensorMeta, numel: int, per: float, inputs: int) -> OpCost:
 
 
 def _layer_norm(x: TensorMeta, rows: int, e: int) -> OpCost:
-    # reads x and the weight and bias, writes y and the per-row mean and rstd (fp32)
-    return OpCost({vector_class(x): LAYER_NORM_FLOPS * rows * e}, (rows * e + 2 * e) * x.itemsize,
-                  rows * e * x.itemsize + 2 * rows * 4)
+    # affine (weight and bias): reads x and both, writes y and the per-row mean and rstd, as
+    # costs.pointwise.layer_norm counts native_layer_norm
+    y, stat = _t((rows, e), x), _t((rows, 1), x)
+    cost = OpCost({vector_class(x): (LAYER_NORM_FLOPS + 2) * rows * e}, (rows * e + 2 * e) * x.itemsize, 0.0)
+    return with_row_stats(cost, y, [stat, stat])
+
+
+def _materialized(x: TensorMeta, q: TensorMeta, k: TensorMeta, mask: TensorMeta | None, average: bool,
+                  settings: Settings) -> OpCost:
+    """QK^T, softmax, PV over [B, H, Tq, Tk] scores (and the mask added); with `average` the
+    weights averaged over the heads too (need_weights)."""
+    b, heads, tq, d = q.shape
+    tk = k.shape[2]
+    scores = b * heads * tq * tk
+    it = x.itemsize
+    cls = x.matrix_class(settings.allow_tf32_matmul)
+    cost = OpCost({cls: 2 * scores * d}, (q.numel + k.numel) * it, scores * it)  # QK^T
+    cost = cost.plus(_elementwise(x, scores, SOFTMAX_FLOPS, 1))
+    cost = cost.plus(OpCost({cls: 2 * scores * d}, (scores + k.numel) * it, q.numel * it))  # PV
+    if average:
+        cost = cost.plus(OpCost({vector_class(x): scores}, scores * it, b * tq * tk * it))
+    if mask is not None:
+        cost = cost.plus(OpCost({vector_class(x): scores}, mask.bytes, 0.0))
+    return cost
 
 
 def _attention(x: TensorMeta, b: int, heads: int, tq: int, tk: int, e: int, mask: TensorMeta | None,
                need_weights: bool, settings: Settings) -> OpCost:
     d = e // heads
     q, k = _t((b, heads, tq, d), x), _t((b, heads, tk, d), x)
-    if need_weights:  # materialized: QK^T, softmax, PV, then the weights averaged over the heads
-        scores = b * heads * tq * tk
-        it = x.itemsize
-        cls = x.matrix_class(settings.allow_tf32_matmul)
-        qk = OpCost({cls: 2 * scores * d}, (q.numel + k.numel) * it, scores * it)
-        soft = _elementwise(x, scores, FLOPS_PER_ELEMENT.get("softmax", 5), 1)
-        pv = OpCost({cls: 2 * scores * d}, (scores + k.numel) * it, q.numel * it)
-        avg = OpCost({vector_class(x): scores}, scores * it, b * tq * tk * it)
-        cost = qk.plus(soft).plus(pv).plus(avg)
-        if mask is not None:
-            cost = cost.plus(OpCost({vector_class(x): scores}, mask.bytes, 0.0))
-        return cost
+    if need_weights:
+        return _materialized(x, q, k, mask, True, settings)
     plan = plan_sdpa(q, k, k, mask=mask, is_causal=False, causal_variant=None, dropout_p=0.0, enable_gqa=False,
                      settings=settings)
-    if plan.backend == "math":  # as its decomposition runs: QK^T, softmax, PV
-        return _attention(x, b, heads, tq, tk, e, mask, True, settings)
+    if plan.backend == "math":  # as SDPA's decomposition runs: no weights to average
+        return _materialized(x, q, k, mask, False, settings)
     return sdpa_cost(plan, q, k, k, q, mask=mask, need_lse=False)
 
 
@@ -130,4 +139,4 @@ def transformer_encoder_layer(call: OpCall) -> OpCost:
                        f"{cost.note or 'materialized'}, GEMMs, norms and residual adds, each kernel's traffic")
 
 
-__all__ = ["LAYER_NORM_FLOPS", "native_multi_head_attention", "transformer_encoder_layer"]
+__all__ = ["native_multi_head_attention", "transformer_encoder_layer"]

@@ -206,10 +206,12 @@ def ordered_reduction(call: OpCall) -> OpCost:
 
 # ---------------------------------------------------------------- softmax
 
+SOFTMAX_FLOPS = 5  # per element: max, subtract, exp, sum, divide (log_softmax: log instead of divide)
+
+
 @register_cost(aten._softmax, aten._log_softmax, aten._safe_softmax)
 def softmax(call: OpCall) -> OpCost:
-    # per element: max, subtract, exp, sum, divide (log_softmax: log instead of divide)
-    return elementwise_cost(call, 5)
+    return elementwise_cost(call, SOFTMAX_FLOPS)
 
 
 @register_cost(aten._softmax_backward_data, aten._log_softmax_backward_data)
@@ -220,7 +222,7 @@ def softmax_backward(call: OpCall) -> OpCost:
 
 # ---------------------------------------------------------------- normalization
 
-def _with_row_stats(cost: OpCost, y: TensorMeta, stats: list[TensorMeta]) -> OpCost:
+def with_row_stats(cost: OpCost, y: TensorMeta, stats: list[TensorMeta]) -> OpCost:
     """Writes of a norm: y, plus its per-row statistics (mean, rstd) in the accumulation dtype,
     float32 (float64 for double inputs), as the GPU kernel writes them whatever the device that
     counts: the CPU kernel returns them in the input's dtype, the meta/fake ones in float32."""
@@ -228,15 +230,18 @@ def _with_row_stats(cost: OpCost, y: TensorMeta, stats: list[TensorMeta]) -> OpC
     return dataclasses.replace(cost, bytes_written=y.bytes + sum(t.numel for t in stats) * acc_bytes)
 
 
+# per element: mean (1), variance (sub, square, add: 3), normalize (sub, mul: 2); the affine's
+# weight and bias one each
+LAYER_NORM_FLOPS = 6
+
+
 @register_cost(aten.native_layer_norm)
 def layer_norm(call: OpCall) -> OpCost:
     # input: [*, *normalized] -> y: [*, *normalized], mean and rstd: [*, 1, ...] per row
-    # per element: mean (1), variance (sub, square, add: 3), normalize (sub, mul: 2),
-    # affine (mul, add: 2) = 8
     weight, bias = call.arg(2, "weight"), call.arg(3, "bias")
-    per = 6 + (1 if weight is not None else 0) + (1 if bias is not None else 0)
+    per = LAYER_NORM_FLOPS + (1 if weight is not None else 0) + (1 if bias is not None else 0)
     y, *stats = call.outputs
-    return _with_row_stats(elementwise_cost(call, per), y, stats)
+    return with_row_stats(elementwise_cost(call, per), y, stats)
 
 
 @register_cost(aten.native_layer_norm_backward, aten.native_batch_norm_backward, aten.native_group_norm_backward)
@@ -253,7 +258,7 @@ def fused_rms_norm(call: OpCall) -> OpCost:
     # per element: square, accumulate, scale by rstd, scale by weight = 4; outputs y and rstd
     weight = call.arg(2, "weight")
     y, *stats = call.outputs
-    return _with_row_stats(elementwise_cost(call, 3 + (1 if weight is not None else 0)), y, stats)
+    return with_row_stats(elementwise_cost(call, 3 + (1 if weight is not None else 0)), y, stats)
 
 
 @register_cost(aten._weight_norm_interface)
