@@ -96,18 +96,20 @@ class OpRecord(Traffic):
         _set(rec, "__dict__", d)
         return rec
 
+    def _with(self, **changes: Any) -> "OpRecord":
+        """A fast copy with `changes` (no __post_init__: the fields are already checked)."""
+        rec = _new(type(self))
+        _set(rec, "__dict__", {**self.__dict__, **changes})
+        return rec
+
     def in_region(self, region: str) -> "OpRecord":
         """This op moved to `region` (a fast copy: segmenting a run relabels every op)."""
-        rec = _new(type(self))
-        _set(rec, "__dict__", {**self.__dict__, "region": region})
-        return rec
+        return self._with(region=region)
 
     def in_module(self, prefix: str) -> "OpRecord":
         """This op with its module path put under `prefix` (a part called on its own, named as in
         the module holding it)."""
-        rec = _new(type(self))
-        _set(rec, "__dict__", {**self.__dict__, "module": f"{prefix}.{self.module}" if self.module else prefix})
-        return rec
+        return self._with(module=f"{prefix}.{self.module}" if self.module else prefix)
 
     @property
     def math_class(self) -> str:
