@@ -17,7 +17,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from kernels.llama import build, decode_one_token, prefill  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kernels"))  # model files, by file name
+from llama import build, decode_one_token, prefill  # noqa: E402
 from rooflight import count  # noqa: E402
 from rooflight.detect import describe_cpu  # noqa: E402
 from rooflight.units import fmt_bytes, fmt_flops  # noqa: E402

@@ -19,9 +19,11 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kernels"))  # model files, by file name
 
 import rooflight  # noqa: E402
-from kernels import gemm, quant  # noqa: E402
+import gemm  # noqa: E402
+import quant  # noqa: E402
 
 BF16 = torch.bfloat16
 
@@ -81,7 +83,7 @@ def decode_attention(kv_heads: int = 32, batch: int = 8, heads: int = 32, contex
 @rooflight.workload
 def paged_decode(batch: int = 16, context: int = 4096, device="cuda"):
     """The paged-KV decode kernel of kernels/paged_attention.py (Triton), GQA 32/8 heads."""
-    from kernels import paged_attention as pa
+    import paged_attention as pa
 
     torch.manual_seed(0)
     cache = pa.build_cache(batch, context, n_kv_heads=8, head_dim=128, device=device, dtype=BF16)

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from kernels.llama import build, decode_one_token, prefill  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kernels"))  # model files, by file name
+from llama import build, decode_one_token, prefill  # noqa: E402
 from rooflight.capture import Capture, count  # noqa: E402
 from rooflight.costs import attention as A  # noqa: E402
 from rooflight.costs.model import TensorMeta  # noqa: E402

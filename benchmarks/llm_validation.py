@@ -41,6 +41,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "kernels"))  # model files, by file name
 
 SCHEMA = "rooflight.llm_validation"
 PROJECTION_TARGET = 0.15
@@ -131,7 +132,7 @@ def _measured(prof) -> dict:
 def measure(args) -> Path:
     import torch
 
-    from kernels.llama import build, decode_one_token, prefill
+    from llama import build, decode_one_token, prefill
     from rooflight import llm, timing
     from rooflight.capture import device_name as _device_name
 

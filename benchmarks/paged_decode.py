@@ -61,9 +61,10 @@ if not torch.cuda.is_available():
     if "triton" not in sys.modules and interpreter_works():
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported (it reads this once)
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "kernels"))  # model files, by file name
 
 import rooflight  # noqa: E402
-from kernels import paged_attention as pa  # noqa: E402
+import paged_attention as pa  # noqa: E402
 
 
 def kernel(*args, **kwargs):

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from kernels.llama import build, decode_one_token, prefill  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kernels"))  # model files, by file name
+from llama import build, decode_one_token, prefill  # noqa: E402
 from rooflight.regions import region  # noqa: E402
 from rooflight.timing import profile  # noqa: E402
 from rooflight.units import fmt_bytes, fmt_flops, fmt_seconds  # noqa: E402

@@ -27,36 +27,15 @@ as a server makes it once per batch composition; the step itself is what is prof
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import sys
-from pathlib import Path
 
+import paged_attention as pa  # a sibling: this file's folder is on sys.path while it is imported
 import torch
 import torch.nn.functional as F
 
 import rooflight
 from rooflight.errors import UsageError
-
-
-def _sibling(name: str):
-    """kernels/<name>.py as module kernels.<name>, however this file was loaded (rooflight loads
-    model files by path); one module, so its torch.library ops are defined once."""
-    key = f"kernels.{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().parent / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[key]
-            raise
-    return sys.modules[key]
-
-
-pa = _sibling("paged_attention")
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -52,10 +52,7 @@ def _import_llama():
 
     start = len(_wl._DECLARED)
     try:
-        try:
-            from kernels import llama
-        except ImportError:  # loaded by path (rooflight profile kernels/overhead.py): kernels/ is on sys.path
-            import llama
+        import llama  # its folder is on sys.path while rooflight (or Python, for a script) imports this file
     finally:
         del _wl._DECLARED[start:]
     return llama

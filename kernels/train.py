@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import rooflight
-from kernels.llama import build
+from llama import build
 from rooflight.errors import UsageError
 
 OPTIMIZERS = ("adamw", "adamw-foreach", "adamw-fused")

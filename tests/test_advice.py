@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from kernels.llama import build, decode_one_token
+from llama import build, decode_one_token
 from rooflight.advice import FUSION_MIN_OPS, RULES, Advice, Rule, _attention_facts, advise
 from rooflight.groups import Kind, chain_passes, fusible_chains, kind_of, materialized_attention, op_kinds
 from rooflight.capture import count

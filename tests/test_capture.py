@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import rooflight
-from kernels.llama import LlamaConfig, build, decode_one_token, prefill
+from llama import LlamaConfig, build, decode_one_token, prefill
 from rooflight.capture import Capture, count
 from rooflight.costs.attention import causal_pairs
 from rooflight.profile_data import Profile, ProfileFormatError

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kernels.llama import build, decode_one_token, prefill
+from llama import build, decode_one_token, prefill
 from rooflight.capture import count
 from rooflight.roofline import Ceilings, from_spec
 from rooflight.classify import (EXPLAINED_FRACTION, FAR_BELOW_ROOF, NEAR_ROOF, SCALING_OVERHEAD_EXPONENT,

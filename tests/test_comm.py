@@ -128,11 +128,11 @@ def _free_port() -> int:
 def _rank(rank: int, n: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       ROOFLIGHT_TP_BACKEND="gloo")
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(ROOT / "kernels")]
     import torch.distributed as dist
 
     import rooflight
-    from kernels import tensor_parallel as tp
+    import tensor_parallel as tp
     from rooflight.workloads import build, load_model_file
 
     (w,) = [w for w in load_model_file(ROOT / "kernels" / "tensor_parallel.py") if w.name == "block"]

@@ -543,7 +543,9 @@ def test_more_hf_families_count_their_matrix_work_as_the_flop_counter_does():
         torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16).eval()
+            # frozen: the flop counter's module tracker hooks every input that wants a gradient, and
+            # fails on one of Mamba's (transformers 5.25) that has none; the FLOPs are the same
+            model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16).eval().requires_grad_(False)
         ids = torch.randint(1, 512, (2, 16))
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -556,9 +558,10 @@ def test_more_hf_families_count_their_matrix_work_as_the_flop_counter_does():
         # the flop counter's are the products alone: ours less the bias's one add per output element
         mine = sum(o.total_flops - (o.outputs[0].numel if o.short_op in ("addmm", "baddbmm") else 0)
                    for o in prof.ops if o.short_op in mats)
-        if name == "FalconConfig":
-            # its multi-query attention takes SDPA's math path on the CPU, whose two bmm the flop
-            # counter sees (4*2*4*16*16*32 = 262,144 per layer); ours is the one SDPA op, same FLOPs
+        if name == "FalconConfig" and aten.bmm in theirs:
+            # its multi-query attention took SDPA's math path on the CPU (transformers <= 5.24's mask),
+            # whose two bmm the flop counter sees (4*2*4*16*16*32 = 262,144 per layer); ours is the one
+            # SDPA op, same FLOPs.  Where it takes the CPU's flash kernel the flop counter sees neither.
             mine += sum(o.flops["bf16_tensor"] for o in ops_named(prof, "scaled_dot_product_attention"))
         assert mine == sum(theirs.get(getattr(aten, m), 0) for m in mats), name
         grouped = sum(o.total_flops for o in prof.ops if o.short_op == "_grouped_mm")

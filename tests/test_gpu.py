@@ -70,7 +70,7 @@ def test_pageable_host_to_device_copy_is_communication_bound(ceilings):
 
 
 def test_counts_on_cuda_equal_counts_off_the_gpu():
-    from kernels.llama import build, decode_one_token, prefill
+    from llama import build, decode_one_token, prefill
 
     totals = {}
     for dev in ("cuda", "meta"):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import attention as attn
-from kernels import sparse_attention as sparse
+import attention as attn
+import sparse_attention as sparse
 from rooflight.errors import UsageError
 from rooflight.workloads import load_model_file
 from tests.kernel_checks import checked, counted

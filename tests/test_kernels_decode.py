@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import rooflight
-from kernels import decode_attention as dec
-from kernels import paged_attention as pa
+import decode_attention as dec
+import paged_attention as pa
 from rooflight.errors import UsageError
 from rooflight.workloads import load_model_file
 from tests.kernel_checks import checked, counted
@@ -233,7 +233,7 @@ def test_paged_on_meta_says_to_count_on_real_tensors():
 
 INTERPRETED = r"""
 import torch
-from kernels import paged_attention as pa
+import paged_attention as pa
 assert pa.interpreting()
 cases = [(4, 100, 8, 2, 64, 16, {}), (6, 130, 8, 8, 32, 16, {"prefix": 64, "samples": 3}),
          (8, 64, 32, 1, 16, 16, {"prefix": 48, "samples": 8}), (2, 77, 6, 2, 48, 8, {"splits": 2}),
@@ -254,7 +254,7 @@ print("ok")
 
 
 def _interpreter_env():
-    path = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    path = os.pathsep.join([str(ROOT), str(ROOT / "kernels"), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
 
 

@@ -14,7 +14,11 @@ from rooflight.errors import NoGPUError, UsageError
 from rooflight.workloads import Workload, build, check_run, load_model_file
 from tests.kernel_checks import counted
 
-from kernels import fusion, llama, overhead
+import fusion
+
+import llama
+
+import overhead
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "kernels"

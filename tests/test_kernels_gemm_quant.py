@@ -17,7 +17,9 @@ from rooflight.errors import UsageError
 from rooflight.hardware import load_database
 from rooflight.workloads import check_run, load_model_file
 
-from kernels import gemm, quant
+import gemm
+
+import quant
 
 ROOT = Path(__file__).resolve().parent.parent
 

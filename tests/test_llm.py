@@ -16,7 +16,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from kernels import llama as K
+import llama as K
 from rooflight import llm
 from rooflight.capture import count
 from rooflight.errors import UsageError
