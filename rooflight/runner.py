@@ -20,6 +20,7 @@ import contextlib
 import runpy
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from . import counters as _counters
 from . import ncu as _ncu
 from . import regions as _regions
 from .capture import count
+from .cuda_on_cpu import cuda_on_cpu
 from .errors import NoGPUError, RooflightError, UsageError
 from .profile_data import Profile
 from .timing import profile as time_profile
@@ -84,18 +86,38 @@ def validate(options: Options) -> None:
 def _needs_cuda(err: BaseException) -> bool:
     text = f"{type(err).__name__}: {err}"
     return any(s in text for s in ("Torch not compiled with CUDA", "Found no NVIDIA driver", "no CUDA GPUs are available",
-                                   "CUDA driver initialization failed", "No CUDA GPUs are available"))
+                                   "CUDA driver initialization failed", "No CUDA GPUs are available",
+                                   "Cannot access accelerator device when none is available",
+                                   "Tried to instantiate dummy base class"))
+
+
+def _user_line(err: BaseException, files: Sequence[str]) -> str:
+    """"file.py:12" of the last frame of `err` in one of `files`, or ""."""
+    files = {str(Path(f).resolve()) for f in files}
+    frames = [fr for fr in traceback.extract_tb(err.__traceback__) if str(Path(fr.filename).resolve()) in files]
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
 
 
 @contextlib.contextmanager
-def user_code(files: Sequence[str], what: str) -> Iterator[None]:
-    """Turn an exception raised by the user's code into one message with the user's traceback."""
+def user_code(files: Sequence[str], what: str, *, script: bool = False, stand_in: bool = False) -> Iterator[None]:
+    """Turn an exception raised by the user's code into one message with the user's traceback.
+    A CUDA call on a machine with none says what to do instead: a model file takes --device; a
+    script is counted with its CUDA tensors on the CPU (`stand_in`: it was, and this call is one
+    the CPU cannot stand in for)."""
     try:
         yield
     except (RooflightError, KeyboardInterrupt):
         raise
     except Exception as err:
         if _needs_cuda(err):
+            if stand_in:
+                at = _user_line(err, files)
+                raise NoGPUError(f"{what} asks CUDA for what a CPU cannot stand in for{' at ' + at if at else ''} "
+                                 f"({type(err).__name__}: {err}): count it on a machine with a GPU, or run that line "
+                                 "only when torch.cuda.is_available()") from None
+            if script:
+                raise NoGPUError(f"{what} needs a CUDA GPU and this machine has none: count it here with --count-only "
+                                 "(its CUDA tensors then go to the CPU), or run it on a machine with a GPU") from None
             raise NoGPUError(f"{what} needs a CUDA GPU and this machine has none: run it with --device cpu, "
                              "or count it with --count-only --device meta") from None
         raise ModelFileError(f"{what} raised {type(err).__name__}: {err}", user_traceback(err, files)) from None
@@ -316,11 +338,19 @@ def profile_script(path: Path, argv: Sequence[str], options: Options) -> Result:
     after one untimed run when warmup is 0), or once with single_pass."""
     validate(options)
     if options.device == "meta":
-        raise UsageError("a script chooses its own devices: --device meta applies to model files only")
+        raise UsageError("a script chooses its own devices: --device meta applies to model files only; count a script "
+                         "with --count-only (on a machine without a GPU its CUDA tensors then go to the CPU)")
     run = _run_script(path, argv)
     seg = dict(steps=True, select_steps=options.select_steps)
-    with user_code([str(path)], path.name), _regions.nvtx_as_regions():
-        if options.count_only:
+    # counting needs no GPU: on a machine without one a script's CUDA tensors go to the CPU
+    stand_in = options.count_only and not torch.cuda.is_available()
+    with user_code([str(path)], path.name, script=True, stand_in=stand_in), _regions.nvtx_as_regions():
+        if stand_in:
+            with cuda_on_cpu() as redirected:
+                prof = count(run, workload=path.stem, **seg)
+            if redirected.used:
+                prof = replace(prof, notes=(*prof.notes, redirected.note()))
+        elif options.count_only:
             prof = count(run, workload=path.stem, **seg)
         else:
             # the script puts its tensors where it wants; --device cpu says to time on the CPU (a
