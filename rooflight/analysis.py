@@ -100,6 +100,9 @@ class TrainingFacts:
     state_bytes: float = 0.0  # the optimizer states its fused kernel read (Adam's m and v), 0 if none seen
     recompute_flops: float = 0.0  # per step: activation checkpointing's forward run again in backward
     backward_matrix_flops: float = 0.0  # per step: the backward's matrix work (2x the forward's when every weight trains)
+    # per step: the matrix work of forwards run with autograd off beside the trained one (a DPO
+    # reference model's, a distillation teacher's: phase "no-grad"), counted once in model FLOPs
+    no_grad_flops: float = 0.0
 
     @property
     def optimizer_bytes_per_parameter(self) -> float:
@@ -124,7 +127,9 @@ def training_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings) -
             by_class[c] = by_class.get(c, 0.0) + f
     matrix = {c: f for c, f in by_class.items() if c.endswith("_tensor")} or by_class
     roof = max(matrix, key=matrix.get) if matrix else "fp32"
-    model = 3 * sum(sum(o.flops.values()) for o in fwd)
+    no_grad = sum(sum(o.flops.values()) for o in ops
+                  if o.phase == "no-grad" and kinds[o.index] in (Kind.MATMUL, Kind.ATTENTION))
+    model = 3 * sum(sum(o.flops.values()) for o in fwd) + no_grad
     executed = sum(o.total_flops for o in ops)
     opt = [o for o in ops if o.phase == "optimizer"]
     params, states = _updated_elements(opt)
@@ -144,7 +149,7 @@ def training_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings) -
     back = sum(sum(o.flops.values()) for o in ops
                if o.phase == "backward" and kinds[o.index] in (Kind.MATMUL, Kind.ATTENTION))
     return TrainingFacts(n, model / n, executed / n, roof, seconds, mfu, sum(o.bytes for o in opt) / n, params // n,
-                         states / n, recompute / n, back / n)
+                         states / n, recompute / n, back / n, no_grad / n)
 
 
 def _updated_elements(opt_ops) -> tuple[int, float]:
@@ -163,12 +168,13 @@ def _updated_elements(opt_ops) -> tuple[int, float]:
 def training_text(t: TrainingFacts) -> str:
     """One sentence on a training step's useful work."""
     per = f" per step (over {t.steps})" if t.steps > 1 else " per step"
-    text = (f"training: model FLOPs {t.model_flops:.4g}{per} (3x the forward's matrix work), executed "
+    how = "3x the forward's matrix work" + (", and once the no-grad forwards' (a frozen model's)" if t.no_grad_flops else "")
+    text = (f"training: model FLOPs {t.model_flops:.4g}{per} ({how}), executed "
             f"{t.executed_flops:.4g} ({t.executed_flops / t.model_flops:.2f}x)" if t.model_flops else "training")
     if t.model_flops and t.recompute_flops:
         text += (f", of which {t.recompute_flops:.4g} ({t.recompute_flops / t.model_flops:.2f}x) the forward run again "
                  "by activation checkpointing")
-    forward = t.model_flops / 3
+    forward = (t.model_flops - t.no_grad_flops) / 3
     if forward and 0 < t.backward_matrix_flops < FROZEN_BELOW * forward:
         text += (f"; the backward's matrix work is {t.backward_matrix_flops / forward:.2f}x the forward's, not 2x: "
                  "gradients nothing needs are not computed (a frozen weight's, as in adapter fine-tuning; a first "

@@ -257,7 +257,8 @@ class Recorder:
     # -- module calls (_watch_modules)
     def enter_module(self, module: torch.nn.Module) -> None:
         if not self.frames and not self.recomputing:
-            self._call_start = (id(module), type(module).__name__, len(self.payloads))
+            self._call_start = (id(module), type(module).__name__, len(self.payloads),
+                                torch.is_grad_enabled() and module.training)
             if self.function_mode is not None and not self._set_aside and _on_gpu(module):
                 self._set_aside = _set_aside(self.function_mode)
             names = self._names.get(id(module))
@@ -282,8 +283,8 @@ class Recorder:
                 del self.frames[i:]
                 break
         if not self.frames and self._call_start is not None and self._call_start[0] == id(module):
-            mid, mtype, start = self._call_start
-            self.calls.append(TopCall(mid, mtype, start, len(self.payloads)))
+            mid, mtype, start, grad = self._call_start
+            self.calls.append(TopCall(mid, mtype, start, len(self.payloads), grad=grad))
             self._call_start = None
         if not self.frames and not self.recomputing:
             self.restore_function_mode()

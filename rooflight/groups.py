@@ -101,7 +101,7 @@ def group_ops(profile: Profile, diagnosis: Diagnosis | None = None, *, by: Seque
             outer = region_and_ancestors(o.region, profile.regions)
             where = outer[0] if outer else ""
         module = module_template(o.module)
-        if module and o.phase in ("backward", "recompute"):  # (a backward op sits in the module it differentiates)
+        if module and o.phase in ("backward", "recompute", "no-grad"):  # (a backward op sits in the module it differentiates)
             module += f" ({o.phase})"
         elif not module and o.phase != "forward":
             # in no module: an optimizer's step, or autograd's own work (accumulating .grad), apart

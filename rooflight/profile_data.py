@@ -49,7 +49,8 @@ class OpRecord(Traffic):
     module_type: str = ""  # "Linear"
     region: str = ""  # "decode/attn"
     # or "backward" (autograd's), "recompute" (an activation checkpoint's forward, run again during
-    # backward), "optimizer" (inside an optimizer's step)
+    # backward), "optimizer" (inside an optimizer's step), "no-grad" (in a script that trains, a
+    # model call made with autograd off or in eval mode: a DPO reference model's, rooflight.steps)
     phase: str = "forward"
     device: str = ""
     inputs: tuple[TensorMeta, ...] = ()

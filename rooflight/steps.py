@@ -70,6 +70,9 @@ class TopCall:
     # first call of the model itself
     within: int | None = None
     path: str = ""
+    # called with autograd on and the module in training mode: a forward whose backward may come
+    # after a later call (DPO's chosen and rejected passes, then one loss's backward)
+    grad: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,31 +181,56 @@ def _shape_facts(ops: Sequence[OpRecord]) -> tuple[int | None, int | None, int |
     return None, None, None
 
 
-def _iterations(groups: Sequence[Sequence[OpRecord]]) -> list[tuple[int, int]]:
-    """Consecutive model calls joined into training iterations, as [first, last] call indices: with
-    gradient accumulation a run of calls that run backward but no optimizer step belongs to the
-    next call that steps the optimizer (a run of them after the last optimizer step is an
-    iteration of its own).  A loop whose optimizer steps at every call, or never, keeps one call a
-    step; a forward-only call (an evaluation between iterations) stays a step of its own."""
+def _iterations(groups: Sequence[Sequence[OpRecord]], grads: Sequence[bool] = ()) -> list[tuple[int, int]]:
+    """Consecutive model calls joined into training iterations, as [first, last] call indices: a
+    run of calls that run backward but no optimizer step (gradient accumulation), or that ran with
+    autograd on in training mode and run no backward yet (`grads`: several forwards into one loss,
+    as DPO's), belongs to the next call that steps the optimizer; a run of them left at the end is
+    an iteration of its own when it ran a backward.  A loop whose optimizer steps at every call, or
+    never, keeps one call a step; a forward-only call (an evaluation between iterations) stays a
+    step of its own."""
     phases = [set(map(_PHASE, g)) for g in groups]
-    if not any("optimizer" in p for p in phases) or all("optimizer" in p or "backward" not in p for p in phases):
+    grads = list(grads) or [False] * len(groups)
+    if not any("optimizer" in p for p in phases) or all(
+            "optimizer" in p or ("backward" not in p and not g) for p, g in zip(phases, grads)):
         return [(k, k) for k in range(len(groups))]
     out: list[tuple[int, int]] = []
     start = None
+
+    def close(end: int) -> None:
+        # pending calls with no optimizer step after them: one iteration if a backward ran in them
+        if any("backward" in phases[i] for i in range(start, end + 1)):
+            out.append((start, end))
+        else:
+            out.extend((i, i) for i in range(start, end + 1))
+
     for k, p in enumerate(phases):
         if "optimizer" in p:
             out.append((k if start is None else start, k))
             start = None
-        elif "backward" in p:
+        elif "backward" in p or grads[k]:
             start = k if start is None else start
         else:
             if start is not None:
-                out.append((start, k - 1))
+                close(k - 1)
                 start = None
             out.append((k, k))
     if start is not None:
-        out.append((start, len(groups) - 1))
+        close(len(groups) - 1)
     return out
+
+
+def _reach(ops: Sequence[OpRecord]) -> list[int]:
+    """Per op, the position of the last op that reads what it made, through any chain of ops in
+    between (OpRecord.sources); -1 where nothing does.  One pass from the end: an op's readers all
+    come after it."""
+    reach = [-1] * len(ops)
+    for i in range(len(ops) - 1, -1, -1):
+        r = reach[i] if reach[i] > i else i
+        for s in ops[i].sources:
+            if 0 <= s < i and reach[s] < r:
+                reach[s] = r
+    return reach
 
 
 def _summed_batch(micro: Sequence[Sequence[OpRecord]]) -> int | None:
@@ -291,10 +319,21 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
     else:
         cand = [c for c in calls if c.end > c.start and inside[c.start] and inside[c.end - 1]]
         if cand:
-            counts = Counter(c.module_id for c in cand)
+            # the model being trained, if one is (called with autograd on in training mode: not a
+            # frozen reference or teacher called as often), else any; the most called of them
+            pool = [c for c in cand if c.grad] or cand
+            counts = Counter(c.module_id for c in pool)
             top = max(counts.values())
-            module_id = next(c.module_id for c in cand if counts[c.module_id] == top)
+            module_id = next(c.module_id for c in pool if counts[c.module_id] == top)
             chosen = [c for c in cand if c.module_id == module_id]
+            frozen = [c for c in cand if not c.grad]
+            if frozen and any(c.grad for c in cand) and "backward" in set(map(_PHASE, ops)):
+                # a script that trains one model and calls another (or the same) with autograd off
+                # or in eval mode: those calls' ops are phase "no-grad" (model FLOPs count them once)
+                ops = list(ops)
+                for c in frozen:
+                    ops[c.start:c.end] = [o._with(phase="no-grad") if o.phase == "forward" else o
+                                          for o in ops[c.start:c.end]]
             # the step module's own parts called just before its first call (an encoder-decoder's
             # encoder, run by generate()) are the first step's work, not the setup
             before = [c for c in cand if c.end <= chosen[0].start]
@@ -308,23 +347,35 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
                 ops = list(ops)
                 for c in owned:
                     ops[c.start:c.end] = [o.in_module(c.path) for o in ops[c.start:c.end]]
-            bounds: list[tuple[int, int]] = []
+            # another model's calls just before a call of the step module join its step when what
+            # they made is read from that call on (a DPO reference's log-probs, a teacher's logits,
+            # an assistant's draft tokens); else, like the loop's other ops, the step they follow
+            side = [c for c in cand if c.module_id != module_id and c not in owned]
+            reach = _reach(ops) if side else []
+
+            def begins(call_start: int, lo: int) -> int:
+                start = call_start
+                for c in reversed([c for c in side if lo <= c.start and c.end <= call_start]):
+                    if max(reach[c.start:c.end]) < call_start:
+                        break
+                    start = c.start
+                return start
+
+            starts = [begins(first, 0)] + [begins(b.start, a.end) for a, b in zip(chosen, chosen[1:])]
+            first = starts[0]
             gaps = [b.start - a.end for a, b in zip(chosen, chosen[1:])]
-            for a, b in zip(chosen, chosen[1:]):
-                bounds.append((a.start, b.start))
             last = chosen[-1]
             tail = list(range(last.end, last_in + 1))
             keep = min(len(tail), max(gaps, default=0))
             joined = [i for i in tail if ops[i].phase in TRAINING_PHASES]
             end = max([last.end + keep] + [i + 1 for i in joined])
-            bounds.append((last.start, end))
-            bounds[0] = (first, bounds[0][1])
-            iters = _iterations([ops[a:b] for a, b in bounds])
+            bounds = list(zip(starts, starts[1:] + [end]))
+            iters = _iterations([ops[a:b] for a, b in bounds], [c.grad for c in chosen])
             n_calls = [j - i + 1 for i, j in iters]
             calls_of = [chosen[j] for _, j in iters]  # the iteration's last model call
             # an iteration of several calls: its micro-batches' sequences (of one query length)
             batches = [_summed_batch([ops[a:b] for a, b in bounds[i:j + 1]]) if j > i else None for i, j in iters]
-            bounds = [(bounds[i][0], bounds[j][1]) for i, j in iters]
+            bounds0, bounds = bounds, [(bounds[i][0], bounds[j][1]) for i, j in iters]
             for k, (a, b) in enumerate(bounds, 1):  # the bounds cover chosen[0].start .. end, end to end
                 label[a:b] = [f"step {k}"] * (b - a)
             label[:first] = [SETUP] * first
@@ -332,9 +383,14 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             groups = [ops[a:b] for a, b in bounds]
             many = sorted({m for m in n_calls if m > 1})
             if many:
+                # gradient accumulation: a backward after each call; else several forwards, one backward
+                accumulated = any(o.phase == "backward" for i, j in iters if j > i
+                                  for a, b in bounds0[i:j] for o in ops[a:b])
+                why = ("gradient accumulation" if accumulated else
+                       "forwards whose one backward runs after the last, as DPO's chosen and rejected passes")
                 notes.append(f"a train step is an iteration up to its optimizer step: "
                              f"{many[0] if len(many) == 1 else f'{many[0]} to {many[-1]}'} calls of "
-                             f"{chosen[0].module_type} (gradient accumulation)")
+                             f"{chosen[0].module_type} ({why})")
             for k, ((a, b), (kind, bt, q, kv), c, m, nb) in enumerate(
                     zip(bounds, _kinds(groups), calls_of, n_calls, batches), 1):
                 bt = nb if m > 1 else bt
@@ -367,7 +423,8 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
                              for c in cand if c.module_id != module_id and c.end > chosen[0].start})
             if others:
                 notes.append(f"steps are the {len(chosen)} calls of {chosen[0].module_type}; the outermost calls of "
-                             f"{', '.join(others)} between them join the step they follow")
+                             f"{', '.join(others)} between them join the next step when it reads what they made, "
+                             "else the step they follow")
         elif ranges:
             for i in range(n):
                 label[i] = (SETUP if i < first_in else TEARDOWN if i > last_in else None if inside[i] else OUTSIDE)

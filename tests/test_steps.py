@@ -195,7 +195,8 @@ def test_a_second_model_of_the_same_type_is_named_as_another():
     calls += [TopCall(1, "LlamaForCausalLM", 2 * i + 1, 2 * i + 2) for i in range(2)]
     seg = segment(ops("m" * 6), (), sorted(calls, key=lambda c: c.start))
     assert any("steps are the 3 calls of LlamaForCausalLM; the outermost calls of another LlamaForCausalLM "
-               "(a second model) between them join the step they follow" in n for n in seg.notes)
+               "(a second model) between them join the next step when it reads what they made, else the step they "
+               "follow" in n for n in seg.notes)
 
 
 def test_a_forward_loop_sets_its_own_code_between_calls_apart():
@@ -710,3 +711,50 @@ def test_two_generate_calls_time_their_headline_prefill_and_every_decodes_kv_len
     rows[0] = S.StepRow(0, "s0", "prefill", "headline", 36, 12, 1e-3, 1e-3, 0.0, "memory-bound", 1.0)
     assert S.phase_summary(a)[0] == ("prefill (24–36 tokens): 3.00 ms measured (time to first token, the model's "
                                      "part, median of 2 prefills)")
+
+
+DPO = """
+import torch
+import torch.nn.functional as F
+
+torch.manual_seed(0)
+
+
+def mlp():
+    return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+
+
+ref = mlp().eval().requires_grad_(False)  # built first, called first in each iteration
+policy = mlp()
+opt = torch.optim.SGD(policy.parameters(), lr=0.1)
+for _ in range(4):
+    chosen, rejected = torch.randn(16, 32), torch.randn(16, 32)
+    with torch.no_grad():
+        rc, rr = ref(chosen).sum(-1), ref(rejected).sum(-1)
+    pc, pr = policy(chosen).sum(-1), policy(rejected).sum(-1)
+    loss = -F.logsigmoid((pc - rc) - (pr - rr)).mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+"""
+
+
+def test_a_dpo_loop_is_one_train_step_per_iteration_and_its_frozen_reference_counts_once(tmp_path):
+    # a policy trained on two forwards (chosen, rejected) and one backward, beside a frozen
+    # reference called as often and first: the steps are the policy's iterations, not the reference's
+    # calls, and the reference's ops are phase "no-grad"
+    (tmp_path / "dpo.py").write_text(DPO)
+    r = cli("profile", "dpo.py", "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads((tmp_path / "out" / "dpo.json").read_text())
+    assert [(s["kind"], s["calls"]) for s in prof["steps"]] == [("train", 2)] * 4
+    step2 = [o for o in prof["ops"] if o["region"] == "step 2"]
+    phases = [o["phase"] for o in step2 if o["op"] == "aten::addmm.default"]
+    # the reference's 2 calls x 2 linears (they join the step that reads their results), then the policy's
+    assert phases == ["no-grad"] * 4 + ["forward"] * 4
+    assert [o["phase"] for o in prof["ops"] if o["region"] == "setup" and o["op"] == "aten::addmm.default"] == []
+    # per call, forward: 2*16*32*64 + 2*16*64*8 = 65,536 + 16,384 matrix FLOPs + the biases' 16*64 + 16*8 = 83,072;
+    # model FLOPs a step: 3 x the policy's 2 calls + once the reference's 2 calls = 8 x 83,072 = 664,576
+    assert "model FLOPs 6.646e+05 per step (over 3) (3x the forward's matrix work, and once the no-grad forwards'" \
+        in " ".join(r.stdout.split())
+    assert "forwards whose one backward runs after the last, as DPO's chosen and rejected passes" in " ".join(r.stdout.split())
