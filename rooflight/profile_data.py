@@ -151,6 +151,13 @@ class Step:
     last_op: int = 0
     call_last_op: int = -1  # the last op inside the (last) model call itself (what follows joined the step); -1: marked
     calls: int = 1  # model calls in it: a training iteration's micro-batches (gradient accumulation)
+    # which module's calls the steps are: its place among the run's outermost-called module
+    # instances, in the order of their first calls (two models of one class: a DPO policy is the
+    # second, after its reference); and the call that begins the step, when another model's call
+    # joined it (that instance's place, and which of its calls, from 0); -1: the step's own first call
+    instance: int = 0
+    begins_instance: int = -1
+    begins_call: int = -1
 
     @property
     def tokens(self) -> int | None:

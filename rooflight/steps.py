@@ -326,6 +326,7 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             top = max(counts.values())
             module_id = next(c.module_id for c in pool if counts[c.module_id] == top)
             chosen = [c for c in cand if c.module_id == module_id]
+            chosen_starts = {c.start for c in chosen}
             frozen = [c for c in cand if not c.grad]
             if frozen and any(c.grad for c in cand) and "backward" in set(map(_PHASE, ops)):
                 # a script that trains one model and calls another (or the same) with autograd off
@@ -363,6 +364,14 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
 
             starts = [begins(first, 0)] + [begins(b.start, a.end) for a, b in zip(chosen, chosen[1:])]
             first = starts[0]
+            # each outermost-called module's place in first-call order, and each call's number of its
+            # module's calls: what a run without the capture can find again (rooflight.timing)
+            place = {m: k for k, m in enumerate(dict.fromkeys(c.module_id for c in calls))}
+            nth: dict[int, int] = {}
+            call_at: dict[int, tuple[int, int]] = {}
+            for c in calls:
+                call_at[c.start] = (place[c.module_id], nth.get(c.module_id, 0))
+                nth[c.module_id] = nth.get(c.module_id, 0) + 1
             gaps = [b.start - a.end for a, b in zip(chosen, chosen[1:])]
             last = chosen[-1]
             tail = list(range(last.end, last_in + 1))
@@ -370,12 +379,14 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
             joined = [i for i in tail if ops[i].phase in TRAINING_PHASES]
             end = max([last.end + keep] + [i + 1 for i in joined])
             bounds = list(zip(starts, starts[1:] + [end]))
+            begun = [call_at.get(a, (-1, -1)) if a not in chosen_starts else (-1, -1) for a in starts]
             iters = _iterations([ops[a:b] for a, b in bounds], [c.grad for c in chosen])
             n_calls = [j - i + 1 for i, j in iters]
             calls_of = [chosen[j] for _, j in iters]  # the iteration's last model call
             # an iteration of several calls: its micro-batches' sequences (of one query length)
             batches = [_summed_batch([ops[a:b] for a, b in bounds[i:j + 1]]) if j > i else None for i, j in iters]
             bounds0, bounds = bounds, [(bounds[i][0], bounds[j][1]) for i, j in iters]
+            begun = [begun[i] for i, _ in iters]
             for k, (a, b) in enumerate(bounds, 1):  # the bounds cover chosen[0].start .. end, end to end
                 label[a:b] = [f"step {k}"] * (b - a)
             label[:first] = [SETUP] * first
@@ -391,8 +402,9 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
                 notes.append(f"a train step is an iteration up to its optimizer step: "
                              f"{many[0] if len(many) == 1 else f'{many[0]} to {many[-1]}'} calls of "
                              f"{chosen[0].module_type} ({why})")
-            for k, ((a, b), (kind, bt, q, kv), c, m, nb) in enumerate(
-                    zip(bounds, _kinds(groups), calls_of, n_calls, batches), 1):
+            instance = place[module_id]
+            for k, ((a, b), (kind, bt, q, kv), c, m, nb, (bi, bc)) in enumerate(
+                    zip(bounds, _kinds(groups), calls_of, n_calls, batches, begun), 1):
                 bt = nb if m > 1 else bt
                 if k == 1 and owned:
                     # its kind from all its work (an encoder's long attention: a prefill); its
@@ -407,7 +419,7 @@ def segment(ops: Sequence[OpRecord], regions: Sequence[str], calls: Sequence[Top
                         label[i] = BETWEEN if k < len(bounds) else TEARDOWN
                     b = c.end
                 steps.append(Step(k, f"step {k}", kind, False, True, chosen[0].module_type, bt, q, kv, a, b - 1,
-                                  c.end - 1, m))
+                                  c.end - 1, m, instance, bi, bc))
             if BETWEEN in label:
                 notes.append("the loop's own ops between two forward calls (outside the model) are the region "
                              f"'{BETWEEN}', apart from the steps")

@@ -237,7 +237,7 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
             calls.end()
             torch.cuda.synchronize()
             plain.append(time.perf_counter() - t0)
-        marks = _step_marks(auto, calls.starts, calls.ends, calls.last) if not unrecorded else None
+        marks = _step_marks(auto, calls.starts, calls.ends, calls.last, calls.side) if not unrecorded else None
         if marks:
             try:
                 # a step runs to the next one's start, the last to the end; a forward-only step is its call
@@ -292,54 +292,78 @@ def _time_gpu(fn, args, kwargs, counted: Profile, labelled_raw: dict, warmup: in
 
 
 class _StepCalls:
-    """The outermost calls of a script's step module in a run without the capture, timed by two
-    light module hooks on a `clock` (time.perf_counter on the CPU; on a GPU a CUDA event recorded
-    on the stream, so the marks sit on the GPU's own timeline): a mark at each call's start and
-    at its end, and `end()` marks the end of the run.
+    """The outermost calls of a script's step module in a run without the capture, timed by light
+    module hooks on a `clock` (time.perf_counter on the CPU; on a GPU a CUDA event recorded on the
+    stream, so the marks sit on the GPU's own timeline): a mark at each call's start and at its
+    end, and `end()` marks the end of the run; and the starts of another model's calls that begin
+    a step (Step.begins_instance: a DPO reference's, before the policy's).  Instances are found
+    again by their place in first-call order among the outermost-called modules (Step.instance).
 
     Global module hooks run at every module call (each submodule of every layer), which stretches
-    the very host time these runs measure: they only find the step module; its first outermost call
-    moves the marks onto hooks of that module instance alone and removes the global ones."""
+    the very host time these runs measure: they only find the instances; once each has been seen,
+    only hooks on those instances mark their calls."""
 
     def __init__(self, steps, clock: Callable[[], Any]):
         self.module = steps[0].module if steps else ""
+        self.instance = steps[0].instance if steps else 0
+        self.wanted = {self.instance} | {st.begins_instance for st in steps if st.begins_instance >= 0}
         self.clock = clock
-        self.starts: list = []
+        self.starts: list = []  # the step module's calls
         self.ends: list = []
+        self.side: dict[int, list] = {}  # place -> the starts of that instance's outermost calls
         self.last = None
         self.depth = 0
+        self.places: dict[int, int] = {}  # id(module) -> its place in first-call order
+        self.found: dict[int, int] = {}  # id(module) -> place, for the wanted instances seen
         self.hooks: list = []
+        self.global_hooks: list = []
 
     def __enter__(self) -> "_StepCalls":
         if self.module:
             from torch.nn.modules import module as _m
 
-            self.hooks = [_m.register_module_forward_pre_hook(self._pre),
-                          _m.register_module_forward_hook(self._post, always_call=True)]
+            self.global_hooks = [_m.register_module_forward_pre_hook(self._pre),
+                                 _m.register_module_forward_hook(self._post, always_call=True)]
         return self
 
+    def _mark_start(self, place: int) -> None:
+        mark = self.clock()
+        if place == self.instance:
+            self.starts.append(mark)
+        else:
+            self.side.setdefault(place, []).append(mark)
+
     def _pre(self, module, *_a) -> None:
-        if self.depth == 0 and type(module).__name__ == self.module:
-            self.starts.append(self.clock())
-            for h in self.hooks:  # from now on only this instance's calls are marked
-                h.remove()
-            self.hooks = [module.register_forward_pre_hook(self._instance_pre),
-                          module.register_forward_hook(self._instance_post, always_call=True)]
-            self.depth = 1  # this call's end is marked by the instance hook (read after forward)
-            return
+        if id(module) in self.found:
+            return  # its own hooks count it
+        if self.depth == 0:
+            place = self.places.setdefault(id(module), len(self.places))
+            if place in self.wanted:
+                self._mark_start(place)
+                self.found[id(module)] = place
+                # from now on its calls are marked by hooks of its own (the end hook runs for this call too)
+                self.hooks += [module.register_forward_pre_hook(self._instance_pre),
+                               module.register_forward_hook(self._instance_post, always_call=True)]
+                self.depth = 1
+                if len(self.found) == len(self.wanted):
+                    for h in self.global_hooks:
+                        h.remove()
+                    self.global_hooks = []
+                return
         self.depth += 1
 
     def _post(self, module, *_a) -> None:
-        self.depth -= 1
+        if id(module) not in self.found:
+            self.depth -= 1
 
     def _instance_pre(self, module, *_a) -> None:
         if self.depth == 0:
-            self.starts.append(self.clock())
+            self._mark_start(self.found[id(module)])
         self.depth += 1
 
     def _instance_post(self, module, *_a) -> None:
         self.depth -= 1
-        if self.depth == 0:
+        if self.depth == 0 and self.found[id(module)] == self.instance:
             self.ends.append(self.clock())
 
     def end(self) -> None:
@@ -347,20 +371,31 @@ class _StepCalls:
             self.last = self.clock()
 
     def __exit__(self, *exc) -> None:
-        for h in self.hooks:
+        for h in self.hooks + self.global_hooks:
             h.remove()
 
 
-def _step_marks(auto, starts: list, ends: list, last=None) -> list[tuple[Any, Any, Any]] | None:
-    """Each step's (first call's start, the next step's first call's start (the last step: `last`),
-    its last call's end) from the marks of its model calls (a training iteration of gradient
-    accumulation holds several: Step.calls); None when the marks do not match the steps' calls."""
+def _step_marks(auto, starts: list, ends: list, last=None, side: dict | None = None
+                ) -> list[tuple[Any, Any, Any]] | None:
+    """Each step's (start, the next step's start (the last step: `last`), its last call's end)
+    from the marks of its model calls (a training iteration of gradient accumulation holds
+    several: Step.calls); a step begun by another model's call starts at that call's mark (`side`:
+    place -> starts); None when the marks do not match the steps' calls."""
     firsts = [0]
     for st in auto:
         firsts.append(firsts[-1] + st.calls)
     if not auto or len(starts) != firsts[-1] or len(ends) != len(starts):
         return None
-    return [(starts[firsts[k]], starts[firsts[k + 1]] if k + 1 < len(auto) else last, ends[firsts[k + 1] - 1])
+    side = side or {}
+    begins = []
+    for k, st in enumerate(auto):
+        if st.begins_instance < 0:
+            begins.append(starts[firsts[k]])
+        elif 0 <= st.begins_call < len(side.get(st.begins_instance, ())):
+            begins.append(side[st.begins_instance][st.begins_call])
+        else:
+            return None
+    return [(begins[k], begins[k + 1] if k + 1 < len(auto) else last, ends[firsts[k + 1] - 1])
             for k in range(len(auto))]
 
 
@@ -631,7 +666,7 @@ def _plain_cpu_walls(fn, args, kwargs, repeats: int, steps=(), tails: dict[str, 
                 spent[""] = time.perf_counter() - t0
         finally:
             _regions.LISTENERS.remove(listener)
-        marks = _step_marks(auto, calls.starts, calls.ends)
+        marks = _step_marks(auto, calls.starts, calls.ends, side=calls.side)
         if marks:
             # a step runs to the next one's start (a forward-only one: its calls); the last: its calls, plus its tail
             for st, (a, nxt, c) in zip(auto, marks):

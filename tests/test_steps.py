@@ -748,6 +748,10 @@ def test_a_dpo_loop_is_one_train_step_per_iteration_and_its_frozen_reference_cou
     assert r.returncode == 0, r.stderr
     prof = json.loads((tmp_path / "out" / "dpo.json").read_text())
     assert [(s["kind"], s["calls"]) for s in prof["steps"]] == [("train", 2)] * 4
+    # the policy is the second module called outermost (place 1); each step begins with the
+    # reference's (place 0) chosen pass, its calls 0, 2, 4, 6: where a run without the capture marks it
+    assert [(s["instance"], s["begins_instance"], s["begins_call"]) for s in prof["steps"]] == \
+        [(1, 0, 0), (1, 0, 2), (1, 0, 4), (1, 0, 6)]
     step2 = [o for o in prof["ops"] if o["region"] == "step 2"]
     phases = [o["phase"] for o in step2 if o["op"] == "aten::addmm.default"]
     # the reference's 2 calls x 2 linears (they join the step that reads their results), then the policy's

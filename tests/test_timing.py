@@ -315,3 +315,26 @@ def test_a_compiled_model_timed_on_the_cpu_says_its_op_times_are_the_eager_ops()
     assert timing.COMPILED_CPU_NOTE in p.timing.notes
     plain = torch.nn.Linear(32, 64)
     assert timing.COMPILED_CPU_NOTE not in timing.profile(lambda: plain(x), repeats=1, device="cpu").timing.notes
+
+
+def test_step_calls_find_the_step_module_by_its_place_and_mark_the_calls_that_begin_steps():
+    # a DPO-like loop: a reference and a policy of one class, the reference called first; the steps
+    # are the policy's calls (place 1), each begun by the reference's call just before (place 0)
+    from rooflight.profile_data import Step
+
+    ref, policy = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    steps = [Step(k, f"step {k}", "train", module="Linear", instance=1, begins_instance=0, begins_call=k - 1)
+             for k in (1, 2, 3)]
+    ticks = iter(range(100))
+    with timing._StepCalls(steps, lambda: next(ticks)) as calls:
+        for _ in range(3):
+            ref(x)
+            policy(x)
+        calls.end()
+    # ticks: ref starts 0, 3, 6; policy starts 1, 4, 7, ends 2, 5, 8; the run's end 9
+    assert (calls.starts, calls.ends, calls.side, calls.last) == ([1, 4, 7], [2, 5, 8], {0: [0, 3, 6]}, 9)
+    assert timing._step_marks(steps, calls.starts, calls.ends, calls.last, calls.side) == [(0, 3, 2), (3, 6, 5), (6, 9, 8)]
+    # the hooks are gone: a later call marks nothing
+    policy(x)
+    assert calls.starts == [1, 4, 7]
