@@ -830,7 +830,54 @@ class _FunctionMode(TorchFunctionMode):
                 return _sdpa(self.recorder, func, args, kwargs)
             if func is _RMS_NORM:
                 return _rms_norm(self.recorder, func, args, kwargs)
+            log = _SOFTMAXES.get(func)
+            if log is not None and kwargs.get("dtype") is torch.float32:
+                return _half_softmax(self.recorder, func, args, kwargs, log)
         return func(*args, **kwargs)
+
+
+# softmax and log_softmax as Python calls them (value: log); nn.Softmax calls F.softmax
+_SOFTMAXES = {F.softmax: False, torch.softmax: False, torch.Tensor.softmax: False,
+              F.log_softmax: True, torch.log_softmax: True, torch.Tensor.log_softmax: True}
+
+
+def _half_softmax(rec: "Recorder", func: Callable, args: tuple, kwargs: dict, log: bool) -> Any:
+    """softmax(x, dim, dtype=float32) of a float16 x off the GPU: a GPU runs one kernel reading
+    fp16 and writing fp32 (_softmax with half_to_float; its backward writes fp16), the CPU casts
+    first (a copy, then an fp32 softmax): run it here, record the GPU's."""
+    x = args[0] if args else None
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    if (not isinstance(x, torch.Tensor) or x.dtype is not torch.float16 or not isinstance(dim, int)
+            or (x.device.type == "cuda" and not _is_fake(x))):
+        return func(*args, **kwargs)
+    xm = TensorMeta.of(x)
+    index = rec.next_index()
+    rec.suppress += 1
+    rec.inner = []
+    om = None
+    try:
+        with rec.label(index):
+            if _needs_grad(x):
+                def backward(grad_out: torch.Tensor, real: Callable | None) -> tuple:
+                    grads = _grads(rec, real, (x,))
+                    gm = TensorMeta.of(grads[0])
+                    op, cost = _fn.softmax_half_to_float_backward(TensorMeta.of(grad_out), om, gm, dim, rec.settings,
+                                                                  log)
+                    rec.add(op, [TensorMeta.of(grad_out), om], [gm], cost,
+                            note="counted as the GPU's backward into float16 (predicted)")
+                    return grads
+
+                out = _PredictedBackward.apply(lambda xx: func(xx, *args[1:], **kwargs), backward, x)
+                rec.node_of(out)
+            else:
+                out = func(*args, **kwargs)
+    finally:
+        rec.suppress -= 1
+    om = TensorMeta.of(out)
+    op, cost = _fn.softmax_half_to_float(xm, om, dim, rec.settings, log)
+    rec.add(op, [xm], [om], cost, note=f"counted as the GPU's one kernel from float16 into float32 (predicted; ran "
+                                     f"here on {x.device.type} as {len(rec.inner)} ops)")
+    return out
 
 
 _RMS_NORM = getattr(F, "rms_norm", None)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 CPU = torch.device("cpu")
@@ -60,12 +61,17 @@ def _is_cuda(d: Any) -> bool:
 
 
 class _DeviceMode(TorchFunctionMode):
-    def __init__(self, seen: Redirected):
+    def __init__(self, seen: Redirected, cuda_autocast: Callable[[], bool]):
         super().__init__()
         self.seen = seen
+        self.cuda_autocast = cuda_autocast  # inside an autocast('cuda') now
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        at = _PY_SOFTMAX.get(func)
+        if (at is not None and "dtype" not in kwargs and len(args) <= at and args and _eligible(args[0])
+                and self.cuda_autocast() and torch.is_autocast_enabled("cpu")):
+            kwargs = {**kwargs, "dtype": torch.float32}
         if func is torch.Tensor.cuda:
             self.seen.add("tensors on cuda")
             return args[0].to(CPU, non_blocking=kwargs.get("non_blocking", False),
@@ -93,6 +99,11 @@ _LOWER = frozenset("""_convolution conv1d conv2d conv3d conv_tbc conv_transpose1
 _SET_DTYPE = frozenset("prod softmax log_softmax cumprod cumsum linalg_vector_norm linalg_matrix_norm sum".split())
 # fp32_append_dtype: the norm is called through its overload that takes a dtype
 _WITH_DTYPE = {"norm.Scalar": torch.ops.aten.norm.ScalarOpt_dtype, "norm.ScalarOpt_dim": torch.ops.aten.norm.ScalarOpt_dim_dtype}
+# Python's softmax calls, and where each takes its dtype positionally: under autocast('cuda')
+# they are given dtype=float32 before they reach the capture (CUDA's policy for them, applied
+# where the capture sees it and counts fp16 into fp32 as the GPU's one kernel)
+_PY_SOFTMAX = {F.softmax: 3, F.log_softmax: 3, torch.softmax: 2, torch.log_softmax: 2, torch.Tensor.softmax: 2,
+               torch.Tensor.log_softmax: 2}
 _PROMOTE = frozenset("addcdiv addcmul atan2 bilinear cross dot vdot grid_sampler index_put tensordot scatter_add".split())
 _BANNED = frozenset({"binary_cross_entropy"})
 _LOW = (torch.float16, torch.bfloat16)
@@ -275,7 +286,7 @@ def cuda_on_cpu() -> Iterator[Redirected]:
         patches.set(torch.cuda, name, nothing(name))
     patches.set(torch, "set_default_device", set_default_device)
     try:
-        with _DeviceMode(seen):
+        with _DeviceMode(seen, lambda: state["open"] > 0):
             yield seen
     finally:
         patches.restore()

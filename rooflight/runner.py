@@ -346,10 +346,18 @@ def profile_script(path: Path, argv: Sequence[str], options: Options) -> Result:
     stand_in = options.count_only and not torch.cuda.is_available()
     with user_code([str(path)], path.name, script=True, stand_in=stand_in), _regions.nvtx_as_regions():
         if stand_in:
-            with cuda_on_cpu() as redirected:
-                prof = count(run, workload=path.stem, **seg)
-            if redirected.used:
-                prof = replace(prof, notes=(*prof.notes, redirected.note()))
+            seen = []
+
+            def standing_in() -> None:
+                # inside the capture: the stand-in's mode sees each call before the capture's does
+                with cuda_on_cpu() as redirected:
+                    seen.append(redirected)
+                    run()
+
+            standing_in.__qualname__ = run.__qualname__
+            prof = count(standing_in, workload=path.stem, **seg)
+            if seen and seen[0].used:
+                prof = replace(prof, notes=(*prof.notes, seen[0].note()))
         elif options.count_only:
             prof = count(run, workload=path.stem, **seg)
         else:

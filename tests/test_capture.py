@@ -572,3 +572,34 @@ def test_each_inputs_source_is_recorded_and_round_trips():
     bad["ops"][0]["sources"] = ["x"]
     with pytest.raises(ProfileFormatError, match="sources is not a list of op indexes"):
         Profile.from_json(json.dumps(bad))
+
+
+def _softmax_records(device: str):
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 64, device=device).half().requires_grad_(True)
+    gy, gz = torch.randn(4, 8, 64, device=device), torch.randn(4, 8, 64, device=device)
+
+    def run():
+        y = torch.softmax(x, -1, dtype=torch.float32)
+        z = F.log_softmax(x, dim=-1, dtype=torch.float32)
+        torch.autograd.backward([y, z], [gy, gz])
+
+    prof = count(run)
+    return [(o.short_op, tuple(t.dtype for t in o.inputs), tuple(t.dtype for t in o.outputs), o.bytes_read,
+             o.bytes_written) for o in prof.ops if "softmax" in o.short_op]
+
+
+def test_a_float16_softmax_into_float32_counts_as_the_gpus_one_kernel():
+    # x [4, 8, 64] fp16 = 2,048 elements: 4,096 B read, 8,192 B written as fp32, by one kernel
+    # (_softmax with half_to_float), not a cast (4,096 + 8,192) and an fp32 softmax (8,192 + 8,192);
+    # backward: dy and y read in fp32 (8,192 + 8,192), dx written in fp16 (4,096)
+    f16, f32 = "float16", "float32"
+    assert _softmax_records("cpu") == [
+        ("_softmax", (f16,), (f32,), 4096, 8192), ("_log_softmax", (f16,), (f32,), 4096, 8192),
+        ("_log_softmax_backward_data", (f32, f32), (f16,), 16384, 4096),
+        ("_softmax_backward_data", (f32, f32), (f16,), 16384, 4096)]
+
+
+@pytest.mark.gpu
+def test_a_float16_softmax_into_float32_is_predicted_as_the_gpu_runs_it():
+    assert _softmax_records("cpu") == _softmax_records("cuda")

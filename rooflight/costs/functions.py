@@ -29,7 +29,7 @@ from typing import Sequence
 
 from .attention import attention_backward_cost, attention_cost, flex_attention_cost, predict_sdpa_backend
 from .model import OpCall, OpCost, Settings, TensorMeta
-from .pointwise import fused_rms_norm
+from .pointwise import fused_rms_norm, softmax, softmax_backward
 from .training import fused_rms_norm_backward
 
 SDPA = "aten::scaled_dot_product_attention"
@@ -99,6 +99,25 @@ def rms_norm_backward(grad_out: TensorMeta, x: TensorMeta, normalized_shape: Seq
     return [t for t in (grad_out, x, rstd, weight) if t is not None], fused_rms_norm_backward(call)
 
 
+def softmax_half_to_float(x: TensorMeta, out: TensorMeta, dim: int, settings: Settings,
+                          log: bool = False) -> tuple[str, OpCost]:
+    """(op, cost) of softmax (log_softmax) of float16 into float32 as a GPU runs it: one kernel
+    (_softmax with half_to_float) reading fp16 and writing fp32, where the CPU, with no such
+    kernel, casts to fp32 first."""
+    op = "aten::_log_softmax.default" if log else "aten::_softmax.default"
+    call = OpCall(op, (x, dim, True), {}, (out,), settings, arg_names=("self", "dim", "half_to_float"))
+    return op, softmax(call)
+
+
+def softmax_half_to_float_backward(grad_out: TensorMeta, out: TensorMeta, grad_in: TensorMeta, dim: int,
+                                   settings: Settings, log: bool = False) -> tuple[str, OpCost]:
+    """(op, cost) of that kernel's backward on a GPU: reads dy and y in fp32, writes dx in fp16."""
+    op = "aten::_log_softmax_backward_data.default" if log else "aten::_softmax_backward_data.default"
+    call = OpCall(op, (grad_out, out, dim, "float16"), {}, (grad_in,), settings,
+                  arg_names=("grad_output", "output", "dim", "input_dtype"))
+    return op, softmax_backward(call)
+
+
 def flex_cost(q: TensorMeta, k: TensorMeta, v: TensorMeta, out: TensorMeta, block_mask, settings: Settings) -> OpCost:
     """Flex attention counted by the blocks its BlockMask visits."""
     return flex_attention_cost(q, k, v, out, block_mask, settings)
@@ -109,4 +128,5 @@ def with_backends(settings: Settings, backends: tuple[str, ...]) -> Settings:
 
 
 __all__ = ["FLEX", "FUSED_RMS_NORM", "SDPA", "SdpaPlan", "flex_cost", "plan_sdpa", "rms_norm_cost", "sdpa_cost",
+           "softmax_half_to_float", "softmax_half_to_float_backward",
            "with_backends"]
