@@ -244,6 +244,9 @@ class Recorder:
         self._call_start: tuple[int, str, int] | None = None
         self.ranges: list[tuple[int, int | None]] = []  # torch.cuda.profiler start/stop, as op indexes
         self.optimizer_depth = 0  # inside an optimizer's step()
+        # a backward has run since the last outermost module call began: an op in no module now
+        # works on the gradients (clip_grad_norm_, GradScaler's unscale), phase "after backward"
+        self.after_backward = False
         self._memo: dict[Any, tuple] = {}  # a call's signature -> (op, its payload: _payload)
         self._memo_generation = _registry.GENERATION  # the formulas the memo was filled with
         # the capture's function mode, set aside while a model on the GPU runs (its rules are for
@@ -257,6 +260,7 @@ class Recorder:
     # -- module calls (_watch_modules)
     def enter_module(self, module: torch.nn.Module) -> None:
         if not self.frames and not self.recomputing:
+            self.after_backward = False
             self._call_start = (id(module), type(module).__name__, len(self.payloads),
                                 torch.is_grad_enabled() and module.training)
             if self.function_mode is not None and not self._set_aside and _on_gpu(module):
@@ -394,12 +398,14 @@ class Recorder:
             node = _current_node()
             frame = self._node_frames.get(node._sequence_nr(), _NO_FRAME) if node is not None else _NO_FRAME
             place = (frame, region, "backward")
+            self.after_backward = True
         elif self.frames:
             self._node_frames.setdefault(_next_sequence_nr() - 1, self.frames[-1][0])
             place = (self.frames[-1][0], region, "forward")
         else:
             self._node_frames.setdefault(_next_sequence_nr() - 1, _NO_FRAME)
-            place = (_NO_FRAME, region, "optimizer" if self.optimizer_depth else "forward")
+            place = (_NO_FRAME, region, "optimizer" if self.optimizer_depth else
+                     "after backward" if self.after_backward else "forward")
         return self._interned.setdefault(place, place)
 
     def node_of(self, out: Any) -> None:

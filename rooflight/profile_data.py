@@ -38,7 +38,7 @@ _new, _set = object.__new__, object.__setattr__
 
 
 # the phases of a training step (OpRecord.phase): a region running them trains
-TRAINING_PHASES = frozenset(("backward", "recompute", "optimizer"))
+TRAINING_PHASES = frozenset(("backward", "recompute", "optimizer", "after backward"))
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,9 @@ class OpRecord(Traffic):
     module_type: str = ""  # "Linear"
     region: str = ""  # "decode/attn"
     # or "backward" (autograd's), "recompute" (an activation checkpoint's forward, run again during
-    # backward), "optimizer" (inside an optimizer's step), "no-grad" (in a script that trains, a
+    # backward), "optimizer" (inside an optimizer's step), "after backward" (in no module, after a
+    # backward and before the next model call: clip_grad_norm_, GradScaler's unscale, the loop's
+    # .item() of the loss), "no-grad" (in a script that trains, a
     # model call made with autograd off or in eval mode: a DPO reference model's, rooflight.steps)
     phase: str = "forward"
     device: str = ""

@@ -326,6 +326,30 @@ def test_a_grad_scaler_step_counts_its_unscale_and_scale_update():
     update, = ops_named(prof, "_amp_update_scale_")
     # reads the scale (fp32), its growth tracker (int32) and found_inf; writes the first two
     assert update.bytes_read == 12 and update.bytes_written == 8
+    # in no module, after the backward and outside the optimizer's step: gradients' work, not the forward's
+    assert unscale.phase == update.phase == "after backward"
+    assert {o.phase for o in prof.ops if o.short_op == "addmm"} == {"forward"}
+
+
+def test_clipping_between_backward_and_the_optimizer_step_is_phase_after_backward():
+    model = torch.nn.Linear(16, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 16)
+
+    def step():
+        loss = model(x).square().mean()  # the loss, in no module: forward
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    prof = count(step)
+    phases = {o.short_op: o.phase for o in prof.ops}
+    assert phases["mean"] == "forward" and phases["_foreach_norm"] == "after backward"
+    assert phases["_foreach_mul_"] == "after backward"  # the clip's scale of the gradients
+    assert {o.phase for o in prof.ops if o.short_op == "add_"} <= {"optimizer", "backward"}
+    # the groups name it so: "(after backward) _foreach_norm"
+    from rooflight.groups import group_ops
+    assert any(g.name.startswith("(after backward) _foreach_norm") for g in group_ops(prof))
 
 
 # ---------------------------------------------------------------------------- convolution backward
