@@ -183,3 +183,26 @@ def test_the_stand_ins_autocast_records_what_cudas_autocast_runs():
     on_gpu = _recorded(_autocast_region("cuda"))
     on_cpu = _on_stand_in(_autocast_region)
     assert [o for o in on_cpu if o[0] not in KEEP_OUT] == [o for o in on_gpu if o[0] not in KEEP_OUT]
+
+
+@no_gpu
+def test_a_nanogpt_style_cuda_training_script_counts_on_the_cpu(tmp_path):
+    r = cli("profile", str(ROOT / "tests" / "examples" / "cuda_train.py"), "--count-only", "--format", "json", "-o",
+            "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads((tmp_path / "out" / "cuda_train.json").read_text())
+    assert [s["kind"] for s in prof["steps"]] == ["train"] * 3 and all(o["counted"] for o in prof["ops"])
+    (note,) = [n for n in prof["notes"] if "no GPU: the script" in n]
+    for what in ("autocast('cuda', float16) with CUDA's cast lists", "GradScaler('cuda') as the CPU's", "tensors on cuda"):
+        assert what in note
+    # a step's forward matrix work, in fp16 under autocast: B = 4, T = 32, d = 64, V = 512, 2 blocks;
+    # per block qkv, proj, fc, out: 2*B*T*d*d*(3 + 1 + 4 + 4) = 12,582,912, the tied head 2*B*T*d*V =
+    # 8,388,608: 2 * 12,582,912 + 8,388,608 = 33,554,432 tensor FLOPs; the biases' adds 9*d*B*T = 73,728 a block
+    mats = [o for o in prof["ops"] if o["region"] == "step 2" and o["phase"] == "forward"
+            and o["op"] in ("aten::addmm.default", "aten::mm.default")]
+    assert sum(o["flops"].get("fp16_tensor", 0) for o in mats) == 33_554_432
+    assert sum(o["flops"].get("fp32", 0) for o in mats) == 2 * 73_728
+    # the scaler's unscale and the clip run between the backward and the optimizer's step
+    phases = {o["op"].split("::")[-1].split(".")[0]: o["phase"] for o in prof["ops"] if o["region"] == "step 2"}
+    assert phases["_amp_foreach_non_finite_check_and_unscale_"] == phases["_foreach_norm"] == "after backward"
+    assert phases["_fused_adamw_"] == "optimizer"
