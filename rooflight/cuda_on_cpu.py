@@ -17,8 +17,8 @@ plans), so inside `cuda_on_cpu()` every request for a CUDA device gets the CPU:
   widest input — is CUDA's), so `softmax` writes fp32 and `cross_entropy` runs as log_softmax
   into nll_loss as it does on a GPU, where the CPU's own lists differ;
 - `GradScaler("cuda")` becomes the CPU's (the same unscale and update ops);
-- `torch.cuda.synchronize()`, `empty_cache()`, `set_device()` and the peak-memory resets do
-  nothing (there is no device to wait for or to free).
+- `torch.Generator(device="cuda")` is the CPU's; `torch.cuda.synchronize()`, `empty_cache()`,
+  `set_device()` and the peak-memory resets do nothing (there is no device to wait for or to free).
 
 Anything else a script asks of CUDA (events, streams, memory statistics, device properties)
 raises as it would on any machine without one; the caller turns that into one line naming the
@@ -85,6 +85,24 @@ class _DeviceMode(TorchFunctionMode):
             self.seen.add("tensors on cuda")
             args = (args[0], CPU, *args[2:])
         return func(*args, **kwargs)
+
+
+_ACTIVE: list[Redirected] = []  # the stand-ins running now (the innermost last)
+
+
+class _Generator(torch.Generator):
+    """torch.Generator(device="cuda") as the CPU's (a subclass at module level: isinstance holds,
+    and it pickles)."""
+
+    def __new__(cls, device: Any = "cpu"):
+        if _is_cuda(device):
+            if _ACTIVE:
+                _ACTIVE[-1].add("a torch.Generator on cuda as the CPU's")
+            device = CPU
+        return super().__new__(cls, device)
+
+    def __init__(self, device: Any = "cpu"):
+        pass
 
 
 # ---------------------------------------------------------------------------- autocast as on CUDA
@@ -285,9 +303,12 @@ def cuda_on_cpu() -> Iterator[Redirected]:
     for name in ("synchronize", "empty_cache", "set_device", "reset_peak_memory_stats", "reset_max_memory_allocated"):
         patches.set(torch.cuda, name, nothing(name))
     patches.set(torch, "set_default_device", set_default_device)
+    patches.set(torch, "Generator", _Generator)
+    _ACTIVE.append(seen)
     try:
         with _DeviceMode(seen, lambda: state["open"] > 0):
             yield seen
     finally:
+        _ACTIVE.remove(seen)
         patches.restore()
         state["lib"] = None  # its registrations go with it

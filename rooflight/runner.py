@@ -88,7 +88,7 @@ def _needs_cuda(err: BaseException) -> bool:
     return any(s in text for s in ("Torch not compiled with CUDA", "Found no NVIDIA driver", "no CUDA GPUs are available",
                                    "CUDA driver initialization failed", "No CUDA GPUs are available",
                                    "Cannot access accelerator device when none is available",
-                                   "Tried to instantiate dummy base class"))
+                                   "Tried to instantiate dummy base class", "Cannot get CUDA generator"))
 
 
 def _user_line(err: BaseException, files: Sequence[str]) -> str:

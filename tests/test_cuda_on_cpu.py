@@ -154,26 +154,28 @@ def test_autocast_cuda_casts_as_cudas_autocast_does_not_as_the_cpus():
 @no_gpu
 def test_grad_scaler_cuda_runs_as_the_cpus_and_everything_is_put_back():
     real = (torch.autocast, torch.amp.GradScaler, torch.cuda.amp.GradScaler, torch.cuda.synchronize,
-            torch.set_default_device)
+            torch.set_default_device, torch.Generator)
 
     def step():
         lin = torch.nn.Linear(16, 16).cuda()
         opt = torch.optim.SGD(lin.parameters(), lr=0.1)
         scaler = torch.amp.GradScaler("cuda")
+        g = torch.Generator(device="cuda").manual_seed(0)  # a seeded batch, as a user's sampler makes
+        assert isinstance(g, torch.Generator) and g.device.type == "cpu"
         with torch.autocast("cuda"):
-            loss = lin(torch.randn(4, 16, device="cuda")).float().sum()
+            loss = lin(torch.randn(4, 16, device="cuda", generator=g)).float().sum()
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
 
     with cuda_on_cpu() as seen:
         prof = count(step)
-    assert "GradScaler('cuda') as the CPU's" in seen.used
+    assert "GradScaler('cuda') as the CPU's" in seen.used and "a torch.Generator on cuda as the CPU's" in seen.used
     names = [o.short_op for o in prof.ops]
     assert "_amp_foreach_non_finite_check_and_unscale_" in names and "_amp_update_scale_" in names
     assert not prof.uncounted()
     assert (torch.autocast, torch.amp.GradScaler, torch.cuda.amp.GradScaler, torch.cuda.synchronize,
-            torch.set_default_device) == real
+            torch.set_default_device, torch.Generator) == real
 
 
 @pytest.mark.gpu
