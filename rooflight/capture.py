@@ -836,15 +836,16 @@ class _FunctionMode(TorchFunctionMode):
                 return _sdpa(self.recorder, func, args, kwargs)
             if func is _RMS_NORM:
                 return _rms_norm(self.recorder, func, args, kwargs)
-            log = _SOFTMAXES.get(func)
-            if log is not None and kwargs.get("dtype") is torch.float32:
-                return _half_softmax(self.recorder, func, args, kwargs, log)
+            softmax = SOFTMAXES.get(func)
+            if softmax is not None and kwargs.get("dtype") is torch.float32:
+                return _half_softmax(self.recorder, func, args, kwargs, softmax[0])
         return func(*args, **kwargs)
 
 
-# softmax and log_softmax as Python calls them (value: log); nn.Softmax calls F.softmax
-_SOFTMAXES = {F.softmax: False, torch.softmax: False, torch.Tensor.softmax: False,
-              F.log_softmax: True, torch.log_softmax: True, torch.Tensor.log_softmax: True}
+# softmax and log_softmax as Python calls them (nn.Softmax calls F.softmax): (log, the position of
+# its dtype argument when given positionally)
+SOFTMAXES = {F.softmax: (False, 3), torch.softmax: (False, 2), torch.Tensor.softmax: (False, 2),
+             F.log_softmax: (True, 3), torch.log_softmax: (True, 2), torch.Tensor.log_softmax: (True, 2)}
 
 
 def _half_softmax(rec: "Recorder", func: Callable, args: tuple, kwargs: dict, log: bool) -> Any:

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+
+from .capture import SOFTMAXES
 
 CPU = torch.device("cpu")
 
@@ -68,8 +69,11 @@ class _DeviceMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        at = _PY_SOFTMAX.get(func)
-        if (at is not None and "dtype" not in kwargs and len(args) <= at and args and _eligible(args[0])
+        # Python's softmax calls (capture.SOFTMAXES) under autocast('cuda') are given dtype=float32
+        # before they reach the capture: CUDA's policy for them, applied where the capture sees it
+        # and counts fp16 into fp32 as the GPU's one kernel
+        softmax = SOFTMAXES.get(func)
+        if (softmax is not None and "dtype" not in kwargs and len(args) <= softmax[1] and args and _eligible(args[0])
                 and self.cuda_autocast() and torch.is_autocast_enabled("cpu")):
             kwargs = {**kwargs, "dtype": torch.float32}
         if func is torch.Tensor.cuda:
@@ -117,14 +121,8 @@ _LOWER = frozenset("""_convolution conv1d conv2d conv3d conv_tbc conv_transpose1
 _SET_DTYPE = frozenset("prod softmax log_softmax cumprod cumsum linalg_vector_norm linalg_matrix_norm sum".split())
 # fp32_append_dtype: the norm is called through its overload that takes a dtype
 _WITH_DTYPE = {"norm.Scalar": torch.ops.aten.norm.ScalarOpt_dtype, "norm.ScalarOpt_dim": torch.ops.aten.norm.ScalarOpt_dim_dtype}
-# Python's softmax calls, and where each takes its dtype positionally: under autocast('cuda')
-# they are given dtype=float32 before they reach the capture (CUDA's policy for them, applied
-# where the capture sees it and counts fp16 into fp32 as the GPU's one kernel)
-_PY_SOFTMAX = {F.softmax: 3, F.log_softmax: 3, torch.softmax: 2, torch.log_softmax: 2, torch.Tensor.softmax: 2,
-               torch.Tensor.log_softmax: 2}
 _PROMOTE = frozenset("addcdiv addcmul atan2 bilinear cross dot vdot grid_sampler index_put tensordot scatter_add".split())
 _BANNED = frozenset({"binary_cross_entropy"})
-_LOW = (torch.float16, torch.bfloat16)
 _AUTOCAST_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
 
 
@@ -148,34 +146,43 @@ def _cast(x: Any, dtype: torch.dtype, cache: dict) -> Any:
 
 
 def _kernel(op: Any, short: str, cache: dict) -> Callable:
-    """An AutocastCPU kernel doing what op's AutocastCUDA kernel does."""
+    """An AutocastCPU kernel doing what op's AutocastCUDA kernel does (its policy chosen once)."""
     if short in _BANNED:
         def banned(*args, **kwargs):
             raise RuntimeError(f"torch.nn.functional.{short} is unsafe to autocast (CUDA's autocast refuses it): "
                                "use binary_cross_entropy_with_logits")
         return banned
+
+    def run_in(dtype_of: Callable[[], torch.dtype]) -> Callable:
+        # every eligible tensor argument cast to one dtype (lower precision, or fp32)
+        def kernel(*args, **kwargs):
+            dtype = dtype_of()
+            with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
+                return op(*_cast(args, dtype, cache), **_cast(kwargs, dtype, cache))
+        return kernel
+
+    if short in _LOWER:
+        return run_in(lambda: torch.get_autocast_dtype("cpu"))
     names = [a.name for a in op._schema.arguments]
     with_dtype = _WITH_DTYPE.get(f"{short}.{op._overloadname}")
-
-    def kernel(*args, **kwargs):
-        low = torch.get_autocast_dtype("cpu")
-        with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
-            if short in _LOWER:
-                return op(*_cast(args, low, cache), **_cast(kwargs, low, cache))
-            if short in _SET_DTYPE or with_dtype is not None:
-                # the first argument decides; an explicit dtype wins; else the kernel writes fp32
-                # (the norm without a dtype argument: its overload with one, as CUDA's autocast calls)
+    if short in _SET_DTYPE or with_dtype is not None:
+        def fp32_result(*args, **kwargs):
+            # the first argument decides; an explicit dtype wins; else the kernel writes fp32
+            # (the norm without a dtype argument: its overload with one, as CUDA's autocast calls)
+            with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
                 bound = {**dict(zip(names, args)), **kwargs}
                 if not (args and _eligible(args[0])) or bound.get("dtype") is not None:
                     return op(*args, **kwargs)
-                return (with_dtype or op)(**bound, dtype=torch.float32)
-            if short in _PROMOTE:
-                wide = any(_eligible(a) and a.dtype == torch.float32 for a in (*args, *kwargs.values()))
-                return op(*_cast(args, torch.float32, cache), **_cast(kwargs, torch.float32, cache)) if wide \
-                    else op(*args, **kwargs)
-            return op(*_cast(args, torch.float32, cache), **_cast(kwargs, torch.float32, cache))
-
-    return kernel
+                return (with_dtype or op)(**{**bound, "dtype": torch.float32})
+        return fp32_result
+    if short in _PROMOTE:
+        def widest(*args, **kwargs):
+            with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
+                if any(_eligible(a) and a.dtype == torch.float32 for a in (*args, *kwargs.values())):
+                    return op(*_cast(args, torch.float32, cache), **_cast(kwargs, torch.float32, cache))
+                return op(*args, **kwargs)
+        return widest
+    return run_in(lambda: torch.float32)
 
 
 def _passthrough(op: Any, composite: bool) -> Callable:
