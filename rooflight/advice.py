@@ -31,7 +31,8 @@ from .costs.model import TensorMeta, matrix_like
 from .counters import is_tensor_pipe
 from .math_class import MathClass
 from .groups import (ATTENTION_MATH_OPS, BATCHED_MATMUL_OPS, FUSIBLE, GROUPED_MATMUL_OPS, SOFTMAX_OPS, Kind,
-                     chain_passes, fusible_chains, kind_of, materialized_attention, op_kinds)
+                     chain_passes, fusible_chains, gathered_weights, kind_of, materialized_attention, op_kinds,
+                     origin)
 from .profile_data import TRAINING_PHASES, OpRecord, Profile, region_and_ancestors
 from .roofline import Ceilings, intensity
 from .units import fmt_bandwidth, fmt_bytes, fmt_flops_rate, fmt_seconds
@@ -123,6 +124,10 @@ class OpFacts:
     weight_bytes: float = 0.0  # over the group
     m_ridge: float = math.nan  # rows at which this GEMM's intensity reaches the ridge
     experts: int = 1  # a grouped GEMM (mixture of experts): its groups; m_rows is then the mean rows per expert
+    # experts run as gathered copies (groups.gathered_weights): the copies each (gather, matmul) makes, one per
+    # routed token; fused_bytes is then what one grouped GEMM would move, chain_bytes what the pair moves now
+    gathered_rows: int = 0
+    gathered_shape: tuple[int, ...] = ()  # the [E, A, B] stack of expert matrices the copies come from
     # attention: q [B, Hq, Sq, D], k/v [B, Hkv, Sk, D]
     batch: int | None = None
     sq: int | None = None
@@ -136,8 +141,8 @@ class OpFacts:
     causal: bool = False  # is_causal (a causal mask passed as a tensor is `masked`)
     masked: bool = False  # a mask over (query, key) positions: causal or padding
     score_bytes: float = 0.0  # materialized attention: the score matrix's traffic (one chain)
-    fused_bytes: float = 0.0  # estimated traffic of one fused kernel (attention) or chain
-    chain_bytes: float = 0.0  # traffic of one chain or materialized attention as it runs now
+    fused_bytes: float = 0.0  # estimated traffic of one fused kernel (attention), chain or grouped GEMM
+    chain_bytes: float = 0.0  # traffic of one chain, materialized attention or gathered-experts pair as it runs now
     chain_ops: tuple[str, ...] = ()  # the op names of one chain
     chain_passes: int = 1  # passes over memory a fused chain still makes (a global reduction's result used after it)
     chain_barrier: str = ""  # the first global reduction that cuts the chain into passes
@@ -287,6 +292,19 @@ def _batch_more_effect(f: OpFacts, c: Ceilings) -> str:
         return head + "; at this shape it stays memory-bound at any batch, but every extra row is nearly free"
     return (head + f": up to M≈{f.m_ridge:.0f} rows cost about the same time, "
             f"~{f.m_ridge / max(f.m_rows or 1, 1):.0f}x the tokens per step")
+
+
+def _grouped_experts_effect(f: OpFacts, c: Ceilings) -> str:
+    e, a, b = f.gathered_shape
+    return (f"each of the {f.copies} expert matmuls copies {f.gathered_rows} of {e} [{a},{b}] {f.dtype} expert "
+            f"matrices (one per routed token) and reads the copies again: {fmt_bytes(f.chain_bytes)} per matmul; "
+            f"a grouped GEMM reads each expert's matrix once (at most {min(f.gathered_rows, e)} of them), "
+            f"~{fmt_bytes(f.fused_bytes)}: ~{_x(f.chain_bytes, f.fused_bytes)} less traffic, up to "
+            f"{_speedup_with_bytes(f, f.fused_bytes * f.copies):.1f}x on {fmt_seconds(f.seconds)} "
+            f"({f.share:.0%} of the run)" + (
+                "; in training the backward also writes a weight-gradient copy per routed token and adds them up per "
+                "expert (index_put), where a grouped GEMM's backward writes each expert's gradient once"
+                if f.training else ""))
 
 
 def _weight_only_effect(f: OpFacts, c: Ceilings) -> str:
@@ -543,19 +561,23 @@ def _rereads(f: OpFacts) -> bool:
     return f.dram_read_ratio == f.dram_read_ratio and f.dram_read_ratio >= REREAD_RATIO
 
 
+# the three below speak of a GEMM reading its weights once; a gathered-experts pair reads copies of them,
+# which grouped-experts removes first (profile again: the grouped GEMM then gets these)
+
+
 def _small_batch_weight_gemm(f: OpFacts) -> bool:
-    return f.has_weight and f.m_rows is not None and f.m_rows < f.m_ridge
+    return not f.gathered_rows and f.has_weight and f.m_rows is not None and f.m_rows < f.m_ridge
 
 
 def _weight_only_fits(f: OpFacts) -> bool:
     # a training step updates its weights: quantizing them is an inference technique
-    return (not f.training and f.has_weight and f.m_rows is not None and f.m_rows <= WEIGHT_ONLY_MAX_ROWS
+    return (not f.training and not f.gathered_rows and f.has_weight and f.m_rows is not None and f.m_rows <= WEIGHT_ONLY_MAX_ROWS
             and f.weight_dtype in _SIXTEEN_OR_MORE_BITS)
 
 
 def _w8a8_fits(f: OpFacts) -> bool:
     # 16-bit operands only: an fp32 GEMM gets tensor cores (TF32/bf16) first
-    return (f.has_weight and f.m_rows is not None and f.m_rows >= W8A8_MIN_ROWS
+    return (not f.gathered_rows and f.has_weight and f.m_rows is not None and f.m_rows >= W8A8_MIN_ROWS
             and f.weight_dtype in _SIXTEEN_BITS and f.dtype in _SIXTEEN_BITS)
 
 
@@ -631,6 +653,14 @@ RULES: tuple[Rule, ...] = (
          seed="001 memory-bound: the roofline counts the bytes that must move; Nsight Compute's dram__bytes_read "
               "measures the bytes that did"),
     # ---- matmuls
+    Rule("grouped-experts", "op", frozenset(Label), kinds=frozenset({_K.MATMUL}), when=lambda f: f.gathered_rows > 0,
+         recommendation="Run the experts as a grouped GEMM over the tokens sorted by expert (torch._grouped_mm; "
+                        "in Hugging Face transformers, experts_implementation=\"grouped_mm\" in from_pretrained "
+                        "or the config), which reads each expert's weights once in place, instead of copying "
+                        "every routed token's expert weights (weights[expert_ids]) for a batched matmul",
+         effect=_grouped_experts_effect,
+         seed="001 memory-bound: the time is the bytes that move, so move fewer (the copies are bytes no "
+              "result needs)"),
     Rule("batch-more", "op", frozenset({_L.MEMORY}), kinds=frozenset({_K.MATMUL}), when=_small_batch_weight_gemm,
          recommendation="Batch more: run more sequences (or tokens) per step so each weight read serves more rows; "
                         "in serving, continuous batching merges new requests' prefill into running decodes",
@@ -838,6 +868,11 @@ def _groups(profile: Profile, diagnosis: Diagnosis, kinds: Mapping[int, Kind]) -
         add(("attention-math", ops[0].region, tuple(o.short_op for o in ops), tuple(o.shapes for o in ops)),
             Kind.ATTENTION, unit, ops[0].region)
 
+    for unit in gathered_weights(profile):
+        ops = [by_index[i] for i in unit]
+        add(("gathered-experts", ops[0].region, tuple(o.shapes for o in ops), ops[1].dtype), Kind.MATMUL, unit,
+            ops[0].region)
+
     for chain in fusible_chains(profile, kinds, used, FUSION_MIN_OPS):
         ops = [by_index[i] for i in chain]
         names = tuple(o.short_op for o in ops)
@@ -914,6 +949,27 @@ def _grouped_facts(op: OpRecord, ins: list[TensorMeta]) -> dict:
     rows = op.total_flops / (2 * k * n) if k and n else 0  # the rows really routed (the formula read offs)
     return dict(m_rows=max(1, round(rows / e)), k=k, n=n, has_weight=True, weight_dtype=w.dtype,
                 weight_bytes=max(op.bytes_read - rows * k * a.itemsize, 0.0), experts=e)
+
+
+def _gathered_facts(gather: OpRecord, mm: OpRecord, by_index: Mapping[int, OpRecord]) -> dict:
+    """A gathered-experts pair (groups.gathered_weights): `gather` copies S of the E matrices of
+    a [E, A, B] stack, one per routed token, and `mm` multiplies each copy by its token's rows.  A
+    grouped GEMM over the tokens sorted by expert reads each expert's matrix once, in place: at most
+    min(S, E) of them, with the same rows in and the same output out."""
+    w = gather.inputs[0]
+    e, a, b = w.shape
+    s = gather.outputs[0].shape[0]
+    pos = next(j for j, src in enumerate(mm.sources) if origin(src, by_index) == gather.index)
+    x = mm.inputs[len(mm.inputs) - 1 if pos == len(mm.inputs) - 2 else len(mm.inputs) - 2]
+    if pos == len(mm.inputs) - 2:  # the copy first: [S, A, B] @ [S, B, r]
+        n, k, rows = a, b, x.shape[-1]
+    else:  # [S, r, A] @ [S, A, B]
+        k, n, rows = a, b, x.shape[-2]
+    matrix = a * b * w.itemsize
+    grouped = min(s, e) * matrix + x.bytes + mm.bytes_written
+    return dict(m_rows=max(1, round(s * rows / e)), k=k, n=n, has_weight=True, weight_dtype=w.dtype,
+                weight_bytes=min(s, e) * matrix, experts=e, gathered_rows=s, gathered_shape=tuple(w.shape),
+                chain_bytes=gather.bytes + mm.bytes, fused_bytes=grouped)
 
 
 def _attention_facts(op: OpRecord) -> dict:
@@ -998,7 +1054,8 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
     verdicts = [diagnosis.verdicts[i] for i in g.ops]
     seconds = sum(v.weight_s for v in verdicts if v.weight_s > 0)
     label = _weighted_label(verdicts)
-    rep_i = max(g.ops, key=lambda i: diagnosis.verdicts[i].weight_s)
+    gathered = g.kind is Kind.MATMUL and len(g.units[0]) == 2  # a gathered-experts pair: the matmul speaks
+    rep_i = max(g.ops[1::2] if gathered else g.ops, key=lambda i: diagnosis.verdicts[i].weight_s)
     rep, rep_v = by_index[rep_i], diagnosis.verdicts[rep_i]
     timed = [v for v in verdicts if not v.predicted and v.seconds > 0]
     attained = sum(v.max_floor_s for v in timed) / sum(v.seconds for v in timed) if timed else math.nan
@@ -1023,7 +1080,13 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
             facts["dram_read_ratio"] = sum(measured[i][0] for i in g.ops) / read
         if useful > 0:
             facts["executed_ratio"] = sum(measured[i][1] for i in g.ops) / useful
-    if g.kind is Kind.MATMUL:
+    if gathered:
+        mf = _gathered_facts(*(by_index[i] for i in g.units[0]), by_index)
+        mf["weight_bytes"] *= len(g.units)
+        mf["m_ridge"] = _m_ridge(mf["n"], mf["k"], _item(rep.dtype), _item(mf["weight_dtype"]),
+                                 _item(by_index[g.units[0][1]].dtype), _ridge(ceilings, facts["roof_class"]))
+        facts.update(mf)
+    elif g.kind is Kind.MATMUL:
         mf = _matmul_facts(rep)
         if mf:
             per_op = mf.get("weight_bytes", 0.0)
@@ -1057,17 +1120,6 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
     return OpFacts(**facts)
 
 
-def _origin(source: int, by_index: Mapping[int, OpRecord]) -> int:
-    """The op that made an input's data: through the views (ops that move nothing) in between."""
-    seen = 0
-    while source >= 0 and seen < 64:
-        op = by_index.get(source)
-        if op is None or op.flops or op.bytes or not op.sources:
-            break
-        source, seen = op.sources[0], seen + 1
-    return source
-
-
 def _pass_reads(ops: Sequence[OpRecord], by_index: Mapping[int, OpRecord]) -> float:
     """Bytes one fused kernel over `ops` must read: each input made outside them, once (a tensor
     two ops read, a norm's x and weight, counts once; what an earlier op of them made, none)."""
@@ -1076,7 +1128,7 @@ def _pass_reads(ops: Sequence[OpRecord], by_index: Mapping[int, OpRecord]) -> fl
     reads = 0.0
     for o in ops:
         for t, s in zip(o.inputs, o.sources):
-            src = _origin(s, by_index)
+            src = origin(s, by_index)
             if src in made:
                 continue
             key = (src, t.shape, t.dtype)  # (an op's outputs are told apart by shape and dtype)
@@ -1106,7 +1158,8 @@ def _merged(facts: Sequence[OpFacts]) -> OpFacts:
 
 def _group_evidence(g: _Group, rep: Verdict, seconds: float, total_s: float) -> str:
     what = f"{len(g.chain_ops)}-op chain" if g.chain_ops else (
-        "materialized attention" if g.kind is Kind.ATTENTION and len(g.units[0]) > 1 else str(g.kind))
+        "materialized attention" if g.kind is Kind.ATTENTION and len(g.units[0]) > 1 else
+        "gathered expert weights" if g.kind is Kind.MATMUL and len(g.units[0]) == 2 else str(g.kind))
     where = f" in {g.region}" if g.region else ""
     share = f", {seconds / total_s:.0%} of the run" if total_s > 0 else ""
     return f"{what} x{len(g.units)}{where}: {fmt_seconds(seconds)}{share}; heaviest op: {rep.evidence}"

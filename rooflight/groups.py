@@ -230,6 +230,51 @@ def materialized_attention(profile: Profile, window: int = 24) -> list[tuple[int
     return groups
 
 
+def origin(source: int, by_index: Mapping[int, OpRecord]) -> int:
+    """The op that made an input's data (an OpRecord.sources entry): through the views (ops that
+    move nothing) in between."""
+    seen = 0
+    while source >= 0 and seen < 64:
+        op = by_index.get(source)
+        if op is None or op.flops or op.bytes or not op.sources:
+            break
+        source, seen = op.sources[0], seen + 1
+    return source
+
+
+_INTEGER_DTYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
+
+
+def _gathers_matrices(op: OpRecord) -> bool:
+    """`w[ids]` over a stack of matrices: an index of a 3-D [E, A, B] tensor by one 1-D integer
+    tensor of S ids, copying S whole [A, B] matrices out (a mixture of experts that copies each
+    routed token's expert weight: Hugging Face's batched_mm experts, gate_up_proj[expert_ids])."""
+    if op.short_op != "index" or len(op.inputs) != 2 or not op.outputs:
+        return False
+    w, ids, out = op.inputs[0], op.inputs[1], op.outputs[0]
+    return (w.ndim == 3 and ids.ndim == 1 and ids.dtype in _INTEGER_DTYPES and min(w.shape[1:]) > 1
+            and out.shape == (ids.shape[0], *w.shape[1:]))
+
+
+def gathered_weights(profile: Profile) -> list[tuple[int, int]]:
+    """(gather, matmul) op-index pairs: a `_gathers_matrices` index whose copy a batched matmul
+    (bmm, baddbmm, matmul) of the same region reads as one operand: S copies of E matrices, each
+    multiplied by its own token's rows, where a grouped GEMM would read each matrix once in place."""
+    by_index = {o.index: o for o in profile.ops}
+    pairs: list[tuple[int, int]] = []
+    claimed: set[int] = set()
+    for op in profile.ops:
+        if op.short_op not in BATCHED_MATMUL_OPS or not op.sources:
+            continue
+        for s in op.sources[-2:]:  # the two matrix operands (baddbmm's self comes first)
+            g = by_index.get(origin(s, by_index))
+            if g is not None and g.index not in claimed and g.region == op.region and _gathers_matrices(g):
+                pairs.append((g.index, op.index))
+                claimed.add(g.index)
+                break
+    return pairs
+
+
 def op_kinds(profile: Profile) -> dict[int, Kind]:
     """Every op's kind, with context: ops of a materialized attention are ATTENTION, elementwise
     ops inside a module whose type ends in "Norm" (a decomposed RMSNorm) are NORM."""
@@ -297,4 +342,5 @@ def chain_passes(ops: Sequence[OpRecord]) -> list[list[OpRecord]]:
 
 __all__ = ["ATTENTION_MATH_OPS", "BATCHED_MATMUL_OPS", "EMBEDDING_OPS", "FUSIBLE", "GLOBAL_REDUCTION_MIN_BYTES",
            "GROUPED_MATMUL_OPS", "KEY_FIELDS", "Kind", "MATMUL_OPS", "NORM_OPS", "OpGroup", "SOFTMAX_OPS", "chain_passes", "fusible_chains",
-           "group_ops", "has_work", "kind_of", "materialized_attention", "module_template", "op_kinds"]
+           "gathered_weights", "group_ops", "has_work", "kind_of", "materialized_attention", "module_template",
+           "op_kinds", "origin"]

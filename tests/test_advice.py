@@ -16,7 +16,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from llama import build, decode_one_token
 from rooflight.advice import FUSION_MIN_OPS, RULES, Advice, Rule, _attention_facts, advise
-from rooflight.groups import Kind, chain_passes, fusible_chains, kind_of, materialized_attention, op_kinds
+from rooflight.groups import (Kind, chain_passes, fusible_chains, gathered_weights, kind_of, materialized_attention,
+                              op_kinds)
 from rooflight.capture import count
 from rooflight.roofline import Ceilings, from_spec
 from rooflight.classify import Label, breakdown, floors
@@ -178,6 +179,85 @@ def test_a_mixture_of_experts_decode_is_told_its_rows_per_expert():
     more = adv["batch-more"].effect
     assert more.startswith("at M=2 rows per expert (8 experts) this bfloat16 GEMM does 2 FLOP/B")
     assert "The weights (940 MB per op)" in more and "up to M≈326 rows cost about the same time" in more
+
+
+def _copied_experts(transposed: bool = False):
+    # batched_mm experts: 16 tokens, top-2 -> S = 32 routed rows over E = 4 experts' [256, 64] fp32
+    # matrices (65,536 B each); each row copies its expert's matrix (w[ids]) and multiplies it by
+    # its token's [64] vector
+    torch.manual_seed(0)
+    w = torch.randn(4, 64, 256) if transposed else torch.randn(4, 256, 64)
+    x, ids = torch.randn(32, 64), torch.randint(0, 4, (32,))
+
+    def experts():
+        if transposed:  # x [S, 1, 64] @ w[ids] [S, 64, 256]
+            return torch.bmm(x.unsqueeze(1), w[ids]).squeeze(1)
+        return torch.bmm(w[ids], x.unsqueeze(-1)).squeeze(-1)  # w[ids] [S, 256, 64] @ x [S, 64, 1]
+
+    return count(experts)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_experts_copied_per_routed_token_are_told_to_run_as_a_grouped_gemm(transposed):
+    # now: the index reads each of the 4 matrices once (262,144 B) and the 32 ids (256 B), writes
+    # 32 copies (2,097,152 B); the bmm reads the copies (2,097,152 B) and x (8,192 B), writes
+    # [32, 256] fp32 (32,768 B): 4,497,664 B.  A grouped GEMM reads the 4 matrices in place
+    # (262,144 B), x and writes the output: 303,104 B, 14.8x less
+    prof = _copied_experts(transposed)
+    first = {o.short_op: o.index for o in reversed(prof.ops)}
+    assert gathered_weights(prof) == [(first["index"], first["bmm"])]
+    adv = advice_for(timed(list(prof.ops), CALIBRATED, 0.8), CALIBRATED)
+    assert sum(o.bytes for o in prof.ops) == 4_497_664
+    shape = "[64,256]" if transposed else "[256,64]"
+    assert adv["grouped-experts"].effect.startswith(
+        f"each of the 1 expert matmuls copies 32 of 4 {shape} float32 expert matrices (one per routed token) and "
+        f"reads the copies again: {fmt_bytes(4_497_664)} per matmul; a grouped GEMM reads each expert's matrix once "
+        f"(at most 4 of them), ~{fmt_bytes(303_104)}: ~15x less traffic, up to 14.8x")
+    assert "experts_implementation" in adv["grouped-experts"].recommendation
+    # the GEMM advice that assumes weights read once waits for the grouped GEMM
+    assert not {"batch-more", "weight-only-quant", "w8a8-fp8"} & set(adv)
+
+
+def test_a_gather_of_rows_or_a_bmm_of_activations_is_not_copied_experts():
+    torch.manual_seed(0)
+    table, ids = torch.randn(1000, 64), torch.randint(0, 1000, (32,))
+    q, k = torch.randn(8, 16, 64), torch.randn(8, 64, 16)
+
+    def other():
+        rows = table[ids]  # an embedding lookup: rows, not matrices
+        return torch.bmm(q, k), rows.sum()
+
+    assert gathered_weights(count(other)) == []
+
+
+def test_a_hugging_face_mixtral_with_batched_mm_experts_is_told_to_use_grouped_mm():
+    # Mixtral, hidden 64, intermediate 128, 4 experts, top-2, 2 layers; 2 sequences x 8 tokens =
+    # 16 tokens -> S = 32 copies of gate_up_proj's [256, 64] fp32 matrices per layer: the same
+    # closed form as above (4,497,664 B now, 303,104 B grouped); down_proj's [64, 128] pair too.
+    # The default experts (grouped_mm where torch has it) copy nothing
+    transformers = pytest.importorskip("transformers")
+
+    def model(impl: str):
+        cfg = transformers.MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                         num_experts_per_tok=2, vocab_size=256, experts_implementation=impl)
+        torch.manual_seed(0)
+        return transformers.MixtralForCausalLM(cfg).eval()
+
+    ids = torch.randint(0, 256, (2, 8))
+    copied = model("batched_mm")
+    with torch.no_grad():
+        prof = count(lambda: copied(ids))
+    pairs = gathered_weights(prof)
+    by = {o.index: o for o in prof.ops}
+    assert [(by[g].inputs[0].shape, by[m].short_op) for g, m in pairs] == [((4, 256, 64), "bmm"), ((4, 64, 128), "bmm")] * 2
+    assert {by[g].bytes + by[m].bytes for g, m in pairs if by[g].inputs[0].shape == (4, 256, 64)} == {4_497_664}
+    effect = advice_for(timed(list(prof.ops), CALIBRATED, 0.8), CALIBRATED)["grouped-experts"].effect
+    assert "copies 32 of 4 " in effect and f"~{fmt_bytes(303_104)}" in effect
+    grouped = model("grouped_mm")
+    with torch.no_grad():
+        prof = count(lambda: grouped(ids))
+    assert gathered_weights(prof) == [] and any(o.short_op == "_grouped_mm" for o in prof.ops)
 
 
 def test_decode_gemm_at_batch_256_compute_bound_gets_w8a8_not_int4():
