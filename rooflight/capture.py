@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import inspect
 import sys
 import time
 from collections import Counter
@@ -276,9 +277,10 @@ class Recorder:
             path = ""
         else:
             path = self._root_names.get(id(module))
-            if path is None:
+            if path is None:  # called by the model but not one of its modules: named by what it is
                 parent = self.frames[-1][0][1] if self.frames else ""
-                path = f"{parent}.{type(module).__name__}" if parent else type(module).__name__
+                name = _outside_name(module)
+                path = parent if parent.rsplit(".", 1)[-1] == name else f"{parent}.{name}" if parent else name
         self.frames.append(((id(module), path, type(module).__name__), "", "forward"))
 
     def exit_module(self, module: torch.nn.Module) -> None:
@@ -813,6 +815,19 @@ class _DispatchMode(TorchDispatchMode):
             raise
         rec.record_aten(func, facts, args, kwargs, out)
         return out
+
+
+def _outside_name(module: torch.nn.Module) -> str:
+    """The name of a module a model calls without holding it: its type's, or for a function that
+    Hugging Face's `kernels` package turned into a module (transformers' apply_rotary_pos_emb, a
+    `Func` called through a second `Func`), the function's."""
+    cls = type(module)
+    if cls.__qualname__.endswith("<locals>.Func"):
+        for cell in getattr(cls.forward, "__closure__", None) or ():
+            fn = cell.cell_contents
+            if inspect.isfunction(fn):
+                return fn.__name__
+    return cls.__name__
 
 
 def _user_path(name: str) -> str:

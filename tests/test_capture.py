@@ -155,6 +155,45 @@ def test_a_compiled_module_keeps_its_users_paths():
     assert mods == ["0.0", "0.1", "1"]
 
 
+def _func_module(fn):
+    # what Hugging Face's `kernels` package makes of a function (transformers' apply_rotary_pos_emb):
+    # a module class Func, local to a factory, whose forward calls the function
+    class Func(nn.Module):
+        def forward(self, *args):
+            return fn(*args)
+
+    return Func()
+
+
+def test_a_module_the_model_calls_but_does_not_hold_is_named_by_what_it_is():
+    # transformers with `kernels` installed calls apply_rotary_pos_emb as a Func module through a
+    # second Func (the attention's copy): named by the function, once ("self_attn.Func.Func" before)
+    def apply_rotary_pos_emb(q):
+        return q * 2.0
+
+    inner = _func_module(apply_rotary_pos_emb)
+
+    def through(q):
+        return inner(q)
+
+    through.__name__ = "apply_rotary_pos_emb"
+    outer = _func_module(through)
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return outer(self.proj(x)) + nn.ReLU()(x)  # and a module built on the fly: its type's name
+
+    model = nn.Sequential(Attention())
+    with torch.no_grad():
+        ops = count(model, torch.randn(2, 8)).ops
+    assert {o.short_op: o.module for o in ops if o.short_op in ("addmm", "mul", "relu")} == {
+        "addmm": "0.proj", "mul": "0.apply_rotary_pos_emb", "relu": "0.ReLU"}
+
+
 def test_per_module_totals_add_up_to_the_whole():
     m = build("tiny", batch=1, device="meta")
     p = count(prefill, m, torch.zeros(1, 64, dtype=torch.long, device="meta"))
