@@ -80,6 +80,11 @@ REGION_SHARE = 0.3
 # GPU idle above this share of a region's time means the host is on the critical path.
 IDLE_SHARE = 0.2
 
+# Experts that copy each routed token's weights (grouped-experts) make a step's time grow with its
+# batch: from this share of a decode step's time on, "more sequences at about the same step time"
+# is untrue, and the batching advice waits for the grouped GEMM.
+COPIED_EXPERTS_SHARE = 0.2
+
 # A host<->device copy below this fraction of the PCIe link is likely from pageable memory
 # (the driver stages it through a pinned buffer) or too small to reach the link rate.
 PAGEABLE_PCIE_ATTAINED = 0.5
@@ -185,6 +190,7 @@ class RegionFacts:
     kv_reserved: int | None  # cache positions per sequence the KV storage holds
     kv_used: int | None  # keys the attention reads
     evidence: str
+    copied_experts_share: float  # of the region's time, in experts that copy each routed token's weights
     timed: bool
 
 
@@ -632,7 +638,8 @@ def _big_transfer(f: OpFacts) -> bool:
 
 
 def _small_decode(r: RegionFacts) -> bool:
-    return r.is_decode and r.batch is not None and r.batch <= WEIGHT_ONLY_MAX_ROWS
+    return (r.is_decode and r.batch is not None and r.batch <= WEIGHT_ONLY_MAX_ROWS
+            and r.copied_experts_share < COPIED_EXPERTS_SHARE)
 
 
 _L = Label
@@ -1007,8 +1014,15 @@ def _materialized_facts(ops: Sequence[OpRecord]) -> dict:
     fused = sum(t.bytes for t in qk.inputs[-2:]) + (v.bytes if v else 0) + pv.bytes_written
     chain = sum(o.bytes for o in ops)
     score_traffic = sum(o.bytes for o in ops[1:-1]) + qk.bytes_written + (pv.inputs[0].bytes if pv.inputs else 0)
-    return dict(batch=b, hq=hq, sq=scores.shape[-2], sk=scores.shape[-1], fused=False,
+    # a mask over (query, key) positions: an op between the two matmuls mixing in a [.., Sq, Sk] tensor
+    sq_sk = scores.shape[-2:]
+    masked = any(o.short_op in _MASKING_OPS and sum(t.shape[-2:] == sq_sk for t in o.inputs if t.ndim >= 2) >= 2
+                 or o.short_op in ("masked_fill", "masked_fill_") for o in ops[1:-1])
+    return dict(batch=b, hq=hq, sq=scores.shape[-2], sk=scores.shape[-1], fused=False, masked=masked,
                 kv_dtype=v.dtype if v else "", fused_bytes=fused, chain_bytes=chain, score_bytes=score_traffic)
+
+
+_MASKING_OPS = frozenset({"add", "add_", "where", "masked_fill", "masked_fill_"})
 
 
 def _strided(op: OpRecord) -> tuple[str, ...]:
@@ -1171,8 +1185,11 @@ def _region_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, re
     ops = profile.select(region=region)
     attention = [_attention_facts(o) for o in ops if kind_of(o) is Kind.ATTENTION]
     attention = [a for a in attention if a]
-    matmuls = [f for f in op_facts if f.kind is Kind.MATMUL and f.has_weight
-               and (region == "" or f.region == region or f.region.startswith(region + "/"))]
+    inside = [f for f in op_facts if region == "" or f.region == region or f.region.startswith(region + "/")]
+    # materialized attentions too (SDPA's math path, an fp32 GQA, a hand-written softmax(QK^T)V)
+    attention += [dict(batch=f.batch, sq=f.sq, sk=f.sk, causal=f.causal, masked=f.masked, kv_reserved=None)
+                  for f in inside if f.kind is Kind.ATTENTION and not f.fused and f.sq is not None]
+    matmuls = [f for f in inside if f.kind is Kind.MATMUL and f.has_weight]
     batch = next((a["batch"] for a in attention if a.get("batch")), None)
     if batch is None and matmuls:
         batch = min(f.m_rows for f in matmuls if f.m_rows is not None)
@@ -1197,7 +1214,8 @@ def _region_facts(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, re
         short_kernels=sum(1 for v in kernels if v.label is Label.OVERHEAD), is_decode=is_decode,
         is_prefill=is_prefill and not is_decode and region not in training, batch=batch,
         m_ridge=heaviest.m_ridge if heaviest else math.nan,
-        kv_reserved=reserved, kv_used=used, evidence=summary(diagnosis, region), timed=diagnosis.timed)
+        kv_reserved=reserved, kv_used=used, evidence=summary(diagnosis, region), timed=diagnosis.timed,
+        copied_experts_share=sum(f.seconds for f in inside if f.gathered_rows) / total if total > 0 else 0.0)
 
 
 def _nested(a: str, b: str) -> bool:
@@ -1280,4 +1298,4 @@ def advise(profile: Profile, diagnosis: Diagnosis, ceilings: Ceilings, top: int 
 __all__ = ["Kind", "Rule", "RULES", "Advice", "OpFacts", "RegionFacts", "advise", "kind_of", "op_kinds",
            "materialized_attention", "DECODE_MAX_QUERY_ROWS", "WEIGHT_ONLY_MAX_ROWS", "W8A8_MIN_ROWS",
            "LONG_CONTEXT_MIN_KEYS", "FLASH_DECODING_MAX_BLOCKS", "SPARSE_ATTENTION_MIN_KEYS", "FUSION_MIN_OPS",
-           "REGION_SHARE", "IDLE_SHARE", "PAGEABLE_PCIE_ATTAINED", "HOST_SYNC_MAX_BYTES"]
+           "REGION_SHARE", "IDLE_SHARE", "COPIED_EXPERTS_SHARE", "PAGEABLE_PCIE_ATTAINED", "HOST_SYNC_MAX_BYTES"]

@@ -260,6 +260,44 @@ def test_a_hugging_face_mixtral_with_batched_mm_experts_is_told_to_use_grouped_m
     assert gathered_weights(prof) == [] and any(o.short_op == "_grouped_mm" for o in prof.ops)
 
 
+MIXTRAL_GENERATE = """
+import sys, torch
+from transformers import MixtralConfig, MixtralForCausalLM
+cfg = MixtralConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=16,
+                    num_key_value_heads=4, num_local_experts=8, num_experts_per_tok=2, vocab_size=512,
+                    experts_implementation=sys.argv[1])
+torch.manual_seed(0)
+model = MixtralForCausalLM(cfg).eval()
+ids = torch.randint(0, 512, (8, 8))
+with torch.no_grad():
+    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                   pad_token_id=0)
+"""
+
+
+@pytest.mark.parametrize("impl", ["batched_mm", "grouped_mm"])
+def test_copied_experts_hold_back_the_batching_advice(tmp_path, impl):
+    # a decode at batch 8 (16 routed rows a step over 8 experts): with copied experts a step copies
+    # 16 matrices of each weight, so its time grows with the batch and "more sequences at about the
+    # same step time" is untrue; with a grouped GEMM it holds, and the batching advice is given
+    pytest.importorskip("transformers")
+    import subprocess
+    import sys
+
+    from rooflight.api import analyze, load
+
+    (tmp_path / "mixtral_generate.py").write_text(MIXTRAL_GENERATE)
+    r = subprocess.run([sys.executable, "-m", "rooflight", "profile", "mixtral_generate.py", "--count-only",
+                        "--format", "json", "-o", "out", "--", impl], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    rules = {a.rule for a in analyze(load(tmp_path / "out" / "mixtral_generate.json"), "h100").advice}
+    if impl == "batched_mm":
+        assert "grouped-experts" in rules and not {"continuous-batching", "paged-kv", "batch-more"} & rules
+    else:
+        assert {"continuous-batching", "paged-kv", "batch-more"} <= rules and "grouped-experts" not in rules
+
+
 def test_decode_gemm_at_batch_256_compute_bound_gets_w8a8_not_int4():
     # A100: x [256, 8192] @ w [8192, 8192]: 34.4 GFLOP / 312 TFLOP/s = 110 µs > 142.6 MB / 2.039 TB/s = 70 µs
     prof = timed([mm(0, 256, 8192, 8192)], A100, 0.8)
@@ -637,6 +675,26 @@ def test_decode_region_memory_bound_at_small_batch_gets_continuous_batching_and_
     # the cache holds 1024 positions per sequence and this step reads 256
     assert "reserves 1024 positions per sequence and this step uses 256 (25%)" in adv["paged-kv"].effect
     assert "~4x the sequences fit" in adv["paged-kv"].effect
+
+
+def test_a_materialized_decode_attention_makes_its_region_a_decode_at_its_batch():
+    # a hand-written attention (softmax(q k^T) v) of one new token per sequence, batch 4, over 512
+    # cached keys, after a [4, 4096] x [4096, 4096] projection: a step of a region named "step",
+    # recognised as a decode at batch 4 by its attention's shape as a fused one would be
+    torch.manual_seed(0)
+    x, w = torch.randn(4, 4096), torch.randn(4096, 4096)
+    k, v = torch.randn(4, 8, 512, 64), torch.randn(4, 8, 512, 64)
+
+    def step():
+        with region("step"):
+            q = (x @ w).view(4, 8, 1, 512)[..., :64]
+            scores = torch.softmax(q @ k.transpose(-1, -2) / 8.0, dim=-1)
+            return scores @ v
+
+    prof = count(step)
+    assert materialized_attention(prof)
+    adv = advice_for(timed(list(prof.ops), H100, 0.8), H100)
+    assert adv["continuous-batching"].region == "step" and "runs at batch 4" in adv["continuous-batching"].effect
 
 
 def _long_forward(region_: str) -> list[OpRecord]:
