@@ -33,15 +33,12 @@ from .math_class import MathClass
 from .groups import (ATTENTION_MATH_OPS, BATCHED_MATMUL_OPS, FUSIBLE, GROUPED_MATMUL_OPS, SOFTMAX_OPS, Kind,
                      chain_passes, fusible_chains, gathered_weights, kind_of, materialized_attention, op_kinds,
                      origin)
-from .profile_data import TRAINING_PHASES, OpRecord, Profile, region_and_ancestors
+from .profile_data import DECODE_MAX_QUERY_ROWS, TRAINING_PHASES, OpRecord, Profile, region_and_ancestors
 from .roofline import Ceilings, intensity
 from .units import fmt_bandwidth, fmt_bytes, fmt_flops_rate, fmt_seconds
 
 # ---------------------------------------------------------------------------- thresholds
 
-# A query of at most this many rows per sequence is a decode step (one new token; up to 8
-# covers speculative-decoding verification of a few draft tokens).
-DECODE_MAX_QUERY_ROWS = 8
 
 # Weight-only INT4/INT8 pays off while the matmul is memory-bound on its weights.  Seed 002:
 # "when the batch reaches 64 or 128, INT4 weight-only quantization no longer helps".  The

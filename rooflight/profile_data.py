@@ -40,6 +40,10 @@ _new, _set = object.__new__, object.__setattr__
 # the phases of a training step (OpRecord.phase): a region running them trains
 TRAINING_PHASES = frozenset(("backward", "recompute", "optimizer", "after backward"))
 
+# A query of at most this many rows per sequence over a KV cache is a decode step (one new token;
+# up to 8 covers speculative decoding's verification of a few draft tokens).
+DECODE_MAX_QUERY_ROWS = 8
+
 
 @dataclass(frozen=True)
 class OpRecord(Traffic):
@@ -147,7 +151,7 @@ class Step:
     headline: bool = True  # counted in the headline (steady state): not a warm-up, or chosen by --steps
     module: str = ""  # type of the outermost module called ("LlamaForCausalLM")
     batch: int | None = None  # sequences
-    query_len: int | None = None  # new tokens per sequence (decode: 1)
+    query_len: int | None = None  # new tokens per sequence (decode: 1; verifying draft tokens: up to 8)
     kv_len: int | None = None  # keys each query attends (decode: the context), when known
     first_op: int = 0
     last_op: int = 0

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from .errors import UsageError
-from .profile_data import TRAINING_PHASES, OpRecord, Step, region_and_ancestors
+from .profile_data import DECODE_MAX_QUERY_ROWS, TRAINING_PHASES, OpRecord, Step, region_and_ancestors
 
 SETUP = "setup"
 TEARDOWN = "teardown"
@@ -250,7 +250,7 @@ def _kinds(groups: Sequence[Sequence[OpRecord]]) -> list[tuple[str, int | None, 
     for i, (train, b, q, kv) in enumerate(facts):
         if train:
             kind = "train"
-        elif q == 1:
+        elif q == 1 or _verifies(q, kv, out[-1] if out else None):
             kind = "decode"
         elif q is not None and any(f[2] == 1 and not f[0] for f in facts[i + 1:]):
             kind = "prefill"
@@ -258,6 +258,23 @@ def _kinds(groups: Sequence[Sequence[OpRecord]]) -> list[tuple[str, int | None, 
             kind = "forward"
         out.append((kind, b, q, kv))
     return out
+
+
+def _verifies(q: int | None, kv: int | None, before: tuple[str, int | None, int | None, int | None] | None) -> bool:
+    """A step of a few new tokens that goes on with the cache of the step before it: speculative
+    decoding's verification of its draft tokens (prompt lookup, an assistant model's drafts), a
+    decode step of several tokens.  Going on: the cache it finds (its keys less its own tokens)
+    holds at least what the step before found and at most that step's keys (a rejected draft is
+    cropped off), or, a static cache, every slot read at each step as before.  (A new generation's
+    prompt of at most 8 tokens on a static cache reads as one too.)"""
+    if q is None or kv is None or not 1 < q <= DECODE_MAX_QUERY_ROWS or before is None:
+        return False
+    kind, _, q0, kv0 = before
+    if kind not in ("prefill", "decode") or q0 is None or kv0 is None:
+        return False
+    if kv == kv0 > q:
+        return True
+    return kv > q and kv0 - q0 <= kv - q <= kv0
 
 
 def _warmups(kinds: Sequence[str]) -> list[bool]:

@@ -143,8 +143,9 @@ def test_a_decode_steps_packed_gqa_query_is_one_token():
            + step(4, (1, 1), (1, 2, 2, 32), (1, 2, 23, 32)) + step(6, (1, 2), (1, 4, 2, 32), (1, 2, 23, 32)))
     seg = segment(seq, (), [TopCall(1, "LlamaForCausalLM", i, i + 2) for i in (0, 2, 4, 6)])
     got = [(s.kind, s.batch, s.query_len, s.kv_len) for s in seg.steps]
-    # the last: 2 real query tokens (a speculative check), unpacked: its length stays 2
-    assert got == [("prefill", 1, 16, 16), ("decode", 1, 1, 23), ("decode", 1, 1, 23), ("forward", 1, 2, 23)]
+    # the last: 2 real query tokens (a speculative check on the same static cache: a decode step),
+    # unpacked: its length stays 2
+    assert got == [("prefill", 1, 16, 16), ("decode", 1, 1, 23), ("decode", 1, 1, 23), ("decode", 1, 2, 23)]
 
 
 def test_a_decode_steps_kv_length_is_its_longest_self_attention():
@@ -268,6 +269,49 @@ def test_hf_generate_finds_one_prefill_and_the_decodes(tmp_path):
     setup = [o for o in prof["ops"] if o["region"] == "setup"]
     assert setup and all(o["region"] != "setup" for o in prof["ops"] if o["module"].startswith("model.layers"))
     assert "steady state:" in r.stdout and "prefill (12 tokens)" in r.stdout and "per output token" in r.stdout
+
+
+PROMPT_LOOKUP = """
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=64)
+torch.manual_seed(0)
+model = LlamaForCausalLM(cfg).eval()
+ids = torch.randint(0, 64, (1, 32))
+out = model.generate(ids, max_new_tokens=12, min_new_tokens=12, prompt_lookup_num_tokens=3, do_sample=False,
+                     pad_token_id=0)
+"""
+
+
+@needs_transformers
+def test_speculative_verification_steps_are_decodes_not_prefills(tmp_path):
+    # prompt lookup decoding (drafts copied from the prompt, verified by the model): after the
+    # prefill each step reads the cache it found plus its 1 + drafts new tokens.  They were
+    # "prefill (2-4 tokens): ... time to first token, median of 3 prefills"
+    (tmp_path / "prompt_lookup.py").write_text(PROMPT_LOOKUP)
+    r = cli("profile", "prompt_lookup.py", "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    steps = json.loads((tmp_path / "out" / "prompt_lookup.json").read_text())["steps"]
+    assert steps[0]["kind"] == "prefill" and steps[0]["query_len"] == 32
+    assert {s["kind"] for s in steps[1:]} == {"decode"} and max(s["query_len"] for s in steps) > 1
+    for before, s in zip(steps[1:], steps[2:]):  # each goes on with the cache the step before left
+        assert before["kv_len"] - before["query_len"] <= s["kv_len"] - s["query_len"] <= before["kv_len"]
+    assert "prefill (32 tokens)" in r.stdout and "speculative decoding's verification" in r.stdout
+
+
+@pytest.mark.parametrize("q, kv, before, verifies", [
+    (3, 38, ("decode", 1, 2, 35), True),  # the cache found (35) is what the step before left
+    (2, 36, ("decode", 1, 4, 38), True),  # the step before's drafts were partly rejected: cropped to 34
+    (4, 4, ("decode", 1, 1, 40), False),  # a new generation's short prompt: no cache found
+    (3, 64, ("decode", 1, 1, 64), True),  # a static cache: every slot read at each step
+    (12, 52, ("decode", 1, 1, 40), False),  # more than 8 new tokens: a prompt (a chat's next turn)
+    (3, 38, ("train", 1, 2, 35), False),
+    (3, 38, None, False),
+])
+def test_a_few_new_tokens_on_the_cache_before_verify_drafts(q, kv, before, verifies):
+    from rooflight.steps import _verifies
+    assert _verifies(q, kv, before) is verifies
 
 
 @needs_transformers

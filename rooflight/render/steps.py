@@ -42,6 +42,7 @@ class StepRow:
     idle_seconds: float
     label: str
     share: float  # of its time under that label
+    query_len: int | None = None  # new tokens per sequence (decode: 1; verifying drafts: more)
 
 
 def summary_regions(a) -> list[str]:
@@ -84,7 +85,8 @@ def step_rows(a) -> list[StepRow]:
         label = r.headline
         rows.append(StepRow(s.index, s.name, s.kind, status, s.tokens, s.kv_len, seconds,
                             rt.busy_seconds if rt is not None else math.nan,
-                            rt.idle_seconds if rt is not None else math.nan, str(label), r.fraction(label)))
+                            rt.idle_seconds if rt is not None else math.nan, str(label), r.fraction(label),
+                            s.query_len))
     return rows
 
 
@@ -108,8 +110,13 @@ def phase_summary(a) -> list[str]:
     if dec:
         med = statistics.median(r.seconds for r in dec)
         kv = [r.kv_len for r in dec if r.kv_len]
-        out.append(f"decode: {fmt_seconds(med)} per output token {word} ("
-                   + (f"median of {len(dec)} steps" if len(dec) > 1 else "1 step")
+        q = sorted({r.query_len for r in dec if r.query_len})
+        # a step verifying draft tokens yields as many as it accepts, which no shape tells
+        per = (f"per step {word} (" + (f"median of {len(dec)} steps" if len(dec) > 1 else "1 step")
+               + f" of {q[0]}–{q[-1]} new tokens a sequence: speculative decoding's verification, a step yields "
+                 "the drafts it accepts and one more") if q and q[-1] > 1 else (
+            f"per output token {word} (" + (f"median of {len(dec)} steps" if len(dec) > 1 else "1 step"))
+        out.append(f"decode: {fmt_seconds(med)} " + per
                    + (f", KV length {min(kv)}–{max(kv)}" if kv else "")
                    + ")")
     for kind in ("train", "forward", "marked"):
