@@ -18,16 +18,23 @@ plans), so inside `cuda_on_cpu()` every request for a CUDA device gets the CPU:
   into nll_loss as it does on a GPU, where the CPU's own lists differ;
 - `GradScaler("cuda")` becomes the CPU's (the same unscale and update ops);
 - `torch.Generator(device="cuda")` is the CPU's; `torch.cuda.synchronize()`, `empty_cache()`,
-  `set_device()` and the peak-memory resets do nothing (there is no device to wait for or to free).
+  `set_device()` and the peak-memory resets do nothing (there is no device to wait for or to free);
+- CUDA events time the CPU's run (`record()` reads the host's clock, `elapsed_time` the
+  milliseconds between two: what a loop timing itself prints is this machine's time, not a GPU's);
+  streams are one stream, the CPU's order (`torch.cuda.Stream()`, `with torch.cuda.stream(s)`,
+  `wait_stream`, `record_stream`: the work runs in program order, as on one stream);
+- the memory statistics (`memory_allocated`, `max_memory_allocated`, `memory_reserved`,
+  `max_memory_reserved`) read 0: no CUDA memory was allocated.
 
-Anything else a script asks of CUDA (events, streams, memory statistics, device properties)
-raises as it would on any machine without one; the caller turns that into one line naming the
-call.  `Redirected` lists what was stood in for, for the profile's note.
+Anything else a script asks of CUDA (device properties, free memory, graphs, NVTX) raises as it
+would on any machine without one; the caller turns that into one line naming the call.
+`Redirected` lists what was stood in for, for the profile's note.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -82,6 +89,8 @@ class _DeviceMode(TorchFunctionMode):
                               memory_format=kwargs.get("memory_format", torch.preserve_format))
         if func is torch.Tensor.pin_memory:
             return args[0]
+        if func is torch.Tensor.record_stream:  # one stream: nothing to keep the memory for
+            return None
         if _is_cuda(kwargs.get("device")):
             self.seen.add("tensors on cuda")
             kwargs = {**kwargs, "device": CPU}
@@ -107,6 +116,70 @@ class _Generator(torch.Generator):
 
     def __init__(self, device: Any = "cpu"):
         pass
+
+
+class _Event:
+    """torch.cuda.Event on the CPU: the host's clock when recorded (the CPU runs each op to its
+    end before the next starts, so there is nothing to wait for)."""
+
+    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False,
+                 external: bool = False):
+        self.t: float | None = None
+        if _ACTIVE:
+            _ACTIVE[-1].add("CUDA events timing the CPU's run")
+
+    def record(self, stream: Any = None) -> None:
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end: "_Event") -> float:
+        if self.t is None or end.t is None:
+            raise RuntimeError("Both events must be recorded before calculating elapsed time.")
+        return (end.t - self.t) * 1e3
+
+    def query(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        pass
+
+    def wait(self, stream: Any = None) -> None:
+        pass
+
+
+class _Stream(torch.Stream):
+    """torch.cuda.Stream on the CPU: the one stream the CPU's program order is (a torch.Stream, so
+    that Tensor.record_stream takes it)."""
+
+    def __new__(cls, device: Any = None, priority: int = 0, **kwargs: Any):
+        if _ACTIVE:
+            _ACTIVE[-1].add("CUDA streams as the CPU's one order")
+        return super().__new__(cls, device="cpu")
+
+    def __init__(self, device: Any = None, priority: int = 0, **kwargs: Any):
+        pass
+
+    def wait_stream(self, stream: Any) -> None:
+        pass
+
+    def wait_event(self, event: Any) -> None:
+        pass
+
+    def record_event(self, event: Any = None) -> _Event:
+        event = event if event is not None else _Event()
+        event.record()
+        return event
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def __enter__(self) -> "_Stream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
 
 
 # ---------------------------------------------------------------------------- autocast as on CUDA
@@ -309,6 +382,27 @@ def cuda_on_cpu() -> Iterator[Redirected]:
     patches.set(torch.cuda.amp, "GradScaler", CudaGradScaler)
     for name in ("synchronize", "empty_cache", "set_device", "reset_peak_memory_stats", "reset_max_memory_allocated"):
         patches.set(torch.cuda, name, nothing(name))
+
+    def zero(what: str) -> Callable:
+        def call(*args: Any, **kwargs: Any) -> int:
+            seen.add(f"torch.cuda.{what}() read 0")
+            return 0
+        return call
+
+    for name in ("memory_allocated", "max_memory_allocated", "memory_reserved", "max_memory_reserved"):
+        patches.set(torch.cuda, name, zero(name))
+
+    def one_stream(*args: Any, **kwargs: Any) -> _Stream:
+        return _Stream()
+
+    def stream(s: Any = None) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext(s)
+
+    patches.set(torch.cuda, "Event", _Event)
+    patches.set(torch.cuda, "Stream", _Stream)
+    patches.set(torch.cuda, "stream", stream)
+    patches.set(torch.cuda, "current_stream", one_stream)
+    patches.set(torch.cuda, "default_stream", one_stream)
     patches.set(torch, "set_default_device", set_default_device)
     patches.set(torch, "Generator", _Generator)
     _ACTIVE.append(seen)

@@ -84,12 +84,52 @@ def test_without_count_only_the_error_says_to_count_it(tmp_path):
 @no_gpu
 def test_a_cuda_call_the_cpu_cannot_stand_in_for_is_one_line_naming_it(tmp_path):
     (tmp_path / "s.py").write_text("import torch\nx = torch.randn(8, device='cuda')\n"
-                                   "start = torch.cuda.Event(enable_timing=True)\n")
+                                   "props = torch.cuda.get_device_properties(0)\n")
     r = cli("profile", "s.py", "--count-only", "-o", "out", cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     (line,) = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert "s.py asks CUDA for what a CPU cannot stand in for at s.py:3" in line
     assert "count it on a machine with a GPU, or run that line only when torch.cuda.is_available()" in line
+
+
+TIMED_WITH_EVENTS = """
+import torch
+model = torch.nn.Linear(256, 256).cuda()
+x = torch.randn(64, 256, device="cuda")
+side = torch.cuda.Stream()
+start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+for _ in range(3):
+    start.record()
+    with torch.cuda.stream(side):
+        y = model(x)
+    torch.cuda.current_stream().wait_stream(side)
+    y.record_stream(torch.cuda.current_stream())
+    end.record()
+    torch.cuda.synchronize()
+    print(f"loop-ms {start.elapsed_time(end):.3f} ms peak {torch.cuda.max_memory_allocated()}")
+"""
+
+
+@no_gpu
+def test_a_loop_timing_itself_with_cuda_events_and_streams_counts_on_the_cpu(tmp_path):
+    # events time the CPU's run, streams are its one order, memory statistics read 0: the
+    # script runs unchanged and its three [64, 256] x [256, 256] linears count as on the CPU
+    # (2*64*256*256 = 8,388,608 fp32 FLOPs and the bias 16,384 each)
+    (tmp_path / "timed.py").write_text(TIMED_WITH_EVENTS)
+    r = cli("profile", "timed.py", "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    times = [float(ln.split()[1]) for ln in r.stdout.splitlines() if ln.startswith("loop-ms ")]
+    assert len(times) == 3 and all(t > 0 for t in times) and "peak 0" in r.stdout
+    prof = json.loads((tmp_path / "out" / "timed.json").read_text())
+    assert [sum(o["flops"].values()) for o in prof["ops"] if o["op"].startswith("aten::addmm")] == [8_404_992] * 3
+    note, = [n for n in prof["notes"] if n.startswith("this machine has no GPU")]
+    for part in ("CUDA streams as the CPU's one order", "CUDA events timing the CPU's run",
+                 "torch.cuda.max_memory_allocated() read 0"):
+        assert part in note
+    real = (torch.cuda.Event, torch.cuda.Stream, torch.cuda.stream, torch.cuda.max_memory_allocated)
+    with cuda_on_cpu():
+        assert torch.cuda.Event is not real[0]
+    assert (torch.cuda.Event, torch.cuda.Stream, torch.cuda.stream, torch.cuda.max_memory_allocated) == real
 
 
 def _recorded(fn) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
