@@ -31,8 +31,8 @@ from .costs.model import TensorMeta, matrix_like
 from .counters import is_tensor_pipe
 from .math_class import MathClass
 from .groups import (ATTENTION_MATH_OPS, BATCHED_MATMUL_OPS, FUSIBLE, GROUPED_MATMUL_OPS, SOFTMAX_OPS, Kind,
-                     chain_passes, fusible_chains, gathered_weights, kind_of, materialized_attention, op_kinds,
-                     origin)
+                     EXPERT_MATMUL_OPS, chain_passes, expert_loops, fusible_chains, gathered_weights, kind_of,
+                     materialized_attention, module_template, op_kinds, origin)
 from .profile_data import DECODE_MAX_QUERY_ROWS, TRAINING_PHASES, OpRecord, Profile, region_and_ancestors
 from .roofline import Ceilings, intensity
 from .units import fmt_bandwidth, fmt_bytes, fmt_flops_rate, fmt_seconds
@@ -130,6 +130,10 @@ class OpFacts:
     # routed token; fused_bytes is then what one grouped GEMM would move, chain_bytes what the pair moves now
     gathered_rows: int = 0
     gathered_shape: tuple[int, ...] = ()  # the [E, A, B] stack of expert matrices the copies come from
+    # experts run one at a time (groups.expert_loops), per module call: matmuls, kernels, host syncs
+    loop_matmuls: int = 0
+    loop_kernels: int = 0
+    loop_syncs: int = 0
     # attention: q [B, Hq, Sq, D], k/v [B, Hkv, Sk, D]
     batch: int | None = None
     sq: int | None = None
@@ -298,6 +302,13 @@ def _batch_more_effect(f: OpFacts, c: Ceilings) -> str:
 
 
 def _grouped_experts_effect(f: OpFacts, c: Ceilings) -> str:
+    if f.loop_matmuls:
+        syncs = (f", {f.loop_syncs} of them reads back to the host (nonzero's size, .item()) that stall the GPU"
+                 if f.loop_syncs else "")
+        return (f"the experts run one at a time: {f.loop_kernels} kernels per call ({f.loop_matmuls} expert "
+                f"matmuls{syncs}), x{f.copies} calls, {fmt_seconds(f.seconds)} ({f.share:.0%} of the run); a grouped "
+                "GEMM runs every expert's routed tokens in one kernel per projection with no host sync: the launches "
+                "and the waits go, the weights are read as before")
     e, a, b = f.gathered_shape
     return (f"each of the {f.copies} expert matmuls copies {f.gathered_rows} of {e} [{a},{b}] {f.dtype} expert "
             f"matrices (one per routed token) and reads the copies again: {fmt_bytes(f.chain_bytes)} per matmul; "
@@ -569,13 +580,13 @@ def _rereads(f: OpFacts) -> bool:
 
 
 def _small_batch_weight_gemm(f: OpFacts) -> bool:
-    return not f.gathered_rows and f.has_weight and f.m_rows is not None and f.m_rows < f.m_ridge
+    return not f.gathered_rows and not f.loop_matmuls and f.has_weight and f.m_rows is not None and f.m_rows < f.m_ridge
 
 
 def _weight_only_fits(f: OpFacts) -> bool:
     # a training step updates its weights: quantizing them is an inference technique
-    return (not f.training and not f.gathered_rows and f.has_weight and f.m_rows is not None and f.m_rows <= WEIGHT_ONLY_MAX_ROWS
-            and f.weight_dtype in _SIXTEEN_OR_MORE_BITS)
+    return (not f.training and not f.gathered_rows and f.has_weight and f.m_rows is not None
+            and f.m_rows <= WEIGHT_ONLY_MAX_ROWS and f.weight_dtype in _SIXTEEN_OR_MORE_BITS)
 
 
 def _w8a8_fits(f: OpFacts) -> bool:
@@ -603,6 +614,12 @@ def _long_small_batch_decode(f: OpFacts) -> bool:
 
 def _long_prefill(f: OpFacts) -> bool:
     return not f.is_decode and f.sk is not None and f.sk >= SPARSE_ATTENTION_MIN_KEYS
+
+
+def _experts(f: OpFacts) -> bool:
+    """Experts run as copies or one at a time (grouped-experts): what the other op rules would say of
+    their time (at the roof, below it, launch-bound) is about work the grouped GEMM removes."""
+    return bool(f.gathered_rows or f.loop_matmuls)
 
 
 def _chain(f: OpFacts) -> bool:
@@ -657,11 +674,13 @@ RULES: tuple[Rule, ...] = (
          seed="001 memory-bound: the roofline counts the bytes that must move; Nsight Compute's dram__bytes_read "
               "measures the bytes that did"),
     # ---- matmuls
-    Rule("grouped-experts", "op", frozenset(Label), kinds=frozenset({_K.MATMUL}), when=lambda f: f.gathered_rows > 0,
+    Rule("grouped-experts", "op", frozenset(Label), kinds=frozenset({_K.MATMUL}),
+         when=lambda f: f.gathered_rows > 0 or f.loop_matmuls > 0,
          recommendation="Run the experts as a grouped GEMM over the tokens sorted by expert (torch._grouped_mm; "
                         "in Hugging Face transformers, experts_implementation=\"grouped_mm\" in from_pretrained "
-                        "or the config), which reads each expert's weights once in place, instead of copying "
-                        "every routed token's expert weights (weights[expert_ids]) for a batched matmul",
+                        "or the config), which reads each expert's weights once in place, in one kernel per "
+                        "projection, instead of copying every routed token's expert weights (weights[expert_ids]) "
+                        "for a batched matmul, or running the experts one at a time",
          effect=_grouped_experts_effect,
          seed="001 memory-bound: the time is the bytes that move, so move fewer (the copies are bytes no "
               "result needs)"),
@@ -733,20 +752,22 @@ RULES: tuple[Rule, ...] = (
                         "rotary embedding) so intermediates stay on chip",
          effect=_fusion_effect,
          seed="001 memory-bound: operator fusion (TorchInductor, XLA); 000 DeepSpeed deep fusion"),
-    Rule("launch-bound", "op", frozenset({_L.OVERHEAD}), when=lambda f: f.seconds > 0 and not _chain(f),
+    Rule("launch-bound", "op", frozenset({_L.OVERHEAD}),
+         when=lambda f: f.seconds > 0 and not _chain(f) and not _experts(f),
          recommendation="These kernels are launch-bound: fold them into their neighbours (torch.compile) or "
                         "replay them in a CUDA graph",
          effect=_launch_bound_effect,
          devices=_GPU,
          seed="001 overhead-bound: CUDA graphs, AOT/JIT compilation"),
-    Rule("dispatch-bound", "op", frozenset({_L.OVERHEAD}), when=lambda f: f.seconds > 0 and not _chain(f),
+    Rule("dispatch-bound", "op", frozenset({_L.OVERHEAD}),
+         when=lambda f: f.seconds > 0 and not _chain(f) and not _experts(f),
          recommendation="These ops are dispatch-bound on the CPU: each pays PyTorch's per-op cost more than its "
                         "work; do the work in fewer, larger ops (batch it, or torch.compile the code around them)",
          effect=_launch_bound_effect,
          devices=frozenset({"cpu"}),
          seed="001 overhead-bound: fewer, larger kernels, AOT/JIT compilation"),
     Rule("below-own-roof", "op", frozenset({_L.MEMORY, _L.COMPUTE}), attained=(0.0, FAR_BELOW_ROOF),
-         when=lambda f: f.counted and (f.kind is not Kind.ATTENTION or not f.is_decode),
+         when=lambda f: f.counted and not _experts(f) and (f.kind is not Kind.ATTENTION or not f.is_decode),
          recommendation="The kernel runs far below its roof: check the layout (make strided inputs contiguous "
                         "upstream), the parallelism (on a GPU too few blocks for the SMs; on a CPU an op too small "
                         "for its threads) and the shape (dimensions that are not multiples of 64/128); try "
@@ -754,7 +775,7 @@ RULES: tuple[Rule, ...] = (
          effect=_below_roof_effect,
          seed="001 roofline with sub-optimal implementations (fig. 11): a kernel sits under its own, lower roof"),
     Rule("at-memory-roof", "op", frozenset({_L.MEMORY}), kinds=frozenset({_K.MATMUL, _K.ATTENTION}),
-         attained=(NEAR_ROOF, math.inf), when=lambda f: f.fused,
+         attained=(NEAR_ROOF, math.inf), when=lambda f: f.fused and not _experts(f),
          recommendation="At the bandwidth roof: only fewer bytes or more bandwidth help (quantized weights/KV, "
                         "or a chip with more bandwidth per dollar)",
          effect=_at_memory_roof_effect,
@@ -853,6 +874,7 @@ class _Group:
     units: list[tuple[int, ...]]  # one tuple per like op / chain / materialized attention
     region: str
     chain_ops: tuple[str, ...] = ()
+    unit_kind: str = ""  # "gathered-experts" (a gather and its matmul), "expert-loop" (a module's experts one by one)
 
 
 def _groups(profile: Profile, diagnosis: Diagnosis, kinds: Mapping[int, Kind]) -> list[_Group]:
@@ -861,8 +883,9 @@ def _groups(profile: Profile, diagnosis: Diagnosis, kinds: Mapping[int, Kind]) -
     used: set[int] = set()
     groups: dict[tuple, _Group] = {}
 
-    def add(key: tuple, kind: Kind, unit: tuple[int, ...], region: str, chain_ops: tuple[str, ...] = ()) -> None:
-        g = groups.setdefault(key, _Group(kind, [], [], region, chain_ops))
+    def add(key: tuple, kind: Kind, unit: tuple[int, ...], region: str, chain_ops: tuple[str, ...] = (),
+            unit_kind: str = "") -> None:
+        g = groups.setdefault(key, _Group(kind, [], [], region, chain_ops, unit_kind))
         g.ops.extend(unit)
         g.units.append(unit)
         used.update(unit)
@@ -875,7 +898,14 @@ def _groups(profile: Profile, diagnosis: Diagnosis, kinds: Mapping[int, Kind]) -
     for unit in gathered_weights(profile):
         ops = [by_index[i] for i in unit]
         add(("gathered-experts", ops[0].region, tuple(o.shapes for o in ops), ops[1].dtype), Kind.MATMUL, unit,
-            ops[0].region)
+            ops[0].region, unit_kind="gathered-experts")
+
+    for unit in expert_loops(profile):
+        unit = tuple(i for i in unit if i not in used)
+        first = by_index[unit[0]]
+        # every layer's loop of a region together (their shapes differ with the routing)
+        add(("expert-loop", first.region, module_template(first.module)), Kind.MATMUL, unit, first.region,
+            unit_kind="expert-loop")
 
     for chain in fusible_chains(profile, kinds, used, FUSION_MIN_OPS):
         ops = [by_index[i] for i in chain]
@@ -953,6 +983,17 @@ def _grouped_facts(op: OpRecord, ins: list[TensorMeta]) -> dict:
     rows = op.total_flops / (2 * k * n) if k and n else 0  # the rows really routed (the formula read offs)
     return dict(m_rows=max(1, round(rows / e)), k=k, n=n, has_weight=True, weight_dtype=w.dtype,
                 weight_bytes=max(op.bytes_read - rows * k * a.itemsize, 0.0), experts=e)
+
+
+def _loop_facts(g: _Group, by_index: Mapping[int, OpRecord]) -> dict:
+    """An expert loop (groups.expert_loops), per module call on average: the expert matmuls, the
+    kernels (ops that move or compute something) and the host syncs (_local_scalar_dense: a
+    nonzero's size, an .item()) it runs."""
+    n = len(g.units)
+    ops = [by_index[i] for i in g.ops]
+    return dict(loop_matmuls=round(sum(o.short_op in EXPERT_MATMUL_OPS and o.total_flops > 0 for o in ops) / n),
+                loop_kernels=round(sum(o.bytes > 0 or o.total_flops > 0 for o in ops) / n),
+                loop_syncs=round(sum(o.short_op == "_local_scalar_dense" for o in ops) / n))
 
 
 def _gathered_facts(gather: OpRecord, mm: OpRecord, by_index: Mapping[int, OpRecord]) -> dict:
@@ -1065,7 +1106,7 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
     verdicts = [diagnosis.verdicts[i] for i in g.ops]
     seconds = sum(v.weight_s for v in verdicts if v.weight_s > 0)
     label = _weighted_label(verdicts)
-    gathered = g.kind is Kind.MATMUL and len(g.units[0]) == 2  # a gathered-experts pair: the matmul speaks
+    gathered = g.unit_kind == "gathered-experts"  # a gather and its matmul: the matmul speaks
     rep_i = max(g.ops[1::2] if gathered else g.ops, key=lambda i: diagnosis.verdicts[i].weight_s)
     rep, rep_v = by_index[rep_i], diagnosis.verdicts[rep_i]
     timed = [v for v in verdicts if not v.predicted and v.seconds > 0]
@@ -1097,6 +1138,8 @@ def _op_facts(g: _Group, by_index: Mapping[int, OpRecord], diagnosis: Diagnosis,
         mf["m_ridge"] = _m_ridge(mf["n"], mf["k"], _item(rep.dtype), _item(mf["weight_dtype"]),
                                  _item(by_index[g.units[0][1]].dtype), _ridge(ceilings, facts["roof_class"]))
         facts.update(mf)
+    elif g.unit_kind == "expert-loop":
+        facts.update(_loop_facts(g, by_index))
     elif g.kind is Kind.MATMUL:
         mf = _matmul_facts(rep)
         if mf:
@@ -1170,7 +1213,8 @@ def _merged(facts: Sequence[OpFacts]) -> OpFacts:
 def _group_evidence(g: _Group, rep: Verdict, seconds: float, total_s: float) -> str:
     what = f"{len(g.chain_ops)}-op chain" if g.chain_ops else (
         "materialized attention" if g.kind is Kind.ATTENTION and len(g.units[0]) > 1 else
-        "gathered expert weights" if g.kind is Kind.MATMUL and len(g.units[0]) == 2 else str(g.kind))
+        {"gathered-experts": "gathered expert weights", "expert-loop": "experts one at a time"}.get(g.unit_kind)
+        or str(g.kind))
     where = f" in {g.region}" if g.region else ""
     share = f", {seconds / total_s:.0%} of the run" if total_s > 0 else ""
     return f"{what} x{len(g.units)}{where}: {fmt_seconds(seconds)}{share}; heaviest op: {rep.evidence}"

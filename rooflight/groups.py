@@ -275,6 +275,52 @@ def gathered_weights(profile: Profile) -> list[tuple[int, int]]:
     return pairs
 
 
+def _stack_slice(source: int, by_index: Mapping[int, OpRecord]) -> int | None:
+    """The `select` of a 3-D [E, A, B] stack that an input is a view of (through the views in
+    between: a transpose), or None: one expert's matrix of a stacked experts' weight, w[e]."""
+    seen = 0
+    while source >= 0 and seen < 8:
+        op = by_index.get(source)
+        if op is None or op.flops or op.bytes or not op.sources or not op.inputs:
+            return None
+        if op.short_op == "select" and op.inputs[0].ndim == 3:
+            return op.index
+        source, seen = op.sources[0], seen + 1
+    return None
+
+
+EXPERT_MATMUL_OPS = frozenset({"mm", "addmm", "linear", "matmul", "_addmm_activation"})  # one expert's, in a loop
+
+
+def expert_loops(profile: Profile) -> list[tuple[int, ...]]:
+    """Op-index units, one per module call that runs its experts one at a time: two or more
+    matmuls of one module whose weights are matrices of one [E, A, B] stack (`w[e]`: Hugging
+    Face's eager experts, `for e in experts_hit: linear(x[tokens], gate_up_proj[e])`).  A unit is
+    every op of that module (and its submodules) in that region: the routing, its host syncs
+    (nonzero, .item()), each expert's gather, matmuls and scatter-add."""
+    by_index = {o.index: o for o in profile.ops}
+    slices: dict[tuple[str, str], dict[tuple, int]] = {}  # (region, module) -> stack -> matmuls
+    for op in profile.ops:
+        if op.short_op not in EXPERT_MATMUL_OPS or not op.sources or not op.module:
+            continue
+        for s in op.sources[-2:]:
+            sel = _stack_slice(s, by_index)
+            if sel is not None:
+                stack = by_index[sel]
+                key = (stack.sources[0] if stack.sources else -1, stack.inputs[0].shape)
+                per = slices.setdefault((op.region, op.module), {})
+                per[key] = per.get(key, 0) + 1
+                break
+    loops = {k for k, per in slices.items() if max(per.values()) >= 2}
+    units: dict[tuple[str, str], list[int]] = {k: [] for k in loops}
+    for op in profile.ops:
+        for region, module in ((op.region, op.module), (op.region, op.module.rsplit(".", 1)[0])):
+            if (region, module) in units:
+                units[(region, module)].append(op.index)
+                break
+    return [tuple(u) for u in units.values() if u]
+
+
 def op_kinds(profile: Profile) -> dict[int, Kind]:
     """Every op's kind, with context: ops of a materialized attention are ATTENTION, elementwise
     ops inside a module whose type ends in "Norm" (a decomposed RMSNorm) are NORM."""
@@ -340,7 +386,7 @@ def chain_passes(ops: Sequence[OpRecord]) -> list[list[OpRecord]]:
     return passes if ops else []
 
 
-__all__ = ["ATTENTION_MATH_OPS", "BATCHED_MATMUL_OPS", "EMBEDDING_OPS", "FUSIBLE", "GLOBAL_REDUCTION_MIN_BYTES",
-           "GROUPED_MATMUL_OPS", "KEY_FIELDS", "Kind", "MATMUL_OPS", "NORM_OPS", "OpGroup", "SOFTMAX_OPS", "chain_passes", "fusible_chains",
-           "gathered_weights", "group_ops", "has_work", "kind_of", "materialized_attention", "module_template",
-           "op_kinds", "origin"]
+__all__ = ["ATTENTION_MATH_OPS", "BATCHED_MATMUL_OPS", "EMBEDDING_OPS", "EXPERT_MATMUL_OPS", "FUSIBLE",
+           "GLOBAL_REDUCTION_MIN_BYTES", "GROUPED_MATMUL_OPS", "KEY_FIELDS", "Kind", "MATMUL_OPS", "NORM_OPS",
+           "OpGroup", "SOFTMAX_OPS", "chain_passes", "expert_loops", "fusible_chains", "gathered_weights", "group_ops", "has_work",
+           "kind_of", "materialized_attention", "module_template", "op_kinds", "origin"]

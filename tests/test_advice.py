@@ -16,8 +16,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from llama import build, decode_one_token
 from rooflight.advice import FUSION_MIN_OPS, RULES, Advice, Rule, _attention_facts, advise
-from rooflight.groups import (Kind, chain_passes, fusible_chains, gathered_weights, kind_of, materialized_attention,
-                              op_kinds)
+from rooflight.groups import (Kind, chain_passes, expert_loops, fusible_chains, gathered_weights, kind_of,
+                              materialized_attention, op_kinds)
 from rooflight.capture import count
 from rooflight.roofline import Ceilings, from_spec
 from rooflight.classify import Label, breakdown, floors
@@ -258,6 +258,40 @@ def test_a_hugging_face_mixtral_with_batched_mm_experts_is_told_to_use_grouped_m
     with torch.no_grad():
         prof = count(lambda: grouped(ids))
     assert gathered_weights(prof) == [] and any(o.short_op == "_grouped_mm" for o in prof.ops)
+
+
+def test_experts_run_one_at_a_time_are_told_to_run_as_a_grouped_gemm():
+    # Hugging Face's eager experts: for each expert hit, nonzero (a host sync), gather its tokens,
+    # gate_up_proj[e] and down_proj[e] matmuls, the activation, the weighting, an index_add_.  Mixtral,
+    # 4 experts top-2, 2 layers, 16 tokens: every expert is hit, so each layer's call runs 8 expert
+    # matmuls; its host syncs: 2 for the routing's aminmax, 4 per expert (the loop's .item() and
+    # the sizes of its gather and scatter) = 18.  The grouped_mm model runs no such loop
+    transformers = pytest.importorskip("transformers")
+
+    def profile(impl: str):
+        cfg = transformers.MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                         num_experts_per_tok=2, vocab_size=256, experts_implementation=impl)
+        torch.manual_seed(0)
+        m = transformers.MixtralForCausalLM(cfg).eval()
+        with torch.no_grad():
+            return count(lambda: m(torch.randint(0, 256, (2, 8))))
+
+    prof = profile("eager")
+    loops = expert_loops(prof)
+    by = {o.index: o for o in prof.ops}
+    assert len(loops) == 2 and {by[u[0]].module for u in loops} == {"model.layers.0.mlp.experts",
+                                                                  "model.layers.1.mlp.experts"}
+    assert [sum(by[i].short_op == "mm" for i in u) for u in loops] == [8, 8]
+    assert [sum(by[i].short_op == "_local_scalar_dense" for i in u) for u in loops] == [18, 18]
+    adv = advice_for(timed(list(prof.ops), CALIBRATED, 0.8), CALIBRATED)
+    effect = adv["grouped-experts"].effect
+    assert effect.startswith("the experts run one at a time: ") and "(8 expert matmuls, 18 of them reads back to the " \
+        "host" in effect and "x2 calls" in effect
+    # what the other op rules would say of the loop's time is about work the grouped GEMM removes
+    assert not {"at-memory-roof", "below-own-roof", "launch-bound"} & {
+        a.rule for a in adv.values() if set(a.ops) & set(loops[0])}
+    assert expert_loops(profile("grouped_mm")) == []
 
 
 MIXTRAL_GENERATE = """
