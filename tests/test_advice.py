@@ -230,22 +230,24 @@ def test_a_gather_of_rows_or_a_bmm_of_activations_is_not_copied_experts():
     assert gathered_weights(count(other)) == []
 
 
+def _tiny_mixtral(impl: str):
+    # Mixtral, hidden 64, intermediate 128, 4 experts, top-2, 2 layers, fp32, with the experts
+    # Hugging Face runs as `impl`
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                     num_experts_per_tok=2, vocab_size=256, experts_implementation=impl)
+    torch.manual_seed(0)
+    return transformers.MixtralForCausalLM(cfg).eval()
+
+
 def test_a_hugging_face_mixtral_with_batched_mm_experts_is_told_to_use_grouped_mm():
     # Mixtral, hidden 64, intermediate 128, 4 experts, top-2, 2 layers; 2 sequences x 8 tokens =
     # 16 tokens -> S = 32 copies of gate_up_proj's [256, 64] fp32 matrices per layer: the same
     # closed form as above (4,497,664 B now, 303,104 B grouped); down_proj's [64, 128] pair too.
     # The default experts (grouped_mm where torch has it) copy nothing
-    transformers = pytest.importorskip("transformers")
-
-    def model(impl: str):
-        cfg = transformers.MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
-                                         num_experts_per_tok=2, vocab_size=256, experts_implementation=impl)
-        torch.manual_seed(0)
-        return transformers.MixtralForCausalLM(cfg).eval()
-
     ids = torch.randint(0, 256, (2, 8))
-    copied = model("batched_mm")
+    copied = _tiny_mixtral("batched_mm")
     with torch.no_grad():
         prof = count(lambda: copied(ids))
     pairs = gathered_weights(prof)
@@ -254,7 +256,7 @@ def test_a_hugging_face_mixtral_with_batched_mm_experts_is_told_to_use_grouped_m
     assert {by[g].bytes + by[m].bytes for g, m in pairs if by[g].inputs[0].shape == (4, 256, 64)} == {4_497_664}
     effect = advice_for(timed(list(prof.ops), CALIBRATED, 0.8), CALIBRATED)["grouped-experts"].effect
     assert "copies 32 of 4 " in effect and f"~{fmt_bytes(303_104)}" in effect
-    grouped = model("grouped_mm")
+    grouped = _tiny_mixtral("grouped_mm")
     with torch.no_grad():
         prof = count(lambda: grouped(ids))
     assert gathered_weights(prof) == [] and any(o.short_op == "_grouped_mm" for o in prof.ops)
@@ -266,14 +268,8 @@ def test_experts_run_one_at_a_time_are_told_to_run_as_a_grouped_gemm():
     # 4 experts top-2, 2 layers, 16 tokens: every expert is hit, so each layer's call runs 8 expert
     # matmuls; its host syncs: 2 for the routing's aminmax, 4 per expert (the loop's .item() and
     # the sizes of its gather and scatter) = 18.  The grouped_mm model runs no such loop
-    transformers = pytest.importorskip("transformers")
-
     def profile(impl: str):
-        cfg = transformers.MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
-                                         num_experts_per_tok=2, vocab_size=256, experts_implementation=impl)
-        torch.manual_seed(0)
-        m = transformers.MixtralForCausalLM(cfg).eval()
+        m = _tiny_mixtral(impl)
         with torch.no_grad():
             return count(lambda: m(torch.randint(0, 256, (2, 8))))
 
