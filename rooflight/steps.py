@@ -125,7 +125,7 @@ def _prefixed(prefix: str, region: str) -> str:
 
 
 def _token_ids(ops: Sequence[OpRecord]):
-    """The token ids of a step's first embedding lookup ([..., S]), or None."""
+    """The token ids of the first embedding lookup among `ops` ([..., S]), or None."""
     return next((o.inputs[1] for o in ops if o.short_op in ("embedding", "embedding_bag")
                  and len(o.inputs) >= 2 and o.inputs[1].ndim >= 1), None)
 
@@ -162,7 +162,10 @@ def _shape_facts(ops: Sequence[OpRecord]) -> tuple[int | None, int | None, int |
         flash = "_flash_attention_forward" in o.op and q.ndim == 4  # [B, S, H, D]
         b, raw = (q.shape[0], q.shape[1]) if flash else (math.prod(q.shape[:-3]) if q.ndim >= 4 else 1, q.shape[-2])
         sq = raw
-        ids = _token_ids(ops)
+        # the token ids of the call that runs this attention: the last lookup before it (an assistant
+        # model's call, before the verifying model's in a step of assisted generation, has its own)
+        at = next(i for i, x in enumerate(ops) if x is o)
+        ids = _token_ids(ops[at::-1]) or _token_ids(ops)
         if (not flash and ids is not None and ids.ndim >= 2 and ids.shape[-1] == 1 < sq and q.ndim >= 4
                 and k.ndim >= 4 and q.shape[-3] == k.shape[-3] and math.prod(ids.shape[:-1]) == b):
             sq = 1  # packed GQA: one token per sequence, its query heads in the length dimension

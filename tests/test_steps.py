@@ -300,6 +300,35 @@ def test_speculative_verification_steps_are_decodes_not_prefills(tmp_path):
     assert "prefill (32 tokens)" in r.stdout and "speculative decoding's verification" in r.stdout
 
 
+ASSISTED = """
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+torch.manual_seed(0)
+main = LlamaForCausalLM(LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, vocab_size=64)).eval()
+draft = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1, vocab_size=64)).eval()
+ids = torch.randint(0, 64, (1, 16))
+out = main.generate(ids, assistant_model=draft, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0,
+                    num_assistant_tokens=1, num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0)
+"""
+
+
+@needs_transformers
+def test_assisted_generations_verification_steps_have_the_main_models_query(tmp_path):
+    # an assistant drafting 1 token a step: each step holds its call (1 token) and the main model's
+    # verification of the token before and the draft (2).  The step's query length was read from
+    # the step's first token ids, the assistant's: 1, which also took the main model's 2-token
+    # query (4 heads over repeated KV heads) for a packed-GQA decode of one token
+    (tmp_path / "assisted.py").write_text(ASSISTED)
+    r = cli("profile", "assisted.py", "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    steps = json.loads((tmp_path / "out" / "assisted.json").read_text())["steps"]
+    assert steps[0]["kind"] == "prefill" and steps[0]["query_len"] == 16
+    verifying = steps[1:-1]  # the last call checks the final token alone
+    assert {s["kind"] for s in verifying} == {"decode"} and {s["query_len"] for s in verifying} == {2}
+
+
 @pytest.mark.parametrize("q, kv, before, verifies", [
     (3, 38, ("decode", 1, 2, 35), True),  # the cache found (35) is what the step before left
     (2, 36, ("decode", 1, 4, 38), True),  # the step before's drafts were partly rejected: cropped to 34
