@@ -284,15 +284,20 @@ out = model.generate(ids, max_new_tokens=12, min_new_tokens=12, prompt_lookup_nu
 """
 
 
+def _generate_steps(tmp_path: Path, name: str, script: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """`rooflight profile NAME.py --count-only` of a generate() script: the run and its steps."""
+    (tmp_path / f"{name}.py").write_text(script)
+    r = cli("profile", f"{name}.py", "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    return r, json.loads((tmp_path / "out" / f"{name}.json").read_text())["steps"]
+
+
 @needs_transformers
 def test_speculative_verification_steps_are_decodes_not_prefills(tmp_path):
     # prompt lookup decoding (drafts copied from the prompt, verified by the model): after the
     # prefill each step reads the cache it found plus its 1 + drafts new tokens.  They were
     # "prefill (2-4 tokens): ... time to first token, median of 3 prefills"
-    (tmp_path / "prompt_lookup.py").write_text(PROMPT_LOOKUP)
-    r = cli("profile", "prompt_lookup.py", "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    steps = json.loads((tmp_path / "out" / "prompt_lookup.json").read_text())["steps"]
+    r, steps = _generate_steps(tmp_path, "prompt_lookup", PROMPT_LOOKUP)
     assert steps[0]["kind"] == "prefill" and steps[0]["query_len"] == 32
     assert {s["kind"] for s in steps[1:]} == {"decode"} and max(s["query_len"] for s in steps) > 1
     for before, s in zip(steps[1:], steps[2:]):  # each goes on with the cache the step before left
@@ -320,10 +325,7 @@ def test_assisted_generations_verification_steps_have_the_main_models_query(tmp_
     # verification of the token before and the draft (2).  The step's query length was read from
     # the step's first token ids, the assistant's: 1, which also took the main model's 2-token
     # query (4 heads over repeated KV heads) for a packed-GQA decode of one token
-    (tmp_path / "assisted.py").write_text(ASSISTED)
-    r = cli("profile", "assisted.py", "--count-only", "--format", "json", "-o", "out", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    steps = json.loads((tmp_path / "out" / "assisted.json").read_text())["steps"]
+    _, steps = _generate_steps(tmp_path, "assisted", ASSISTED)
     assert steps[0]["kind"] == "prefill" and steps[0]["query_len"] == 16
     verifying = steps[1:-1]  # the last call checks the final token alone
     assert {s["kind"] for s in verifying} == {"decode"} and {s["query_len"] for s in verifying} == {2}
