@@ -575,23 +575,23 @@ def _rereads(f: OpFacts) -> bool:
     return f.dram_read_ratio == f.dram_read_ratio and f.dram_read_ratio >= REREAD_RATIO
 
 
-# the three below speak of a GEMM reading its weights once; a gathered-experts pair reads copies of them,
-# which grouped-experts removes first (profile again: the grouped GEMM then gets these)
+# the three below speak of a GEMM reading its weights once; experts run as copies or one at a time
+# (_experts) are grouped-experts' first (profile again: the grouped GEMM then gets these)
 
 
 def _small_batch_weight_gemm(f: OpFacts) -> bool:
-    return not f.gathered_rows and not f.loop_matmuls and f.has_weight and f.m_rows is not None and f.m_rows < f.m_ridge
+    return not _experts(f) and f.has_weight and f.m_rows is not None and f.m_rows < f.m_ridge
 
 
 def _weight_only_fits(f: OpFacts) -> bool:
     # a training step updates its weights: quantizing them is an inference technique
-    return (not f.training and not f.gathered_rows and f.has_weight and f.m_rows is not None
+    return (not f.training and not _experts(f) and f.has_weight and f.m_rows is not None
             and f.m_rows <= WEIGHT_ONLY_MAX_ROWS and f.weight_dtype in _SIXTEEN_OR_MORE_BITS)
 
 
 def _w8a8_fits(f: OpFacts) -> bool:
     # 16-bit operands only: an fp32 GEMM gets tensor cores (TF32/bf16) first
-    return (not f.gathered_rows and f.has_weight and f.m_rows is not None and f.m_rows >= W8A8_MIN_ROWS
+    return (not _experts(f) and f.has_weight and f.m_rows is not None and f.m_rows >= W8A8_MIN_ROWS
             and f.weight_dtype in _SIXTEEN_BITS and f.dtype in _SIXTEEN_BITS)
 
 
@@ -675,7 +675,7 @@ RULES: tuple[Rule, ...] = (
               "measures the bytes that did"),
     # ---- matmuls
     Rule("grouped-experts", "op", frozenset(Label), kinds=frozenset({_K.MATMUL}),
-         when=lambda f: f.gathered_rows > 0 or f.loop_matmuls > 0,
+         when=_experts,
          recommendation="Run the experts as a grouped GEMM over the tokens sorted by expert (torch._grouped_mm; "
                         "in Hugging Face transformers, experts_implementation=\"grouped_mm\" in from_pretrained "
                         "or the config), which reads each expert's weights once in place, in one kernel per "

@@ -230,16 +230,22 @@ def materialized_attention(profile: Profile, window: int = 24) -> list[tuple[int
     return groups
 
 
-def origin(source: int, by_index: Mapping[int, OpRecord]) -> int:
-    """The op that made an input's data (an OpRecord.sources entry): through the views (ops that
-    move nothing) in between."""
-    seen = 0
-    while source >= 0 and seen < 64:
+def _through_views(source: int, by_index: Mapping[int, OpRecord]) -> tuple[list[OpRecord], int]:
+    """An input's data (an OpRecord.sources entry) followed back through the views (ops that move
+    nothing) in between: those views, nearest first, and the source they start from."""
+    views: list[OpRecord] = []
+    while source >= 0 and len(views) < 64:
         op = by_index.get(source)
         if op is None or op.flops or op.bytes or not op.sources:
             break
-        source, seen = op.sources[0], seen + 1
-    return source
+        views.append(op)
+        source = op.sources[0]
+    return views, source
+
+
+def origin(source: int, by_index: Mapping[int, OpRecord]) -> int:
+    """The op that made an input's data: through the views in between."""
+    return _through_views(source, by_index)[1]
 
 
 _INTEGER_DTYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
@@ -275,18 +281,11 @@ def gathered_weights(profile: Profile) -> list[tuple[int, int]]:
     return pairs
 
 
-def _stack_slice(source: int, by_index: Mapping[int, OpRecord]) -> int | None:
+def _stack_slice(source: int, by_index: Mapping[int, OpRecord]) -> OpRecord | None:
     """The `select` of a 3-D [E, A, B] stack that an input is a view of (through the views in
     between: a transpose), or None: one expert's matrix of a stacked experts' weight, w[e]."""
-    seen = 0
-    while source >= 0 and seen < 8:
-        op = by_index.get(source)
-        if op is None or op.flops or op.bytes or not op.sources or not op.inputs:
-            return None
-        if op.short_op == "select" and op.inputs[0].ndim == 3:
-            return op.index
-        source, seen = op.sources[0], seen + 1
-    return None
+    return next((v for v in _through_views(source, by_index)[0]
+                 if v.short_op == "select" and v.inputs and v.inputs[0].ndim == 3), None)
 
 
 EXPERT_MATMUL_OPS = frozenset({"mm", "addmm", "linear", "matmul", "_addmm_activation"})  # one expert's, in a loop
@@ -296,7 +295,7 @@ def expert_loops(profile: Profile) -> list[tuple[int, ...]]:
     """Op-index units, one per module call that runs its experts one at a time: two or more
     matmuls of one module whose weights are matrices of one [E, A, B] stack (`w[e]`: Hugging
     Face's eager experts, `for e in experts_hit: linear(x[tokens], gate_up_proj[e])`).  A unit is
-    every op of that module (and its submodules) in that region: the routing, its host syncs
+    every op of that module (and of its direct submodules: its activation) in that region: the routing, its host syncs
     (nonzero, .item()), each expert's gather, matmuls and scatter-add."""
     by_index = {o.index: o for o in profile.ops}
     slices: dict[tuple[str, str], dict[tuple, int]] = {}  # (region, module) -> stack -> matmuls
@@ -304,9 +303,8 @@ def expert_loops(profile: Profile) -> list[tuple[int, ...]]:
         if op.short_op not in EXPERT_MATMUL_OPS or not op.sources or not op.module:
             continue
         for s in op.sources[-2:]:
-            sel = _stack_slice(s, by_index)
-            if sel is not None:
-                stack = by_index[sel]
+            stack = _stack_slice(s, by_index)
+            if stack is not None:
                 key = (stack.sources[0] if stack.sources else -1, stack.inputs[0].shape)
                 per = slices.setdefault((op.region, op.module), {})
                 per[key] = per.get(key, 0) + 1
@@ -388,5 +386,5 @@ def chain_passes(ops: Sequence[OpRecord]) -> list[list[OpRecord]]:
 
 __all__ = ["ATTENTION_MATH_OPS", "BATCHED_MATMUL_OPS", "EMBEDDING_OPS", "EXPERT_MATMUL_OPS", "FUSIBLE",
            "GLOBAL_REDUCTION_MIN_BYTES", "GROUPED_MATMUL_OPS", "KEY_FIELDS", "Kind", "MATMUL_OPS", "NORM_OPS",
-           "OpGroup", "SOFTMAX_OPS", "chain_passes", "expert_loops", "fusible_chains", "gathered_weights", "group_ops", "has_work",
-           "kind_of", "materialized_attention", "module_template", "op_kinds", "origin"]
+           "OpGroup", "SOFTMAX_OPS", "chain_passes", "expert_loops", "fusible_chains", "gathered_weights",
+           "group_ops", "has_work", "kind_of", "materialized_attention", "module_template", "op_kinds", "origin"]

@@ -111,11 +111,11 @@ def phase_summary(a) -> list[str]:
         med = statistics.median(r.seconds for r in dec)
         kv = [r.kv_len for r in dec if r.kv_len]
         q = sorted({r.query_len for r in dec if r.query_len})
+        steps = f"median of {len(dec)} steps" if len(dec) > 1 else "1 step"
         # a step verifying draft tokens yields as many as it accepts, which no shape tells
-        per = (f"per step {word} (" + (f"median of {len(dec)} steps" if len(dec) > 1 else "1 step")
-               + f" of {q[0]}–{q[-1]} new tokens a sequence: speculative decoding's verification, a step yields "
-                 "the drafts it accepts and one more") if q and q[-1] > 1 else (
-            f"per output token {word} (" + (f"median of {len(dec)} steps" if len(dec) > 1 else "1 step"))
+        per = (f"per step {word} ({steps} of {q[0]}–{q[-1]} new tokens a sequence: speculative decoding's "
+               "verification, a step yields the drafts it accepts and one more") if q and q[-1] > 1 else (
+            f"per output token {word} ({steps}")
         out.append(f"decode: {fmt_seconds(med)} " + per
                    + (f", KV length {min(kv)}–{max(kv)}" if kv else "")
                    + ")")
